@@ -1,0 +1,1 @@
+"""Configuration: AZMANAGERS_HOME paths, the manifest and the templates."""

@@ -1,0 +1,87 @@
+"""Where azmanagers keeps its files, and how it writes them (atomically, mode 0600)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from azmanagers.errors import ConfigError
+
+HOME_ENV = "AZMANAGERS_HOME"
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def home() -> Path:
+    """Return AZMANAGERS_HOME (default ``~/.azmanagers``); it is not created."""
+    value = os.environ.get(HOME_ENV)
+    if value:
+        return Path(value).expanduser()
+    return Path.home() / ".azmanagers"
+
+
+def state_dir() -> Path:
+    """Return the state folder (clusters, local instances, environments), creating it."""
+    return ensure_dir(home() / "state")
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create ``path`` (mode 0700) if needed; raise ConfigError when it cannot be written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {path}: {exc.strerror}. Set {HOME_ENV} to a writable folder."
+        ) from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{path} is not writable. Set {HOME_ENV} to a writable folder.")
+    return path
+
+
+def atomic_write_text(path: Path, text: str, mode: int = FILE_MODE) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, with ``mode``.
+
+    Either the old file or the whole new one is there afterwards, never half of it.
+    """
+    ensure_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {path}: {exc.strerror}. Set {HOME_ENV} to a writable folder."
+        ) from exc
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically, mode 0600."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path, *, default: Any = None) -> Any:
+    """Read a JSON file; a missing file gives ``default``; corrupt JSON raises ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return default
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}.") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}). "
+            "Fix or remove the file; nothing was changed."
+        ) from exc

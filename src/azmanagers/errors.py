@@ -1,0 +1,47 @@
+"""The exception tree of azmanagers: every error we raise derives from ``AzManagersError``.
+
+::
+
+    AzManagersError
+    ├── ConfigError               a bad or missing manifest, template or setting
+    ├── ProviderError             a provider call failed (mapped at the provider seam)
+    │   └── ProviderUnavailableError   the template asks for a provider this install lacks
+    ├── InstanceFailedError       an instance failed to boot or join, past its replacements
+    ├── WaitTimeoutError          a bounded wait ran out (says how far it got)
+    └── ClusterClosedError        the cluster was used after ``close()``
+"""
+
+from __future__ import annotations
+
+
+class AzManagersError(Exception):
+    """Root of every error raised by azmanagers."""
+
+
+class ConfigError(AzManagersError, ValueError):
+    """A configuration value is missing or wrong; the message names the file, the key and the fix."""
+
+
+class ProviderError(AzManagersError):
+    """A provider operation failed."""
+
+
+class ProviderUnavailableError(ProviderError):
+    """The requested provider is not available in this installation."""
+
+
+class InstanceFailedError(AzManagersError):
+    """An instance failed (to boot, or to join) more often than the replacement budget allows."""
+
+    def __init__(self, message: str, *, instance: str = "", log_tail: str = "") -> None:
+        super().__init__(message)
+        self.instance = instance
+        self.log_tail = log_tail
+
+
+class WaitTimeoutError(AzManagersError, TimeoutError):
+    """A wait with a deadline ran out."""
+
+
+class ClusterClosedError(AzManagersError):
+    """The cluster was used after it was closed."""
