@@ -1,0 +1,84 @@
+"""azmanagers: run Python code and executables on Azure VM scale sets, with elastic Dask clusters."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "AzCluster": "azmanagers.cluster",
+    "AzManagersError": "azmanagers.errors",
+    "ClusterClosedError": "azmanagers.errors",
+    "ConfigError": "azmanagers.errors",
+    "InstanceFailedError": "azmanagers.errors",
+    "ProviderError": "azmanagers.errors",
+    "WaitTimeoutError": "azmanagers.errors",
+    "addprocs": "azmanagers.api",
+    "build_nictemplate": "azmanagers.config.templates",
+    "build_sstemplate": "azmanagers.config.templates",
+    "build_vmtemplate": "azmanagers.config.templates",
+    "clusters": "azmanagers.api",
+    "gc": "azmanagers.gc",
+    "load_manifest": "azmanagers.config.manifest",
+    "load_template_nic": "azmanagers.config.templates",
+    "load_template_scaleset": "azmanagers.config.templates",
+    "load_template_vm": "azmanagers.config.templates",
+    "nworkers": "azmanagers.api",
+    "nworkers_provisioned": "azmanagers.api",
+    "rmprocs": "azmanagers.api",
+    "save_template_nic": "azmanagers.config.templates",
+    "save_template_scaleset": "azmanagers.config.templates",
+    "save_template_vm": "azmanagers.config.templates",
+    "workers": "azmanagers.api",
+    "write_manifest": "azmanagers.config.manifest",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from azmanagers.api import (
+        addprocs,
+        clusters,
+        nworkers,
+        nworkers_provisioned,
+        rmprocs,
+        workers,
+    )
+    from azmanagers.cluster import AzCluster
+    from azmanagers.config.manifest import load_manifest, write_manifest
+    from azmanagers.config.templates import (
+        build_nictemplate,
+        build_sstemplate,
+        build_vmtemplate,
+        load_template_nic,
+        load_template_scaleset,
+        load_template_vm,
+        save_template_nic,
+        save_template_scaleset,
+        save_template_vm,
+    )
+    from azmanagers.errors import (
+        AzManagersError,
+        ClusterClosedError,
+        ConfigError,
+        InstanceFailedError,
+        ProviderError,
+        WaitTimeoutError,
+    )
+    from azmanagers.gc import gc
+
+
+def __getattr__(name: str) -> Any:
+    """Import public names lazily, so the agent and ``azm --help`` start fast."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'azmanagers' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,11 @@
+"""The agent that runs ON an instance: ``python -m azmanagers.agent worker --payload FILE``."""
+
+LOG_TOPIC = "azmanagers-log"
+"""The Dask event topic that carries worker log records to the caller."""
+
+EXIT_SCHEDULER_UNREACHABLE = 3
+"""Exit status when the scheduler could not be reached within the death timeout."""
+EXIT_BAD_PAYLOAD = 4
+"""Exit status when the boot payload cannot be read."""
+EXIT_ENV_FAILED = 5
+"""Exit status when the custom environment could not be built."""

@@ -1,0 +1,159 @@
+"""The worker role: build the custom environment if asked, then run a Dask worker over TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from azmanagers.agent import (
+    EXIT_BAD_PAYLOAD,
+    EXIT_ENV_FAILED,
+    EXIT_SCHEDULER_UNREACHABLE,
+    LOG_TOPIC,
+)
+
+_ENV_READY = "AZMANAGERS_ENV_READY"
+logger = logging.getLogger("azmanagers.agent")
+
+
+def _say(message: str) -> None:
+    print(f"azmanagers: {message}", flush=True)
+
+
+def load_payload(path: str) -> dict[str, Any]:
+    """Read the payload file the boot script wrote (base64 was decoded by the script)."""
+    from azmanagers.boot import decode_payload
+
+    data = Path(path).read_bytes()
+    try:
+        return decode_payload(data)
+    except OSError:
+        return decode_payload(base64.b64decode(data))
+
+
+class ForwardingHandler(logging.Handler):
+    """Sends log records to the scheduler as ``azmanagers-log`` events, tagged with the worker."""
+
+    def __init__(self, worker: Any, level: int) -> None:
+        super().__init__(level)
+        self.worker = worker
+        self._busy = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue the record on the worker's event loop (thread-safe, never re-entrant)."""
+        if getattr(self._busy, "on", False):
+            return
+        if record.name.startswith(("distributed", "tornado", "asyncio")) and (
+            record.levelno < logging.WARNING
+        ):
+            return
+        self._busy.on = True
+        try:
+            msg = {
+                "instance": str(self.worker.name),
+                "name": record.name,
+                "levelno": record.levelno,
+                "msg": record.getMessage(),
+                "created": record.created,
+                "exc_text": self.format(record).split("\n", 1)[1]
+                if record.exc_info
+                else "",
+            }
+            loop = self.worker.loop
+            if loop is not None:
+                loop.add_callback(self.worker.log_event, LOG_TOPIC, msg)
+        except Exception:  # a log handler must never raise into user code
+            self.handleError(record)
+        finally:
+            self._busy.on = False
+
+
+async def run_worker(payload: dict[str, Any]) -> int:
+    """Start the Dask worker, wait until it closes, and return the exit status."""
+    from distributed import Worker
+    from distributed.security import Security
+
+    tls = payload["tls"]
+    security = Security(
+        tls_ca_file=tls["ca"],
+        tls_worker_cert=tls["cert"],
+        tls_worker_key=tls["key"],
+        require_encryption=True,
+    )
+    name = os.environ.get("AZMANAGERS_INSTANCE_ID") or payload.get("name") or os.uname().nodename
+    instance_dir = Path(os.environ.get("AZMANAGERS_INSTANCE_DIR", "."))
+    worker = Worker(
+        payload["scheduler"],
+        name=name,
+        nthreads=int(payload.get("nthreads", 1)),
+        memory_limit=payload.get("memory_limit", "auto"),
+        security=security,
+        host=payload.get("worker_host"),
+        death_timeout=float(payload.get("death_timeout_s", 60)),
+        local_directory=str(instance_dir / "dask-scratch"),
+        validate=False,
+    )
+    root = logging.getLogger()
+    root.setLevel(int(payload.get("log_level", logging.INFO)))
+    root.addHandler(ForwardingHandler(worker, int(payload.get("log_level", logging.INFO))))
+
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def _on_signal() -> None:
+        stopping.set()
+        asyncio.ensure_future(worker.close(reason="azmanagers: instance stopping"))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal)
+    try:
+        await worker
+    except (TimeoutError, OSError) as exc:
+        _say(
+            f"could not reach the scheduler at {payload['scheduler']} within "
+            f"{payload.get('death_timeout_s', 60)} s ({exc}); exiting"
+        )
+        await worker.close(reason="azmanagers: scheduler unreachable")
+        return EXIT_SCHEDULER_UNREACHABLE
+    _say(f"worker {name} joined {payload['scheduler']} and listens on {worker.address}")
+    await worker.finished()
+    _say(f"worker {name} closed ({worker.status.name}); exiting")
+    return 0
+
+
+def main(payload_path: str) -> int:
+    """Entry point of the worker role."""
+    try:
+        payload = load_payload(payload_path)
+    except Exception as exc:
+        _say(f"cannot read the boot payload {payload_path}: {exc}")
+        return EXIT_BAD_PAYLOAD
+    requirements = payload.get("requirements")
+    if requirements and not os.environ.get(_ENV_READY):
+        from azmanagers.agent.envs import EnvBuildError, ensure_env
+
+        try:
+            python = ensure_env(str(requirements))
+        except (EnvBuildError, OSError) as exc:
+            _say(f"custom environment failed: {exc}")
+            return EXIT_ENV_FAILED
+        env = dict(os.environ, **{_ENV_READY: "1"})
+        _say(f"starting the worker in the custom environment ({python})")
+        os.execve(
+            str(python),
+            [str(python), "-m", "azmanagers.agent", "worker", "--payload", payload_path],
+            env,
+        )
+    logging.basicConfig(
+        stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    for noisy in ("distributed.worker", "distributed.core", "distributed.nanny"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return asyncio.run(run_worker(payload))

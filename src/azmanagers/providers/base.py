@@ -1,0 +1,151 @@
+"""The provider seam: the Provider protocol and the frozen dataclasses that cross it."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+TAG_CLUSTER = "azmanagers-cluster"
+TAG_OWNER = "azmanagers-owner"
+TAG_EXPIRES = "azmanagers-expires"
+
+
+class InstanceState(enum.Enum):
+    """What a provider reports of one instance."""
+
+    CREATING = "creating"
+    """Being provisioned; its boot script has not started yet."""
+    RUNNING = "running"
+    """Up; its boot script runs (the agent may not have joined yet)."""
+    STOPPED = "stopped"
+    """Its boot script ended with exit status 0; nothing runs on it."""
+    FAILED = "failed"
+    """Provisioning failed, or its boot script ended with a non-zero status."""
+    DELETING = "deleting"
+    """Deletion has been requested and has not finished."""
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """What an instance needs to boot: rendered into its boot script by ``azmanagers.boot``.
+
+    Parameters
+    ----------
+    role
+        ``"worker"`` (join a Dask scheduler) or ``"detached"`` (serve detached jobs).
+    payload
+        JSON-serialisable values for the agent: scheduler address, this cluster's TLS
+        credentials, worker options. Never the caller's own credentials.
+    env
+        Environment variables exported before the agent starts.
+    python
+        The interpreter the agent runs with on the instance.
+    """
+
+    role: str
+    payload: Mapping[str, object]
+    env: Mapping[str, str] = field(default_factory=dict)
+    python: str = "python3"
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A pool of like instances (an Azure scale set; a folder of process-VMs locally)."""
+
+    name: str
+    boot: BootSpec
+    tags: Mapping[str, str]
+    template: Mapping[str, object] = field(default_factory=dict)
+    max_instances: int = 16
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    """One stand-alone VM (a detached VM or a head node)."""
+
+    name: str
+    boot: BootSpec
+    tags: Mapping[str, str]
+    template: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance as a provider reports it."""
+
+    pool: str
+    id: str
+    state: InstanceState
+    created_at: float
+    exit_status: int | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OwnedResource:
+    """A resource found by our tags (for ``gc``)."""
+
+    kind: str
+    name: str
+    tags: Mapping[str, str]
+    owner_alive: bool
+
+
+def resource_tags(cluster: str, owner: str, ttl_s: float) -> dict[str, str]:
+    """Return the three tags every resource we create carries."""
+    return {
+        TAG_CLUSTER: cluster,
+        TAG_OWNER: owner,
+        TAG_EXPIRES: str(int(time.time() + ttl_s)),
+    }
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Where instances come from.
+
+    Every call is synchronous and bounded in time. Calls that change state are safe to
+    repeat: creating a pool that exists with the same name updates nothing and returns;
+    deleting what is gone is not an error. Errors raise ``ProviderError`` subclasses only.
+    """
+
+    name: str
+
+    def create_pool(self, spec: PoolSpec) -> None:
+        """Create an empty pool (capacity 0); returns once the pool exists."""
+        ...
+
+    def scale_pool(self, pool: str, capacity: int) -> None:
+        """Set the pool's capacity; new instances start booting; returns at once.
+
+        Shrinking through this call removes instances of the provider's choosing: callers
+        that care which go use ``delete_instances``, which lowers the capacity by as many.
+        """
+        ...
+
+    def delete_instances(self, pool: str, instance_ids: Sequence[str]) -> None:
+        """Begin deleting these instances (one batched call); lowers capacity; returns at once."""
+        ...
+
+    def list_instances(self, pool: str) -> list[Instance]:
+        """Return every instance of the pool, in ONE call whatever their number."""
+        ...
+
+    def delete_pool(self, pool: str, *, wait: bool = True) -> None:
+        """Delete the pool and all its instances; with ``wait``, return when they are gone."""
+        ...
+
+    def instance_log(self, pool: str, instance_id: str, *, tail_bytes: int = 4096) -> str:
+        """Return the end of an instance's boot log ('' when there is none)."""
+        ...
+
+    def list_owned_resources(self, *, cluster: str | None = None) -> list[OwnedResource]:
+        """Return the pools and VMs carrying our tags (exact match on ``cluster`` if given)."""
+        ...
+
+    def delete_owned_resource(self, resource: OwnedResource) -> None:
+        """Delete one resource found by ``list_owned_resources``; returns when it is gone."""
+        ...

@@ -1,0 +1,305 @@
+"""The local provider: instances are process-VMs under AZMANAGERS_HOME/state/local."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from azmanagers import boot
+from azmanagers.config.paths import atomic_write_json, atomic_write_text, read_json, state_dir
+from azmanagers.errors import ProviderError
+from azmanagers.providers import procvm
+from azmanagers.providers.base import (
+    TAG_CLUSTER,
+    TAG_EXPIRES,
+    TAG_OWNER,
+    Instance,
+    InstanceState,
+    OwnedResource,
+    PoolSpec,
+)
+
+_POOL_FILE = "pool.json"
+_INSTANCE_FILE = "instance.json"
+_STOP_WORKERS = 8
+
+
+def owner_id() -> str:
+    """Return this process's owner tag value: ``pid:start-time@host``."""
+    import psutil
+
+    me = psutil.Process()
+    return f"{me.pid}:{me.create_time():.2f}@{os.uname().nodename}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Tell whether the process named by an owner tag value still runs on this host."""
+    import psutil
+
+    try:
+        pid_part, rest = owner.split(":", 1)
+        created, host = rest.split("@", 1)
+        if host != os.uname().nodename:
+            return True  # not ours to judge
+        proc = psutil.Process(int(pid_part))
+        return abs(proc.create_time() - float(created)) < 0.01
+    except (ValueError, psutil.Error):
+        return False
+
+
+class LocalProvider:
+    """Process-VMs on this machine, each running the same boot script an Azure VM gets.
+
+    A pool is a folder ``pools/<name>/`` with ``pool.json`` (tags, capacity) and the boot
+    script; an instance is ``pools/<name>/instances/<id>/`` with its boot log. Deleting an
+    instance stops its process group (SIGTERM, then SIGKILL) in the background and keeps its
+    boot log under ``pools/<name>/logs/``.
+    """
+
+    name = "local"
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root if root is not None else state_dir() / "local"
+        self._lock = threading.RLock()
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._stopper = ThreadPoolExecutor(_STOP_WORKERS, thread_name_prefix="azm-local-stop")
+        self._stopping: dict[str, Future[None]] = {}
+
+    # -- paths -------------------------------------------------------------------------
+    def _pool_dir(self, pool: str) -> Path:
+        return self.root / "pools" / pool
+
+    def _instance_dir(self, pool: str, instance_id: str) -> Path:
+        return self._pool_dir(pool) / "instances" / instance_id
+
+    def _pool_meta(self, pool: str) -> dict[str, Any]:
+        meta = read_json(self._pool_dir(pool) / _POOL_FILE)
+        if not isinstance(meta, dict):
+            raise ProviderError(f"local pool {pool!r} does not exist.")
+        return meta
+
+    # -- pools -------------------------------------------------------------------------
+    def create_pool(self, spec: PoolSpec) -> None:
+        """Create the pool folder and its boot script (idempotent)."""
+        with self._lock:
+            pool_dir = self._pool_dir(spec.name)
+            if (pool_dir / _POOL_FILE).exists():
+                return
+            (pool_dir / "instances").mkdir(parents=True, exist_ok=True, mode=0o700)
+            (pool_dir / "logs").mkdir(exist_ok=True, mode=0o700)
+            atomic_write_text(pool_dir / procvm.BOOT_SCRIPT_NAME, boot.render(spec.boot))
+            atomic_write_json(
+                pool_dir / _POOL_FILE,
+                {
+                    "name": spec.name,
+                    "tags": dict(spec.tags),
+                    "capacity": 0,
+                    "next_index": 0,
+                    "max_instances": spec.max_instances,
+                    "created_at": time.time(),
+                },
+            )
+
+    def set_pool_tags(self, pool: str, tags: dict[str, str]) -> None:
+        """Replace the pool's tags (used to renew ``azmanagers-expires``)."""
+        with self._lock:
+            meta = self._pool_meta(pool)
+            meta["tags"] = dict(tags)
+            atomic_write_json(self._pool_dir(pool) / _POOL_FILE, meta)
+
+    def scale_pool(self, pool: str, capacity: int) -> None:
+        """Start or stop process-VMs until ``capacity`` are live."""
+        if capacity < 0:
+            raise ProviderError(f"capacity must be >= 0, got {capacity}.")
+        with self._lock:
+            meta = self._pool_meta(pool)
+            if capacity > int(meta["max_instances"]):
+                raise ProviderError(
+                    f"pool {pool!r} is limited to {meta['max_instances']} instances "
+                    f"(asked for {capacity}); raise max_instances in its template."
+                )
+            live = [i for i in self._scan(pool) if i.state is not InstanceState.DELETING]
+            if capacity < len(live):
+                newest = sorted(live, key=lambda i: i.created_at)[capacity:]
+                self.delete_instances(pool, [i.id for i in newest])
+                return
+            custom_data = (self._pool_dir(pool) / procvm.BOOT_SCRIPT_NAME).read_text()
+            for _ in range(capacity - len(live)):
+                index = int(meta["next_index"])
+                meta["next_index"] = index + 1
+                self._start_instance(pool, f"{pool}-{index:04d}", custom_data, meta)
+            meta["capacity"] = capacity
+            atomic_write_json(self._pool_dir(pool) / _POOL_FILE, meta)
+
+    def _start_instance(
+        self, pool: str, instance_id: str, custom_data: str, meta: dict[str, Any]
+    ) -> None:
+        instance_dir = self._instance_dir(pool, instance_id)
+        instance_dir.mkdir(parents=True, mode=0o700)
+        env = procvm.instance_environment(
+            instance_dir,
+            {
+                "AZMANAGERS_INSTANCE_ID": instance_id,
+                "AZMANAGERS_POOL": pool,
+                "AZMANAGERS_AGENT_HOME": str(self.root / "agent"),
+            },
+        )
+        try:
+            proc = procvm.start(instance_dir, custom_data, env)
+        except OSError as exc:
+            shutil.rmtree(instance_dir, ignore_errors=True)
+            raise ProviderError(f"cannot start local instance {instance_id}: {exc}") from exc
+        handle = procvm.handle_of(proc)
+        self._procs[instance_id] = proc
+        atomic_write_json(
+            instance_dir / _INSTANCE_FILE,
+            {
+                "id": instance_id,
+                "pid": handle.pid,
+                "create_time": handle.create_time,
+                "created_at": time.time(),
+                "deleting": False,
+                "tags": meta["tags"],
+            },
+        )
+
+    # -- instances ---------------------------------------------------------------------
+    def list_instances(self, pool: str) -> list[Instance]:
+        """Return every instance of the pool (one folder scan)."""
+        with self._lock:
+            if not (self._pool_dir(pool) / _POOL_FILE).exists():
+                return []
+            return self._scan(pool)
+
+    def _scan(self, pool: str) -> list[Instance]:
+        out = []
+        instances_dir = self._pool_dir(pool) / "instances"
+        for entry in sorted(instances_dir.iterdir()) if instances_dir.exists() else []:
+            info = read_json(entry / _INSTANCE_FILE)
+            if not isinstance(info, dict):
+                continue
+            proc = self._procs.get(info["id"])
+            if proc is not None:
+                proc.poll()
+            handle = procvm.ProcessHandle(int(info["pid"]), float(info["create_time"]))
+            status = procvm.exit_status(entry)
+            if info.get("deleting") or info["id"] in self._stopping:
+                state = InstanceState.DELETING
+            elif procvm.is_alive(handle):
+                state = InstanceState.RUNNING
+            elif status == 0:
+                state = InstanceState.STOPPED
+            else:
+                state = InstanceState.FAILED
+            out.append(
+                Instance(
+                    pool=pool,
+                    id=info["id"],
+                    state=state,
+                    created_at=float(info["created_at"]),
+                    exit_status=status,
+                    tags=info.get("tags", {}),
+                )
+            )
+        return out
+
+    def delete_instances(self, pool: str, instance_ids: Sequence[str]) -> None:
+        """Mark the instances deleting and stop them in the background."""
+        with self._lock:
+            meta = self._pool_meta(pool)
+            removed = 0
+            for instance_id in instance_ids:
+                instance_dir = self._instance_dir(pool, instance_id)
+                info = read_json(instance_dir / _INSTANCE_FILE)
+                if not isinstance(info, dict) or info.get("deleting"):
+                    continue
+                info["deleting"] = True
+                atomic_write_json(instance_dir / _INSTANCE_FILE, info)
+                removed += 1
+                handle = procvm.ProcessHandle(int(info["pid"]), float(info["create_time"]))
+                self._stopping[instance_id] = self._stopper.submit(
+                    self._stop_instance, pool, instance_id, handle
+                )
+            meta["capacity"] = max(0, int(meta["capacity"]) - removed)
+            atomic_write_json(self._pool_dir(pool) / _POOL_FILE, meta)
+
+    def _stop_instance(self, pool: str, instance_id: str, handle: procvm.ProcessHandle) -> None:
+        proc = self._procs.pop(instance_id, None)
+        try:
+            procvm.stop(handle, proc)
+            instance_dir = self._instance_dir(pool, instance_id)
+            log = instance_dir / procvm.BOOT_LOG_NAME
+            with contextlib.suppress(OSError):
+                shutil.move(str(log), str(self._pool_dir(pool) / "logs" / f"{instance_id}.log"))
+            shutil.rmtree(instance_dir, ignore_errors=True)
+        finally:
+            self._stopping.pop(instance_id, None)
+
+    def wait_deleted(self, timeout_s: float = 30.0) -> None:
+        """Wait (bounded) for background deletions to finish."""
+        deadline = time.monotonic() + timeout_s
+        for future in list(self._stopping.values()):
+            with contextlib.suppress(Exception):
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+
+    def delete_pool(self, pool: str, *, wait: bool = True) -> None:
+        """Stop every instance of the pool and remove its folder."""
+        pool_dir = self._pool_dir(pool)
+        if not (pool_dir / _POOL_FILE).exists():
+            return
+        with self._lock:
+            ids = [i.id for i in self._scan(pool)]
+        self.delete_instances(pool, ids)
+        self.wait_deleted()
+        if wait:
+            shutil.rmtree(pool_dir, ignore_errors=True)
+
+    def instance_log(self, pool: str, instance_id: str, *, tail_bytes: int = 4096) -> str:
+        """Return the end of the instance's boot log (also after it was deleted)."""
+        live = self._instance_dir(pool, instance_id) / procvm.BOOT_LOG_NAME
+        kept = self._pool_dir(pool) / "logs" / f"{instance_id}.log"
+        return procvm.tail(live if live.exists() else kept, tail_bytes)
+
+    # -- ownership -----------------------------------------------------------------------
+    def list_owned_resources(self, *, cluster: str | None = None) -> list[OwnedResource]:
+        """Return our pools found by their tags (exact match on the cluster tag)."""
+        pools_dir = self.root / "pools"
+        out = []
+        for entry in sorted(pools_dir.iterdir()) if pools_dir.exists() else []:
+            meta = read_json(entry / _POOL_FILE)
+            if not isinstance(meta, dict):
+                continue
+            tags = meta.get("tags", {})
+            if TAG_CLUSTER not in tags or TAG_OWNER not in tags:
+                continue
+            if cluster is not None and tags[TAG_CLUSTER] != cluster:
+                continue
+            out.append(
+                OwnedResource(
+                    kind="pool",
+                    name=str(meta["name"]),
+                    tags=tags,
+                    owner_alive=owner_alive(tags[TAG_OWNER]),
+                )
+            )
+        return out
+
+    def delete_owned_resource(self, resource: OwnedResource) -> None:
+        """Delete a pool found by ``list_owned_resources``."""
+        self.delete_pool(resource.name, wait=True)
+
+
+def is_expired(resource: OwnedResource, now: float | None = None) -> bool:
+    """Tell whether a resource's ``azmanagers-expires`` tag lies in the past."""
+    try:
+        return float(resource.tags[TAG_EXPIRES]) < (time.time() if now is None else now)
+    except (KeyError, ValueError):
+        return False

@@ -1,0 +1,175 @@
+"""Process-VMs: a boot script run as its own process group in its own folder.
+
+The local provider and the emulator both use this runner, so an instance on this machine
+boots exactly as an Azure VM does: by running its custom data as a script.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+BOOT_SCRIPT_NAME = "custom_data.sh"
+BOOT_LOG_NAME = "boot.log"
+EXIT_STATUS_NAME = "exit_status"
+STOP_GRACE_S = 3.0
+_POLL_S = 0.05
+
+# Variables a process-VM inherits from the caller: nothing else of the caller's
+# environment (tokens, keys, credentials) reaches an instance.
+_INHERITED = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
+
+
+@dataclass(frozen=True)
+class ProcessHandle:
+    """Identifies a started process-VM across processes (pid plus its start time)."""
+
+    pid: int
+    create_time: float
+
+
+def package_root() -> str:
+    """Return the folder holding the ``azmanagers`` package (put on the instance's path)."""
+    return str(Path(__file__).resolve().parents[2])
+
+
+def instance_environment(instance_dir: Path, extra: Mapping[str, str]) -> dict[str, str]:
+    """Return the environment a process-VM starts with: a clean one plus ``extra``."""
+    env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("LANG", "C.UTF-8")
+    tmp = instance_dir / "tmp"
+    tmp.mkdir(exist_ok=True, mode=0o700)
+    env.update(
+        {
+            "HOME": str(instance_dir),
+            "TMPDIR": str(tmp),
+            "AZMANAGERS_INSTANCE_DIR": str(instance_dir),
+            "AZMANAGERS_PYTHON": sys.executable,
+            "PYTHONPATH": package_root(),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def start(instance_dir: Path, custom_data: str, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """Write the boot script into ``instance_dir`` and run it as a new process group.
+
+    The exit status of the script is written to ``exit_status`` in the folder, so any
+    process (not only the parent) can tell a failed boot from a clean stop.
+    """
+    instance_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    script = instance_dir / BOOT_SCRIPT_NAME
+    fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(custom_data)
+    log = open(instance_dir / BOOT_LOG_NAME, "ab", buffering=0)  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            [
+                "/bin/bash",
+                "-c",
+                '/bin/bash "$1"; status=$?; echo "$status" > "$2"; exit "$status"',
+                "azm-boot",
+                str(script),
+                str(instance_dir / EXIT_STATUS_NAME),
+            ],
+            cwd=instance_dir,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+
+
+def handle_of(proc: subprocess.Popen[bytes]) -> ProcessHandle:
+    """Return the cross-process handle of a started process-VM."""
+    try:
+        created = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        created = 0.0
+    return ProcessHandle(pid=proc.pid, create_time=created)
+
+
+def is_alive(handle: ProcessHandle) -> bool:
+    """Tell whether the process-VM's leader still runs (not a zombie, not a reused pid)."""
+    try:
+        proc = psutil.Process(handle.pid)
+        if handle.create_time and abs(proc.create_time() - handle.create_time) > 0.01:
+            return False
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
+def group_members(handle: ProcessHandle) -> list[psutil.Process]:
+    """Return every live process of the process-VM's process group (its session)."""
+    members = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(proc.pid) == handle.pid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+    return members
+
+
+def exit_status(instance_dir: Path) -> int | None:
+    """Return the boot script's exit status, or None while it has not ended."""
+    try:
+        return int((instance_dir / EXIT_STATUS_NAME).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def stop(
+    handle: ProcessHandle,
+    proc: subprocess.Popen[bytes] | None = None,
+    *,
+    grace_s: float = STOP_GRACE_S,
+) -> None:
+    """Stop the whole process group: SIGTERM, then SIGKILL after ``grace_s``; reap the leader."""
+    pgid = handle.pid
+    if is_alive(handle) or group_members(handle):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if proc is not None:
+                proc.poll()
+            if not group_members(handle):
+                break
+            time.sleep(_POLL_S)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    deadline = time.monotonic() + grace_s
+    while group_members(handle) and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+
+
+def tail(path: Path, tail_bytes: int) -> str:
+    """Return the last ``tail_bytes`` of a text file ('' when it does not exist)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - tail_bytes))
+            data = handle.read()
+    except OSError:
+        return ""
+    return data.decode("utf-8", errors="replace")

@@ -1,0 +1,94 @@
+"""Cluster settings: keyword argument > environment (AZMANAGERS_*) > template > default."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from azmanagers.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """How a cluster behaves; each field can come from a template, the environment or a keyword."""
+
+    provider: str = "local"
+    max_instances: int = 16
+    nthreads: int = 1
+    memory_limit: str | int = "auto"
+    join_timeout_s: float = 120.0
+    max_replacements: int = 3
+    death_timeout_s: float = 30.0
+    reconcile_interval_s: float = 0.5
+    scheduler_host: str = "127.0.0.1"
+    worker_host: str | None = "127.0.0.1"
+    retire_timeout_s: float = 60.0
+    ttl_s: float = 24 * 3600.0
+
+
+_ENV_PREFIX = "AZMANAGERS_"
+_FROM_ENV = (
+    "join_timeout_s",
+    "max_replacements",
+    "death_timeout_s",
+    "nthreads",
+    "reconcile_interval_s",
+    "scheduler_host",
+)
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    default = getattr(ClusterSettings(), name)
+    kind = type(default)
+    if name == "memory_limit":
+        if isinstance(value, (int, str)) and not isinstance(value, bool):
+            return value
+    elif name == "worker_host":
+        if value is None or isinstance(value, str):
+            return value
+    elif kind is float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = -1.0
+        if number > 0 and not isinstance(value, bool):
+            return number
+        raise ConfigError(f"{name} from {source} must be a positive number of seconds, got {value!r}.")
+    elif kind is int:
+        try:
+            whole = int(value)
+        except (TypeError, ValueError):
+            whole = -1
+        if whole >= 0 and not isinstance(value, bool) and str(whole) == str(value).strip():
+            return whole
+        raise ConfigError(f"{name} from {source} must be a whole number >= 0, got {value!r}.")
+    elif isinstance(value, kind):
+        return value
+    raise ConfigError(f"{name} from {source} has the wrong type: {value!r}.")
+
+
+def resolve(template: Mapping[str, Any], overrides: Mapping[str, Any], *, template_name: str) -> ClusterSettings:
+    """Merge defaults, the template, the environment and keyword overrides, validating each."""
+    names = {f.name for f in fields(ClusterSettings)}
+    values: dict[str, Any] = {}
+    for key, value in template.items():
+        if key in names:
+            values[key] = _coerce(key, value, f"template {template_name!r}")
+    for key in _FROM_ENV:
+        env_name = _ENV_PREFIX + key.upper()
+        if env_name in os.environ:
+            values[key] = _coerce(key, os.environ[env_name], f"environment variable {env_name}")
+    for key, value in overrides.items():
+        if key not in names:
+            hint = difflib.get_close_matches(key, sorted(names), n=1)
+            extra = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise ConfigError(f"unknown setting {key!r}.{extra} Known: {', '.join(sorted(names))}.")
+        if value is not None:
+            values[key] = _coerce(key, value, "the keyword argument")
+    settings = replace(ClusterSettings(), **values)
+    if settings.nthreads < 1:
+        raise ConfigError(f"nthreads must be at least 1, got {settings.nthreads}.")
+    return settings

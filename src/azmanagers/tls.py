@@ -1,0 +1,131 @@
+"""Per-cluster TLS: a CA of the cluster's own and certificates for scheduler, workers, client."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CERT_LIFETIME_DAYS = 30
+_CLOCK_SKEW = datetime.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A PEM certificate and its PEM private key."""
+
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ClusterCredentials:
+    """The TLS material of one cluster. Workers receive ``ca`` and ``worker`` only."""
+
+    ca: str
+    scheduler: KeyPair
+    worker: KeyPair
+    client: KeyPair
+
+    def worker_payload(self) -> dict[str, str]:
+        """Return what a worker needs: the CA certificate and the worker key pair."""
+        return {"ca": self.ca, "cert": self.worker.cert, "key": self.worker.key}
+
+    def security(self, role: str = "client") -> object:
+        """Return a ``distributed.Security`` for the caller side (scheduler and client)."""
+        from distributed.security import Security
+
+        del role
+        return Security(
+            tls_ca_file=self.ca,
+            tls_scheduler_cert=self.scheduler.cert,
+            tls_scheduler_key=self.scheduler.key,
+            tls_client_cert=self.client.cert,
+            tls_client_key=self.client.key,
+            require_encryption=True,
+        )
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def _issue(
+    common_name: str,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    hosts: list[str],
+) -> KeyPair:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    alt_names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            alt_names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            alt_names.append(x509.DNSName(host))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + datetime.timedelta(days=CERT_LIFETIME_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return KeyPair(cert=cert.public_bytes(serialization.Encoding.PEM).decode(), key=_key_pem(key))
+
+
+def make_cluster_credentials(cluster: str, hosts: list[str] | None = None) -> ClusterCredentials:
+    """Create a fresh CA for ``cluster`` and the three key pairs it signs."""
+    hosts = hosts or ["127.0.0.1", "localhost"]
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"azmanagers CA {cluster}")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _CLOCK_SKEW)
+        .not_valid_after(now + datetime.timedelta(days=CERT_LIFETIME_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return ClusterCredentials(
+        ca=ca_cert.public_bytes(serialization.Encoding.PEM).decode(),
+        scheduler=_issue(f"{cluster} scheduler", ca_key, ca_name, hosts),
+        worker=_issue(f"{cluster} worker", ca_key, ca_name, hosts),
+        client=_issue(f"{cluster} client", ca_key, ca_name, hosts),
+    )
