@@ -209,7 +209,7 @@ def rmprocs(
 async def _pick_workers(cluster: AzCluster, n: int) -> list[str]:
     if cluster.scheduler is None:
         return []
-    names: list[str] = await cluster.scheduler.workers_to_close(n=n, attribute="name")
+    names: list[str] = list(cluster.scheduler.workers_to_close(n=n, attribute="name"))
     if len(names) < n:
         rest = [str(ws.name) for ws in cluster.scheduler.workers.values() if ws.name not in names]
         names += rest[: n - len(names)]

@@ -344,7 +344,7 @@ class AzCluster(Cluster):  # type: ignore[misc]
             )
             logger.error("%s", self._error)
         if decision.retire:
-            to_close = await self.scheduler.workers_to_close(
+            to_close = self.scheduler.workers_to_close(
                 n=decision.retire, attribute="name"
             )
             await self._retire(set(to_close[: decision.retire]))

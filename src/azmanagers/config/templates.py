@@ -1330,6 +1330,16 @@ def load_template_nic(name: str) -> dict[str, Any]:
 def stored_template_names(kind: str) -> list[str]:
     """Return the names of the templates of ``kind`` stored in its file (no built-ins), sorted.
 
+    Parameters
+    ----------
+    kind : str
+        ``"scaleset"``, ``"vm"`` or ``"nic"``.
+
+    Returns
+    -------
+    list of str
+        The stored names; a missing file gives an empty list.
+
     Raises
     ------
     ConfigError
@@ -1380,6 +1390,18 @@ def remove_template(kind: str, name: str) -> Path:
     """Remove the stored template ``name`` of ``kind``; return the file rewritten.
 
     Removing a stored override of a built-in template brings the built-in back.
+
+    Parameters
+    ----------
+    kind : str
+        ``"scaleset"``, ``"vm"`` or ``"nic"``.
+    name : str
+        The template's name.
+
+    Returns
+    -------
+    Path
+        The file rewritten (atomically, mode 0600).
 
     Raises
     ------

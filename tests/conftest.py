@@ -1,0 +1,71 @@
+"""Fixtures shared by every test: a private AZMANAGERS_HOME and a check for leaked processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+LEAK_GRACE_S = 10.0
+
+
+def processes_under(home: Path) -> list[psutil.Process]:
+    """Return live processes started as instances under ``home`` (found by their environment)."""
+    marker = str(home)
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            value = proc.environ().get("AZMANAGERS_INSTANCE_DIR", "")
+            if value.startswith(marker):
+                found.append(proc)
+    return found
+
+
+def _close_clusters() -> None:
+    from azmanagers import api
+
+    for template in list(api.clusters()):
+        with contextlib.suppress(Exception):
+            api.rmprocs(template=template)
+
+
+@pytest.fixture(autouse=True)
+def azm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Give each test its own AZMANAGERS_HOME; fail the test if it leaves a process behind."""
+    home = tmp_path / "azm-home"
+    monkeypatch.setenv("AZMANAGERS_HOME", str(home))
+    for name in list(os.environ):
+        if name.startswith("AZMANAGERS_") and name != "AZMANAGERS_HOME":
+            monkeypatch.delenv(name)
+    yield home
+    _close_clusters()
+    deadline = time.monotonic() + LEAK_GRACE_S
+    leaked = processes_under(home)
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.2)
+        leaked = processes_under(home)
+    if leaked:
+        described = [f"{p.pid} {' '.join(p.cmdline())[:120]}" for p in leaked]
+        for proc in leaked:
+            with contextlib.suppress(psutil.Error, OSError):
+                os.killpg(os.getsid(proc.pid), signal.SIGKILL)
+        pytest.fail("test left processes behind:\n" + "\n".join(described))
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> Path:
+    """An 'interpreter' that boots but never joins: it sleeps (a stuck instance)."""
+    path = tmp_path / "stuck-python"
+    path.write_text("#!/bin/bash\necho 'stuck-python: pretending to start'\nexec sleep 600\n")
+    path.chmod(0o755)
+    return path
