@@ -20,7 +20,7 @@ _EXPORTS = {
     "build_sstemplate": "azmanagers.config.templates",
     "build_vmtemplate": "azmanagers.config.templates",
     "clusters": "azmanagers.api",
-    "gc": "azmanagers.gc",
+    "gc": "azmanagers.collect",
     "load_manifest": "azmanagers.config.manifest",
     "load_template_nic": "azmanagers.config.templates",
     "load_template_scaleset": "azmanagers.config.templates",
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
         ProviderError,
         WaitTimeoutError,
     )
-    from azmanagers.gc import gc
+    from azmanagers.collect import gc
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
@@ -27,13 +28,49 @@ def _root(
     """Run Python code and executables on Azure VM scale sets (and on this machine)."""
     _state["debug"] = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
+    if not debug:
+        # Dask reads its logging levels when distributed is first imported (later, lazily).
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+
+
+@app.command()
+def demo() -> None:
+    """Start 4 local workers, estimate pi on them, show their logs, remove them: no account needed."""
+    from azmanagers.demo import run_demo
+
+    code = run_demo()
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command("gc")
+def gc_command(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be deleted."),
+    cluster: str = typer.Option(None, "--cluster", help="Only this cluster (exact tag match)."),
+) -> None:
+    """Delete what a killed caller left behind: resources whose owner is gone or expired."""
+    from azmanagers.collect import gc
+
+    found = gc(dry_run=dry_run, cluster=cluster)
+    verb = "would delete" if dry_run else "deleted"
+    for item in found:
+        typer.echo(f"{verb} {item.provider} {item.kind} {item.name} (cluster {item.cluster}): {item.reason}")
+    if not found:
+        typer.echo("nothing to collect")
+
+
+_registered = False
 
 
 def _register() -> None:
+    global _registered
+    if _registered:
+        return
     from azmanagers.cli_config import manifest_app, template_app
 
     app.add_typer(manifest_app, name="manifest")
     app.add_typer(template_app, name="template")
+    _registered = True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -195,7 +195,10 @@ class AzCluster(Cluster):  # type: ignore[misc]
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reconcile_task
         try:
-            await asyncio.to_thread(self.provider.delete_pool, self.pool, wait=True)
+            try:
+                await asyncio.to_thread(self.provider.delete_pool, self.pool, wait=True)
+            except RuntimeError:  # interpreter exit: executors refuse new work; block instead
+                self.provider.delete_pool(self.pool, wait=True)
         except AzManagersError:
             logger.exception("cluster %s: deleting pool %s failed", self.name, self.pool)
         self.status = Status.running  # let the base class close its comms

@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ from azmanagers.providers.base import (
 
 _POOL_FILE = "pool.json"
 _INSTANCE_FILE = "instance.json"
-_STOP_WORKERS = 8
 
 
 def owner_id() -> str:
@@ -70,8 +68,9 @@ class LocalProvider:
         self.root = root if root is not None else state_dir() / "local"
         self._lock = threading.RLock()
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._stopper = ThreadPoolExecutor(_STOP_WORKERS, thread_name_prefix="azm-local-stop")
-        self._stopping: dict[str, Future[None]] = {}
+        # Plain threads, not an executor: deletion must also work at interpreter exit,
+        # when executors refuse new work.
+        self._stopping: dict[str, threading.Thread] = {}
 
     # -- paths -------------------------------------------------------------------------
     def _pool_dir(self, pool: str) -> Path:
@@ -225,9 +224,14 @@ class LocalProvider:
                 atomic_write_json(instance_dir / _INSTANCE_FILE, info)
                 removed += 1
                 handle = procvm.ProcessHandle(int(info["pid"]), float(info["create_time"]))
-                self._stopping[instance_id] = self._stopper.submit(
-                    self._stop_instance, pool, instance_id, handle
+                thread = threading.Thread(
+                    target=self._stop_instance,
+                    args=(pool, instance_id, handle),
+                    name=f"azm-stop-{instance_id}",
+                    daemon=True,
                 )
+                self._stopping[instance_id] = thread
+                thread.start()
             meta["capacity"] = max(0, int(meta["capacity"]) - removed)
             atomic_write_json(self._pool_dir(pool) / _POOL_FILE, meta)
 
@@ -246,9 +250,8 @@ class LocalProvider:
     def wait_deleted(self, timeout_s: float = 30.0) -> None:
         """Wait (bounded) for background deletions to finish."""
         deadline = time.monotonic() + timeout_s
-        for future in list(self._stopping.values()):
-            with contextlib.suppress(Exception):
-                future.result(timeout=max(0.0, deadline - time.monotonic()))
+        for thread in list(self._stopping.values()):
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def delete_pool(self, pool: str, *, wait: bool = True) -> None:
         """Stop every instance of the pool and remove its folder."""

@@ -1,0 +1,122 @@
+"""``azm demo``: a cluster on the built-in local template, a real computation, and a clean exit."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+DEMO_WORKERS = 4
+DEMO_TASKS = 16
+SAMPLES_PER_TASK = 200_000
+WAIT_TIMEOUT_S = 120.0
+
+
+def monte_carlo_pi(seed: int, samples: int) -> tuple[int, str]:
+    """Count random points inside the unit quarter circle; return (hits, worker name)."""
+    import distributed
+
+    rng = random.Random(seed)
+    hits = 0
+    for _ in range(samples):
+        x, y = rng.random(), rng.random()
+        hits += x * x + y * y <= 1.0
+    worker = distributed.get_worker()
+    if seed == 0:
+        logging.getLogger("azmanagers.demo").info("hello from %s: task 0 done", worker.name)
+    return hits, str(worker.name)
+
+
+def run_demo(console: Console | None = None) -> int:
+    """Run the demo; return 0 on success."""
+    import distributed
+
+    import azmanagers
+    from azmanagers.cluster import AzCluster
+
+    console = console or Console(stderr=False)
+    seen: list[str] = []
+
+    class _Show(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+            console.print(f"[cyan]worker log ->[/cyan] {escape(record.getMessage())}")
+
+    handler = _Show(logging.INFO)
+    wlog = logging.getLogger("azmanagers.worker")
+    wlog.addHandler(handler)
+    wlog.setLevel(logging.INFO)
+    wlog.propagate = False
+    started = time.monotonic()
+    cluster: AzCluster | None = None
+    try:
+        console.print(f"[bold]azmanagers demo[/bold]: {DEMO_WORKERS} workers from template 'local'")
+        with Progress(
+            TextColumn("waiting for workers"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.total:.0f} joined"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("join", total=DEMO_WORKERS)
+            cluster = azmanagers.addprocs(
+                "local",
+                DEMO_WORKERS,
+                waitfor=True,
+                timeout=WAIT_TIMEOUT_S,
+                progress=lambda joined, _wanted: bar.update(task, completed=joined),
+            )
+        console.print(
+            f"{cluster.nworkers()} workers joined in {time.monotonic() - started:.1f} s "
+            f"(scheduler {cluster.scheduler_address}, TLS with the cluster's own CA)"
+        )
+        client = distributed.default_client()
+        futures = client.map(
+            monte_carlo_pi, range(DEMO_TASKS), [SAMPLES_PER_TASK] * DEMO_TASKS, pure=False
+        )
+        results = client.gather(futures)
+        hits = sum(h for h, _ in results)
+        estimate = 4.0 * hits / (DEMO_TASKS * SAMPLES_PER_TASK)
+        console.print(
+            f"pi ~ [bold green]{estimate:.5f}[/bold green] from "
+            f"{DEMO_TASKS * SAMPLES_PER_TASK:,} samples in {DEMO_TASKS} tasks"
+        )
+        per_worker = Counter(w for _, w in results)
+        joined = cluster.join_times
+        table = Table(title="workers")
+        table.add_column("worker")
+        table.add_column("joined after (s)", justify="right")
+        table.add_column("tasks run", justify="right")
+        for name in sorted(set(joined) | set(per_worker)):
+            at = joined.get(name)
+            table.add_row(name, "-" if at is None else f"{at:.2f}", str(per_worker.get(name, 0)))
+        console.print(table)
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not seen:
+            console.print("[yellow]no worker log line arrived within 10 s[/yellow]")
+        azmanagers.rmprocs(2)
+        console.print(
+            f"rmprocs(2): {cluster.nworkers()} workers left ({', '.join(azmanagers.workers())})"
+        )
+        pool = cluster.pool
+        azmanagers.rmprocs()
+        leftover = cluster.provider.list_instances(pool)
+        console.print(
+            f"cluster closed; {len(leftover)} instances left; "
+            f"done in {time.monotonic() - started:.1f} s"
+        )
+        return 0 if not leftover and seen else 1
+    finally:
+        wlog.removeHandler(handler)
+        wlog.propagate = True
+        if cluster is not None:
+            cluster.close()
