@@ -1,4 +1,4 @@
-"""azmanagers: run Python code and executables on Azure VM scale sets, with elastic Dask clusters."""
+"""azmanagers: run Python code and executables on Azure VM scale sets (elastic Dask clusters)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,33 @@ _EXPORTS = {
     "write_manifest": "azmanagers.config.manifest",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AzCluster",
+    "AzManagersError",
+    "ClusterClosedError",
+    "ConfigError",
+    "InstanceFailedError",
+    "ProviderError",
+    "WaitTimeoutError",
+    "addprocs",
+    "build_nictemplate",
+    "build_sstemplate",
+    "build_vmtemplate",
+    "clusters",
+    "gc",
+    "load_manifest",
+    "load_template_nic",
+    "load_template_scaleset",
+    "load_template_vm",
+    "nworkers",
+    "nworkers_provisioned",
+    "rmprocs",
+    "save_template_nic",
+    "save_template_scaleset",
+    "save_template_vm",
+    "workers",
+    "write_manifest",
+]
 
 if TYPE_CHECKING:
     from azmanagers.api import (
@@ -47,6 +73,7 @@ if TYPE_CHECKING:
         workers,
     )
     from azmanagers.cluster import AzCluster
+    from azmanagers.collect import gc
     from azmanagers.config.manifest import load_manifest, write_manifest
     from azmanagers.config.templates import (
         build_nictemplate,
@@ -67,7 +94,6 @@ if TYPE_CHECKING:
         ProviderError,
         WaitTimeoutError,
     )
-    from azmanagers.collect import gc
 
 
 def __getattr__(name: str) -> Any:

@@ -202,8 +202,13 @@ def rmprocs(
         cluster.remove_workers(names)
         return
     if isinstance(workers, str):
-        workers = [workers]
-    cluster.remove_workers(list(workers))
+        cluster.remove_workers([workers])
+    elif isinstance(workers, (list, tuple, set)) and all(isinstance(w, str) for w in workers):
+        cluster.remove_workers(list(workers))
+    else:
+        raise ConfigError(
+            f"rmprocs() takes nothing (all), a count, or worker names; got {workers!r}."
+        )
 
 
 async def _pick_workers(cluster: AzCluster, n: int) -> list[str]:

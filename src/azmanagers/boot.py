@@ -43,7 +43,7 @@ def render(spec: BootSpec) -> str:
         raise ConfigError(f"unknown boot role {spec.role!r}; expected one of {', '.join(ROLES)}.")
     exports = []
     for name, value in sorted(spec.env.items()):
-        if not _ENV_NAME.match(name):
+        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
             raise ConfigError(
                 f"environment variable name {name!r} is not valid; use letters, digits and "
                 "underscores, not starting with a digit."
@@ -63,7 +63,8 @@ def render(spec: BootSpec) -> str:
         f"base64 -d > \"$AZM_DIR/payload.json.gz\" <<'{_PAYLOAD_MARKER}'",
         encode_payload(dict(spec.payload)),
         _PAYLOAD_MARKER,
-        f'AZM_PYTHON="${{AZMANAGERS_PYTHON:-{shlex.quote(spec.python)}}}"',
+        f"AZM_DEFAULT_PYTHON={shlex.quote(spec.python)}",
+        'AZM_PYTHON="${AZMANAGERS_PYTHON:-$AZM_DEFAULT_PYTHON}"',
         'echo "azmanagers: starting agent with $AZM_PYTHON"',
         f'exec "$AZM_PYTHON" -m azmanagers.agent {spec.role} --payload "$AZM_DIR/payload.json.gz"',
         "",

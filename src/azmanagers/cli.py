@@ -1,4 +1,4 @@
-"""The ``azm`` command line: one ``Error: ...`` line on failure, a traceback only with ``--debug``."""
+"""The ``azm`` command line: one ``Error: ...`` line on failure (tracebacks with ``--debug``)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _root(
 
 @app.command()
 def demo() -> None:
-    """Start 4 local workers, estimate pi on them, show their logs, remove them: no account needed."""
+    """Start 4 local workers, estimate pi on them, show a worker log, remove them (no account)."""
     from azmanagers.demo import run_demo
 
     code = run_demo()
@@ -54,7 +54,10 @@ def gc_command(
     found = gc(dry_run=dry_run, cluster=cluster)
     verb = "would delete" if dry_run else "deleted"
     for item in found:
-        typer.echo(f"{verb} {item.provider} {item.kind} {item.name} (cluster {item.cluster}): {item.reason}")
+        typer.echo(
+            f"{verb} {item.provider} {item.kind} {item.name} "
+            f"(cluster {item.cluster}): {item.reason}"
+        )
     if not found:
         typer.echo("nothing to collect")
 
@@ -100,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             return exc.exit_code
         if _state["debug"]:
             raise
-        typer.echo(f"Error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True)
+        typer.echo(
+            f"Error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True
+        )
         return 1
     return 0
 

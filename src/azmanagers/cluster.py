@@ -45,7 +45,7 @@ _live_clusters: weakref.WeakSet[AzCluster] = weakref.WeakSet()
 ProgressCallback = Callable[[int, int], None]
 
 
-class _SchedulerHooks(SchedulerPlugin):  # type: ignore[misc]
+class _SchedulerHooks(SchedulerPlugin):
     """Runs in the (in-process) scheduler: sees workers join and their forwarded log records."""
 
     name = "azmanagers-hooks"
@@ -65,7 +65,7 @@ class _SchedulerHooks(SchedulerPlugin):  # type: ignore[misc]
             cluster._on_worker_log(msg)
 
 
-class AzCluster(Cluster):  # type: ignore[misc]
+class AzCluster(Cluster):
     """A Dask cluster on provider instances (process-VMs locally, a scale set on Azure).
 
     ``scale(n)`` records the target; a reconciler converges on it: it creates instances, deletes
@@ -188,7 +188,7 @@ class AzCluster(Cluster):  # type: ignore[misc]
         if self.status == Status.closed:
             return
         self.status = Status.closing
-        with contextlib.suppress(AttributeError):
+        if self._adaptive is not None:
             self._adaptive.stop()
         if self._reconcile_task is not None:
             self._reconcile_task.cancel()
@@ -332,7 +332,9 @@ class AzCluster(Cluster):  # type: ignore[misc]
                 self.provider.instance_log, self.pool, failure.instance, tail_bytes=LOG_TAIL_BYTES
             )
             self.failures.append((failure.instance, failure.reason, tail))
-            logger.warning("cluster %s: instance %s failed: %s", self.name, failure.instance, failure.reason)
+            logger.warning(
+                "cluster %s: instance %s failed: %s", self.name, failure.instance, failure.reason
+            )
         replaced = len(decision.failures) - decision.unreplaced
         self._replacements_left = max(0, self._replacements_left - replaced)
         if decision.unreplaced:
@@ -347,9 +349,7 @@ class AzCluster(Cluster):  # type: ignore[misc]
             )
             logger.error("%s", self._error)
         if decision.retire:
-            to_close = self.scheduler.workers_to_close(
-                n=decision.retire, attribute="name"
-            )
+            to_close = self.scheduler.workers_to_close(n=decision.retire, attribute="name")
             await self._retire(set(to_close[: decision.retire]))
         if delete:
             self._removing.update(delete)
@@ -418,7 +418,9 @@ class AzCluster(Cluster):  # type: ignore[misc]
 
     def _check_open(self) -> None:
         if self.status in (Status.closing, Status.closed):
-            raise ClusterClosedError(f"cluster {self.name} is closed; create a new one with addprocs.")
+            raise ClusterClosedError(
+                f"cluster {self.name} is closed; create a new one with addprocs."
+            )
 
     def raise_if_failed(self) -> None:
         """Raise the instance failure that spent the replacement budget, if there was one."""
@@ -462,7 +464,9 @@ class AzCluster(Cluster):  # type: ignore[misc]
             if self.status in (Status.closing, Status.closed):
                 raise ClusterClosedError(f"cluster {self.name} was closed while waiting.")
             if deadline is not None and time.monotonic() > deadline:
-                raise WaitTimeoutError(self._timeout_message(joined, n_workers, float(timeout or 0)))
+                raise WaitTimeoutError(
+                    self._timeout_message(joined, n_workers, float(timeout or 0))
+                )
             time.sleep(_PROGRESS_INTERVAL_S)
 
     def _timeout_message(self, joined: int, wanted: int, timeout: float) -> str:

@@ -29,12 +29,13 @@ def caller_requirements() -> str:
     Distributions installed from local folders or in editable mode are left out (they cannot
     be installed elsewhere by name); so is azmanagers itself.
     """
-    pins = {}
+    pins: dict[str, str] = {}
     for dist in metadata.distributions():
         name = dist.metadata["Name"]
         if not name or name.lower() in _SKIP or _is_local(dist):
             continue
-        pins[name.lower()] = f"{name}=={dist.version}"
+        # sys.path order: the first copy found is the one imported; later ones are shadowed
+        pins.setdefault(name.lower(), f"{name}=={dist.version}")
     return "\n".join(pins[k] for k in sorted(pins)) + "\n"
 
 

@@ -40,13 +40,13 @@ def run_demo(console: Console | None = None) -> int:
     import azmanagers
     from azmanagers.cluster import AzCluster
 
-    console = console or Console(stderr=False)
+    out = console or Console()
     seen: list[str] = []
 
     class _Show(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             seen.append(record.getMessage())
-            console.print(f"[cyan]worker log ->[/cyan] {escape(record.getMessage())}")
+            out.print(f"[cyan]worker log ->[/cyan] {escape(record.getMessage())}")
 
     handler = _Show(logging.INFO)
     wlog = logging.getLogger("azmanagers.worker")
@@ -56,13 +56,13 @@ def run_demo(console: Console | None = None) -> int:
     started = time.monotonic()
     cluster: AzCluster | None = None
     try:
-        console.print(f"[bold]azmanagers demo[/bold]: {DEMO_WORKERS} workers from template 'local'")
+        out.print(f"[bold]azmanagers demo[/bold]: {DEMO_WORKERS} workers from template 'local'")
         with Progress(
             TextColumn("waiting for workers"),
             BarColumn(),
             TextColumn("{task.completed:.0f}/{task.total:.0f} joined"),
             TimeElapsedColumn(),
-            console=console,
+            console=out,
             transient=True,
         ) as bar:
             task = bar.add_task("join", total=DEMO_WORKERS)
@@ -73,7 +73,7 @@ def run_demo(console: Console | None = None) -> int:
                 timeout=WAIT_TIMEOUT_S,
                 progress=lambda joined, _wanted: bar.update(task, completed=joined),
             )
-        console.print(
+        out.print(
             f"{cluster.nworkers()} workers joined in {time.monotonic() - started:.1f} s "
             f"(scheduler {cluster.scheduler_address}, TLS with the cluster's own CA)"
         )
@@ -84,7 +84,7 @@ def run_demo(console: Console | None = None) -> int:
         results = client.gather(futures)
         hits = sum(h for h, _ in results)
         estimate = 4.0 * hits / (DEMO_TASKS * SAMPLES_PER_TASK)
-        console.print(
+        out.print(
             f"pi ~ [bold green]{estimate:.5f}[/bold green] from "
             f"{DEMO_TASKS * SAMPLES_PER_TASK:,} samples in {DEMO_TASKS} tasks"
         )
@@ -97,20 +97,20 @@ def run_demo(console: Console | None = None) -> int:
         for name in sorted(set(joined) | set(per_worker)):
             at = joined.get(name)
             table.add_row(name, "-" if at is None else f"{at:.2f}", str(per_worker.get(name, 0)))
-        console.print(table)
+        out.print(table)
         deadline = time.monotonic() + 10
         while not seen and time.monotonic() < deadline:
             time.sleep(0.1)
         if not seen:
-            console.print("[yellow]no worker log line arrived within 10 s[/yellow]")
+            out.print("[yellow]no worker log line arrived within 10 s[/yellow]")
         azmanagers.rmprocs(2)
-        console.print(
+        out.print(
             f"rmprocs(2): {cluster.nworkers()} workers left ({', '.join(azmanagers.workers())})"
         )
         pool = cluster.pool
         azmanagers.rmprocs()
         leftover = cluster.provider.list_instances(pool)
-        console.print(
+        out.print(
             f"cluster closed; {len(leftover)} instances left; "
             f"done in {time.monotonic() - started:.1f} s"
         )

@@ -19,7 +19,7 @@ class AzManagersError(Exception):
 
 
 class ConfigError(AzManagersError, ValueError):
-    """A configuration value is missing or wrong; the message names the file, the key and the fix."""
+    """A configuration value is missing or wrong; the message names the file, key and fix."""
 
 
 class ProviderError(AzManagersError):

@@ -30,7 +30,10 @@ class ClusterSettings:
 
 
 _ENV_PREFIX = "AZMANAGERS_"
+_AT_LEAST_ONE = ("nthreads", "max_instances")
 _FROM_ENV = (
+    "max_instances",
+    "ttl_s",
     "join_timeout_s",
     "max_replacements",
     "death_timeout_s",
@@ -54,23 +57,28 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             number = -1.0
-        if number > 0 and not isinstance(value, bool):
+        if 0 < number < float("inf") and not isinstance(value, bool):
             return number
-        raise ConfigError(f"{name} from {source} must be a positive number of seconds, got {value!r}.")
+        raise ConfigError(
+            f"{name} from {source} must be a positive number of seconds, got {value!r}."
+        )
     elif kind is int:
         try:
             whole = int(value)
         except (TypeError, ValueError):
             whole = -1
-        if whole >= 0 and not isinstance(value, bool) and str(whole) == str(value).strip():
+        least = 1 if name in _AT_LEAST_ONE else 0
+        if whole >= least and not isinstance(value, bool) and str(whole) == str(value).strip():
             return whole
-        raise ConfigError(f"{name} from {source} must be a whole number >= 0, got {value!r}.")
+        raise ConfigError(f"{name} from {source} must be a whole number >= {least}, got {value!r}.")
     elif isinstance(value, kind):
         return value
     raise ConfigError(f"{name} from {source} has the wrong type: {value!r}.")
 
 
-def resolve(template: Mapping[str, Any], overrides: Mapping[str, Any], *, template_name: str) -> ClusterSettings:
+def resolve(
+    template: Mapping[str, Any], overrides: Mapping[str, Any], *, template_name: str
+) -> ClusterSettings:
     """Merge defaults, the template, the environment and keyword overrides, validating each."""
     names = {f.name for f in fields(ClusterSettings)}
     values: dict[str, Any] = {}
@@ -88,7 +96,4 @@ def resolve(template: Mapping[str, Any], overrides: Mapping[str, Any], *, templa
             raise ConfigError(f"unknown setting {key!r}.{extra} Known: {', '.join(sorted(names))}.")
         if value is not None:
             values[key] = _coerce(key, value, "the keyword argument")
-    settings = replace(ClusterSettings(), **values)
-    if settings.nthreads < 1:
-        raise ConfigError(f"nthreads must be at least 1, got {settings.nthreads}.")
-    return settings
+    return replace(ClusterSettings(), **values)

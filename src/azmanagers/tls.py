@@ -5,11 +5,15 @@ from __future__ import annotations
 import datetime
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    from distributed.security import Security
 
 CERT_LIFETIME_DAYS = 30
 _CLOCK_SKEW = datetime.timedelta(minutes=5)
@@ -36,11 +40,10 @@ class ClusterCredentials:
         """Return what a worker needs: the CA certificate and the worker key pair."""
         return {"ca": self.ca, "cert": self.worker.cert, "key": self.worker.key}
 
-    def security(self, role: str = "client") -> object:
+    def security(self) -> Security:
         """Return a ``distributed.Security`` for the caller side (scheduler and client)."""
         from distributed.security import Security
 
-        del role
         return Security(
             tls_ca_file=self.ca,
             tls_scheduler_cert=self.scheduler.cert,
@@ -82,9 +85,15 @@ def _issue(
         .not_valid_before(now - _CLOCK_SKEW)
         .not_valid_after(now + datetime.timedelta(days=CERT_LIFETIME_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
@@ -107,6 +116,9 @@ def make_cluster_credentials(cluster: str, hosts: list[str] | None = None) -> Cl
         .not_valid_before(now - _CLOCK_SKEW)
         .not_valid_after(now + datetime.timedelta(days=CERT_LIFETIME_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,

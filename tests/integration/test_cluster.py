@@ -51,7 +51,9 @@ def test_addprocs_returns_at_once_then_workers_join_elastically() -> None:
     assert client.submit(pow, 7, 2).result(timeout=30) == 49
     total = dask.compute(*[dask.delayed(pow)(i, 2) for i in range(8)])
     assert sum(total) == sum(i * i for i in range(8))
-    ran_on = {r for r in client.gather(client.map(lambda i: distributed.get_worker().name, range(8)))}
+    ran_on = {
+        r for r in client.gather(client.map(lambda i: distributed.get_worker().name, range(8)))
+    }
     assert ran_on <= set(azmanagers.workers())
 
 
@@ -99,7 +101,9 @@ def test_rmprocs_by_count_by_name_and_all(azm_home: Path) -> None:
 def test_killed_worker_is_replaced(azm_home: Path) -> None:
     cluster = azmanagers.addprocs("local", 2, waitfor=True, timeout=DEADLINE_S)
     victim = azmanagers.workers()[0]
-    leader = [p for p in processes_under(azm_home) if victim in p.environ()["AZMANAGERS_INSTANCE_DIR"]]
+    leader = [
+        p for p in processes_under(azm_home) if victim in p.environ()["AZMANAGERS_INSTANCE_DIR"]
+    ]
     assert leader
     os.killpg(os.getsid(leader[0].pid), signal.SIGKILL)
     eventually(
@@ -208,7 +212,7 @@ def test_bad_input_is_refused_with_clear_errors() -> None:
         azmanagers.addprocs("local", 0)
     with pytest.raises(ConfigError, match="whole number >= 1"):
         azmanagers.addprocs("local", "2")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="unknown keyword 'join_timeout'.*join_timeout_s"):
+    with pytest.raises(ConfigError, match=r"unknown keyword 'join_timeout'.*join_timeout_s"):
         azmanagers.addprocs("local", 1, join_timeout=3)
     with pytest.raises(ConfigError, match="local"):
         azmanagers.addprocs("no-such-template", 1)

@@ -32,7 +32,9 @@ def build_wheel(folder: Path, value: str) -> Path:
     files = {
         f"{PKG}/__init__.py": f"VALUE = {value!r}\n",
         f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {PKG}\nVersion: 0.1\n",
-        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: azm-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist_info}/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: azm-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
     }
     record_lines = []
     for name, text in files.items():
@@ -47,7 +49,9 @@ def build_wheel(folder: Path, value: str) -> Path:
     return wheel
 
 
-def test_customenv_builds_a_virtualenv_from_a_requirements_file(tmp_path: Path, azm_home: Path) -> None:
+def test_customenv_builds_a_virtualenv_from_a_requirements_file(
+    tmp_path: Path, azm_home: Path
+) -> None:
     assert importlib.util.find_spec(PKG) is None  # the caller does not have it
     build_wheel(tmp_path / "wheels", "tiny-42")
     requirements = tmp_path / "requirements.txt"
@@ -73,7 +77,9 @@ def test_customenv_builds_a_virtualenv_from_a_requirements_file(tmp_path: Path, 
     assert "reusing custom environment" in logs  # ... reused by the other instance
     # a later cluster with the same spec reuses it without building
     azmanagers.rmprocs()
-    cluster = azmanagers.addprocs("local", 1, waitfor=True, timeout=120, customenv=str(requirements))
+    cluster = azmanagers.addprocs(
+        "local", 1, waitfor=True, timeout=120, customenv=str(requirements)
+    )
     assert "reusing custom environment" in "\n".join(cluster.instance_logs().values())
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import azmanagers
 from azmanagers.boot import decode_payload
+from azmanagers.tls import make_cluster_credentials
 from tests.conftest import processes_under
 
 pytestmark = pytest.mark.integration
@@ -44,15 +45,18 @@ def test_plain_tcp_and_certless_tls_are_refused_mutual_tls_works(tmp_path: Path)
     # 3. TLS that trusts the CA but presents no client certificate is rejected.
     ctx = ssl.create_default_context(cadata=cluster.credentials.ca)
     ctx.check_hostname = False
-    with socket.create_connection((host, port), timeout=5) as raw:
-        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError, TimeoutError)):
-            with ctx.wrap_socket(raw) as tls:
-                tls.sendall(b"x" * 16)
-                if not tls.recv(16):
-                    raise ConnectionResetError("closed by the scheduler")
+    refused = (ssl.SSLError, ConnectionResetError, BrokenPipeError, TimeoutError)
+    with (
+        socket.create_connection((host, port), timeout=5) as raw,
+        pytest.raises(refused),
+        ctx.wrap_socket(raw) as tls,
+    ):
+        tls.sendall(b"x" * 16)
+        if not tls.recv(16):
+            raise ConnectionResetError("closed by the scheduler")
 
     # 4. A certificate from ANOTHER cluster's CA is rejected too.
-    other = azmanagers.tls.make_cluster_credentials("other")
+    other = make_cluster_credentials("other")
     foreign = distributed.security.Security(
         tls_ca_file=other.ca,
         tls_client_cert=other.client.cert,
@@ -60,7 +64,9 @@ def test_plain_tcp_and_certless_tls_are_refused_mutual_tls_works(tmp_path: Path)
         require_encryption=True,
     )
     with pytest.raises((OSError, TimeoutError)):
-        distributed.Client(cluster.scheduler_address, security=foreign, timeout=3, set_as_default=False)
+        distributed.Client(
+            cluster.scheduler_address, security=foreign, timeout=3, set_as_default=False
+        )
 
     # 5. The cluster's own client credentials work (positive control).
     with distributed.Client(

@@ -10,7 +10,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the role and run it; return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m azmanagers.agent")
     parser.add_argument("role", choices=["worker"])
-    parser.add_argument("--payload", required=True, help="the boot payload (gzip JSON, base64-decoded)")
+    parser.add_argument(
+        "--payload", required=True, help="the boot payload (gzip JSON, base64-decoded)"
+    )
     args = parser.parse_args(argv)
     from azmanagers.agent.worker import main as worker_main
 

@@ -62,9 +62,7 @@ class ForwardingHandler(logging.Handler):
                 "levelno": record.levelno,
                 "msg": record.getMessage(),
                 "created": record.created,
-                "exc_text": self.format(record).split("\n", 1)[1]
-                if record.exc_info
-                else "",
+                "exc_text": self.format(record).split("\n", 1)[1] if record.exc_info else "",
             }
             loop = self.worker.loop
             if loop is not None:
@@ -105,11 +103,13 @@ async def run_worker(payload: dict[str, Any]) -> int:
     root.addHandler(ForwardingHandler(worker, int(payload.get("log_level", logging.INFO))))
 
     loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
+    closing: list[asyncio.Future[Any]] = []
 
     def _on_signal() -> None:
-        stopping.set()
-        asyncio.ensure_future(worker.close(reason="azmanagers: instance stopping"))
+        if not closing:
+            closing.append(
+                asyncio.ensure_future(worker.close(reason="azmanagers: instance stopping"))
+            )
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal)
@@ -152,7 +152,9 @@ def main(payload_path: str) -> int:
             env,
         )
     logging.basicConfig(
-        stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        stream=sys.stdout,
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     for noisy in ("distributed.worker", "distributed.core", "distributed.nanny"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -48,7 +48,7 @@ def owner_alive(owner: str) -> bool:
         if host != os.uname().nodename:
             return True  # not ours to judge
         proc = psutil.Process(int(pid_part))
-        return abs(proc.create_time() - float(created)) < 0.01
+        return bool(abs(proc.create_time() - float(created)) < 0.01)
     except (ValueError, psutil.Error):
         return False
 
@@ -261,9 +261,15 @@ class LocalProvider:
         with self._lock:
             ids = [i.id for i in self._scan(pool)]
         self.delete_instances(pool, ids)
-        self.wait_deleted()
-        if wait:
+
+        def finish() -> None:
+            self.wait_deleted()
             shutil.rmtree(pool_dir, ignore_errors=True)
+
+        if wait:
+            finish()
+        else:
+            threading.Thread(target=finish, name=f"azm-delete-{pool}", daemon=True).start()
 
     def instance_log(self, pool: str, instance_id: str, *, tail_bytes: int = 4096) -> str:
         """Return the end of the instance's boot log (also after it was deleted)."""
