@@ -221,3 +221,34 @@ def test_bad_input_is_refused_with_clear_errors() -> None:
     with pytest.raises(ConfigError, match="timeout"):
         azmanagers.addprocs("local", 1, timeout=-1)
     assert api.clusters() == {}
+
+
+def test_a_saved_local_template_sets_threads_and_limits() -> None:
+    azmanagers.save_template_scaleset(
+        "mylocal", {"provider": "local", "nthreads": 2, "max_instances": 2}
+    )
+    azmanagers.addprocs("mylocal", 1, waitfor=True, timeout=DEADLINE_S)
+    client = distributed.default_client()
+    info = client.scheduler_info()["workers"]
+    assert [w["nthreads"] for w in info.values()] == [2]
+    with pytest.raises(ConfigError, match="at most 2 instances"):
+        api.clusters()["mylocal"].scale(3)
+
+
+def test_an_azure_template_says_the_provider_is_not_here_yet() -> None:
+    template = azmanagers.build_sstemplate(
+        "cbox",
+        subscriptionid="00000000-0000-0000-0000-000000000000",
+        admin_username="azuser",
+        location="southcentralus",
+        resourcegroup="rg",
+        vnet="vnet",
+        subnet="subnet",
+        imagegallery="gallery",
+        imagename="image",
+        skuname="Standard_D2s_v3",
+    )
+    azmanagers.save_template_scaleset("myscaleset", template)
+    with pytest.raises(azmanagers.ProviderError, match="azure provider is not part"):
+        azmanagers.addprocs("myscaleset", 1)
+    assert api.clusters() == {}

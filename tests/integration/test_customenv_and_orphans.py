@@ -167,3 +167,25 @@ def test_interpreter_exit_removes_every_instance(tmp_path: Path, azm_home: Path)
     assert proc.wait(timeout=60) == 0
     assert processes_under(azm_home) == []
     assert not (azm_home / "state" / "local" / "pools" / pool).exists()
+
+
+def test_workers_of_a_frozen_caller_exit_after_the_death_timeout(
+    tmp_path: Path, azm_home: Path
+) -> None:
+    proc, pool = _run_caller("hang", tmp_path)  # its workers have death_timeout_s=5
+    try:
+        assert len(processes_under(azm_home)) >= 2
+        os.killpg(proc.pid, signal.SIGSTOP)  # connections stay open; nothing answers
+        deadline = time.monotonic() + 45
+        while processes_under(azm_home) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert processes_under(azm_home) == [], "workers outlived an unresponsive scheduler"
+        logs = list(
+            (azm_home / "state" / "local" / "pools" / pool / "instances").glob("*/boot.log")
+        )
+        assert logs
+        assert all("has not answered for" in log.read_text() for log in logs)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        azmanagers.gc()

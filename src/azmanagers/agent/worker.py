@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,42 @@ async def run_worker(payload: dict[str, Any]) -> int:
         await worker.close(reason="azmanagers: scheduler unreachable")
         return EXIT_SCHEDULER_UNREACHABLE
     _say(f"worker {name} joined {payload['scheduler']} and listens on {worker.address}")
+    death_timeout_s = float(payload.get("death_timeout_s", 60))
+    watchdog = asyncio.ensure_future(_watch_scheduler(worker, death_timeout_s))
     await worker.finished()
+    watchdog.cancel()
+    lost = watchdog.done() and not watchdog.cancelled() and watchdog.result()
     _say(f"worker {name} closed ({worker.status.name}); exiting")
-    return 0
+    return EXIT_SCHEDULER_UNREACHABLE if lost else 0
+
+
+async def _watch_scheduler(worker: Any, death_timeout_s: float) -> bool:
+    """Close the worker when the scheduler has not answered for ``death_timeout_s``.
+
+    A scheduler that vanishes without closing its connections (a frozen caller, a network
+    partition) would otherwise leave the worker, and the VM's bill, running for good.
+    Returns True when it closed the worker.
+    """
+    interval_s = max(1.0, min(10.0, death_timeout_s / 3))
+    last_ok = time.monotonic()
+    while worker.status.name in ("init", "running", "paused"):
+        try:
+            await asyncio.wait_for(
+                worker.scheduler.get_metadata(keys=["azmanagers-liveness"], default=None),
+                interval_s,
+            )
+            last_ok = time.monotonic()
+        except (OSError, asyncio.TimeoutError):
+            silent = time.monotonic() - last_ok
+            if silent > death_timeout_s:
+                _say(
+                    f"the scheduler has not answered for {silent:.0f} s "
+                    f"(death timeout {death_timeout_s:g} s); closing the worker"
+                )
+                await worker.close(reason="azmanagers: scheduler unreachable")
+                return True
+        await asyncio.sleep(interval_s)
+    return False
 
 
 def main(payload_path: str) -> int:

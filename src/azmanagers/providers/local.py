@@ -28,6 +28,7 @@ from azmanagers.providers.base import (
 
 _POOL_FILE = "pool.json"
 _INSTANCE_FILE = "instance.json"
+_DELETE_WAIT_S = 30.0
 
 
 def owner_id() -> str:
@@ -247,11 +248,12 @@ class LocalProvider:
         finally:
             self._stopping.pop(instance_id, None)
 
-    def wait_deleted(self, timeout_s: float = 30.0) -> None:
+    def wait_deleted(self, timeout_s: float = _DELETE_WAIT_S) -> None:
         """Wait (bounded) for background deletions to finish."""
         deadline = time.monotonic() + timeout_s
         for thread in list(self._stopping.values()):
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            if thread is not threading.current_thread():
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def delete_pool(self, pool: str, *, wait: bool = True) -> None:
         """Stop every instance of the pool and remove its folder."""
@@ -262,14 +264,21 @@ class LocalProvider:
             ids = [i.id for i in self._scan(pool)]
         self.delete_instances(pool, ids)
 
+        key = f"pool:{pool}"
+
         def finish() -> None:
-            self.wait_deleted()
-            shutil.rmtree(pool_dir, ignore_errors=True)
+            try:
+                self.wait_deleted()
+                shutil.rmtree(pool_dir, ignore_errors=True)
+            finally:
+                self._stopping.pop(key, None)
 
         if wait:
             finish()
         else:
-            threading.Thread(target=finish, name=f"azm-delete-{pool}", daemon=True).start()
+            thread = threading.Thread(target=finish, name=f"azm-delete-{pool}", daemon=True)
+            self._stopping[key] = thread
+            thread.start()
 
     def instance_log(self, pool: str, instance_id: str, *, tail_bytes: int = 4096) -> str:
         """Return the end of the instance's boot log (also after it was deleted)."""
