@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from azmanagers.config import manifest as _manifest
+from azmanagers.config import template_schema as _schema
 from azmanagers.config import templates as _templates
 from azmanagers.config.paths import home
 from azmanagers.errors import ConfigError
@@ -185,8 +186,8 @@ def _summary(kind: str, template: Any) -> tuple[str, str]:
         except (KeyError, IndexError, TypeError):
             pass
         return "azure", f"{template.get('location', '?')}{subnet}"
-    provider = str(template.get("provider", _templates.PROVIDER_AZURE))
-    if provider == _templates.PROVIDER_LOCAL:
+    provider = str(template.get("provider", _schema.PROVIDER_AZURE))
+    if provider == _schema.PROVIDER_LOCAL:
         if kind == "vm":
             return provider, "a process on this machine"
         return provider, (
@@ -209,7 +210,7 @@ def _summary(kind: str, template: Any) -> tuple[str, str]:
 def _kinds(kind: str | None) -> list[str]:
     """Return the kinds to list: one (checked), or all."""
     if kind is None:
-        return list(_templates.KINDS)
+        return list(_schema.KINDS)
     _templates.templates_path(kind)  # raises ConfigError for an unknown kind
     return [kind]
 
@@ -355,7 +356,7 @@ def template_add_scaleset(
                 f"{command} --local takes no Azure options, got {', '.join(wrong)}. "
                 "Drop them, or drop --local for an Azure template."
             )
-        template: dict[str, Any] = {"provider": _templates.PROVIDER_LOCAL}
+        template: dict[str, Any] = {"provider": _schema.PROVIDER_LOCAL}
         template.update({key: value for key, value in local_values.items() if value is not None})
         _save("scaleset", name, template)
         return
@@ -398,9 +399,9 @@ def template_add_scaleset(
         resourcegroup_vnet=resourcegroup_vnet,
         resourcegroup_image=resourcegroup_image,
         skutier=skutier or "Standard",
-        osdisksize=_templates.DEFAULT_OSDISK_SIZE_GB if osdisksize is None else osdisksize,
+        osdisksize=_schema.DEFAULT_OSDISK_SIZE_GB if osdisksize is None else osdisksize,
         datadisks=_parse_datadisks(datadisk),
-        tempdisk=_templates.DEFAULT_TEMPDISK if tempdisk is None else tempdisk,
+        tempdisk=_schema.DEFAULT_TEMPDISK if tempdisk is None else tempdisk,
         tags=_parse_tags(tag),
         encryption_at_host=encryption_at_host,
     )
@@ -499,13 +500,13 @@ def template_add_vm(
         imagegallery=imagegallery,
         imagename=imagename,
         vmsize=vmsize,
-        nicname=nicname or _templates.DEFAULT_NIC_NAME,
+        nicname=nicname or _schema.DEFAULT_NIC_NAME,
         subscriptionid_image=subscriptionid_image,
         resourcegroup_vnet=resourcegroup_vnet,
         resourcegroup_image=resourcegroup_image,
-        osdisksize=_templates.DEFAULT_OSDISK_SIZE_GB if osdisksize is None else osdisksize,
+        osdisksize=_schema.DEFAULT_OSDISK_SIZE_GB if osdisksize is None else osdisksize,
         datadisks=_parse_datadisks(datadisk),
-        tempdisk=_templates.DEFAULT_TEMPDISK if tempdisk is None else tempdisk,
+        tempdisk=_schema.DEFAULT_TEMPDISK if tempdisk is None else tempdisk,
         tags=_parse_tags(tag),
         encryption_at_host=encryption_at_host,
     )
