@@ -1,9 +1,10 @@
 """Time from the call to N workers joined: addprocs("local", N, waitfor=True) vs plain Dask.
 
 The baseline, run in the same process and the same run, starts a ``dask scheduler`` and N
-``dask worker --no-nanny`` subprocesses on loopback (plain TCP, no TLS) and waits until a
-client sees N workers. azmanagers does more on the way (a per-cluster CA, TLS, the boot
-script, the reconciler), and this figure says what that costs.
+``dask worker`` subprocesses (each with its nanny, as azmanagers' agent runs one) on loopback
+(plain TCP, no TLS) and waits until a client sees N workers. azmanagers does more on the way
+(a per-cluster CA, TLS, the boot script, the reconciler), and this figure says what that
+costs.
 
 Last line: ``figure: time_to_8_workers_ratio VALUE x`` (goal: at most 1.5).
 """

@@ -131,9 +131,9 @@ def addprocs(
                 f"the cluster for template {template!r} already exists; customenv, env and "
                 "settings apply only when it is created. Call rmprocs() first to start anew."
             )
-        cluster.scale(cluster.target + n)
+        target = cluster.grow(n)
     if waitfor:
-        cluster.wait_for_workers(cluster.target, timeout=timeout, progress=progress)
+        cluster.wait_for_workers(target, timeout=timeout, progress=progress)
     return cluster
 
 

@@ -7,6 +7,7 @@ import atexit
 import collections
 import contextlib
 import logging
+import threading
 import time
 import uuid
 import weakref
@@ -14,30 +15,45 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from distributed.core import Status, rpc
+from distributed.deploy.adaptive import Adaptive
 from distributed.deploy.cluster import Cluster
 from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.protocol.pickle import dumps as pickle_dumps
 from distributed.scheduler import Scheduler
 
 from azmanagers.agent import LOG_TOPIC
+from azmanagers.agent.logforward import LogForwardPlugin
 from azmanagers.errors import (
     AzManagersError,
     ClusterClosedError,
     ConfigError,
     InstanceFailedError,
+    ProviderError,
     WaitTimeoutError,
 )
-from azmanagers.providers.base import BootSpec, PoolSpec, Provider, resource_tags
+from azmanagers.providers.base import (
+    BootSpec,
+    InstanceState,
+    PoolSpec,
+    Provider,
+    resource_tags,
+)
 from azmanagers.providers.local import owner_id
 from azmanagers.reconcile import decide
 from azmanagers.settings import ClusterSettings
 from azmanagers.tls import make_cluster_credentials
 
 logger = logging.getLogger("azmanagers.cluster")
-worker_logger = logging.getLogger("azmanagers.worker")
 
 LOG_TAIL_BYTES = 4096
 WORKER_LOG_BUFFER = 2000
-TAG_RENEW_INTERVAL_S = 3600.0
+FAILURE_RECORDS = 200
+FAILURE_WINDOW_S = 600.0
+"""Failures older than this no longer count against the replacement budget."""
+TAG_RENEW_MAX_INTERVAL_S = 3600.0
+PROVIDER_FAILED_CYCLES = 20
+"""Consecutive failed reconcile cycles after which waits raise the provider's error."""
+CLOSE_WAIT_S = 60.0
 _PROGRESS_INTERVAL_S = 0.2
 
 _live_clusters: weakref.WeakSet[AzCluster] = weakref.WeakSet()
@@ -46,18 +62,26 @@ ProgressCallback = Callable[[int, int], None]
 
 
 class _SchedulerHooks(SchedulerPlugin):
-    """Runs in the (in-process) scheduler: sees workers join and their forwarded log records."""
+    """Runs in the (in-process) scheduler: sees workers come and go, and their log records."""
 
     name = "azmanagers-hooks"
 
     def __init__(self, cluster: AzCluster) -> None:
         self._cluster = weakref.ref(cluster)
+        self._names: dict[str, str] = {}  # address -> name (gone from the scheduler on removal)
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:
         cluster = self._cluster()
         state = scheduler.workers.get(worker)
         if cluster is not None and state is not None:
+            self._names[worker] = str(state.name)
             cluster._on_join(str(state.name))
+
+    def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
+        cluster = self._cluster()
+        name = self._names.pop(worker, None)
+        if cluster is not None and name is not None:
+            cluster._on_leave(name)
 
     def log_event(self, topic: str, msg: Any) -> None:
         cluster = self._cluster()
@@ -69,8 +93,9 @@ class AzCluster(Cluster):
     """A Dask cluster on provider instances (process-VMs locally, a scale set on Azure).
 
     ``scale(n)`` records the target; a reconciler converges on it: it creates instances, deletes
-    failed ones and those that do not join by their deadline, and replaces them a bounded
-    number of times. Scheduler, workers and client talk TLS with a CA of this cluster's own.
+    failed ones and those that do not join by their deadline, and replaces them within a
+    budget (``max_replacements`` per ten minutes). Scheduler, workers and client talk TLS with
+    a CA of this cluster's own.
 
     Parameters
     ----------
@@ -105,6 +130,10 @@ class AzCluster(Cluster):
         self.pool = name
         self.requirements = requirements
         self.env = dict(env or {})
+        self.join_timeout_s = settings.join_timeout_s + (
+            settings.env_build_timeout_s if requirements else 0.0
+        )
+        """Seconds an instance has to join (longer when it builds a custom environment)."""
         self.credentials = make_cluster_credentials(name, [settings.scheduler_host, "localhost"])
         self.security = self.credentials.security()
         self.scheduler: Scheduler | None = None
@@ -112,15 +141,23 @@ class AzCluster(Cluster):
             maxlen=WORKER_LOG_BUFFER
         )
         self.joined_at: dict[str, float] = {}
-        """When each instance's worker joined (epoch seconds), by instance name."""
-        self.failures: list[tuple[str, str, str]] = []
-        """(instance, reason, boot-log tail) of every instance that failed."""
+        """When each instance's worker first joined (epoch seconds), by instance name."""
+        self.failures: collections.deque[tuple[str, str, str]] = collections.deque(
+            maxlen=FAILURE_RECORDS
+        )
+        """(instance, reason, boot-log tail) of the instances that failed, newest last."""
+        # State shared by the caller's threads and the event loop: guarded by _lock.
+        self._lock = threading.RLock()
         self._target = 0
         self._ever_joined: set[str] = set()
+        self._left_at: dict[str, float] = {}
         self._removing: set[str] = set()
         self._created_at: dict[str, float] = {}
-        self._replacements_left = settings.max_replacements
-        self._error: InstanceFailedError | None = None
+        self._seen: list[str] = []
+        self._failure_times: collections.deque[float] = collections.deque()
+        self._error: AzManagersError | None = None
+        self._error_seq = 0
+        self._failed_cycles = 0
         self._reconcile_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._tags = resource_tags(name, owner_id(), settings.ttl_s)
@@ -150,19 +187,17 @@ class AzCluster(Cluster):
             validate=False,
         )
         self.scheduler.add_plugin(_SchedulerHooks(self))
+        await self.scheduler.register_worker_plugin(
+            None, pickle_dumps(LogForwardPlugin()), LogForwardPlugin.name, idempotent=True
+        )
         self.scheduler_comm = rpc(
             self.scheduler.address,
             connection_args=self.security.get_connection_args("client"),
         )
         await super()._start()
-        boot = BootSpec(
-            role="worker",
-            payload=self._payload(),
-            env=self.env,
-        )
         spec = PoolSpec(
             name=self.pool,
-            boot=boot,
+            boot=BootSpec(role="worker", payload=self._payload(), env=self.env),
             tags=self._tags,
             max_instances=self.settings.max_instances,
         )
@@ -182,6 +217,7 @@ class AzCluster(Cluster):
         }
         if self.requirements:
             payload["requirements"] = self.requirements
+            payload["env_build_timeout_s"] = self.settings.env_build_timeout_s
         return payload
 
     async def _close(self) -> None:
@@ -191,9 +227,12 @@ class AzCluster(Cluster):
         if self._adaptive is not None:
             self._adaptive.stop()
         if self._reconcile_task is not None:
-            self._reconcile_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reconcile_task
+            # Let the current cycle finish (it may be starting instances), then stop.
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._reconcile_task), CLOSE_WAIT_S)
+            except (asyncio.TimeoutError, Exception):
+                self._reconcile_task.cancel()
         try:
             try:
                 await asyncio.to_thread(self.provider.delete_pool, self.pool, wait=True)
@@ -220,13 +259,54 @@ class AzCluster(Cluster):
         del memory, cores
         _check_count(n, allow_zero=True)
         self._check_open()
+        self._check_limit(n)
+        with self._lock:
+            self._target = n
+            self._error = None  # a new intent: earlier failures no longer speak for it
+        self._poke()
+
+    def grow(self, n: int) -> int:
+        """Raise the target by ``n`` (atomically) and return the new target."""
+        _check_count(n)
+        self._check_open()
+        with self._lock:
+            self._check_limit(self._target + n)
+            self._target += n
+            self._error = None
+            target = self._target
+        self._poke()
+        return target
+
+    def _check_limit(self, n: int) -> None:
         if n > self.settings.max_instances:
             raise ConfigError(
                 f"template {self.template_name!r} allows at most {self.settings.max_instances} "
                 f"instances (asked for {n}); raise max_instances in the template."
             )
-        self._target = n
-        self._poke()
+
+    def adapt(
+        self,
+        Adaptive: type[Adaptive] = Adaptive,
+        *,
+        minimum: int = 0,
+        maximum: int | None = None,
+        **kwargs: Any,
+    ) -> Adaptive:
+        """Scale with Dask's adaptive policy, between ``minimum`` and ``maximum`` workers.
+
+        ``maximum`` defaults to (and may not exceed) the template's ``max_instances``.
+        """
+        cap = self.settings.max_instances
+        if maximum is None:
+            maximum = cap
+        if maximum > cap:
+            raise ConfigError(
+                f"adapt(maximum={maximum}) exceeds the template's max_instances ({cap}); "
+                "lower maximum or raise max_instances in the template."
+            )
+        if minimum > maximum:
+            raise ConfigError(f"adapt(minimum={minimum}) is above maximum={maximum}.")
+        return super().adapt(Adaptive=Adaptive, minimum=minimum, maximum=maximum, **kwargs)
 
     @property
     def target(self) -> int:
@@ -236,15 +316,17 @@ class AzCluster(Cluster):
     async def scale_down(self, workers: Iterable[str]) -> None:
         """Remove these workers (names or addresses) and lower the target by as many."""
         names = self._names_of(workers)
-        if not names:
-            return
-        self._target = max(0, self._target - len(names))
-        await self._retire(names)
+        with self._lock:
+            names -= self._removing
+            self._target = max(0, self._target - len(names))
+        if names:
+            await self._retire(names)
         self._poke()
 
     async def _retire(self, names: set[str]) -> None:
         """Retire the workers gracefully (bounded), then delete their instances."""
-        self._removing.update(names)
+        with self._lock:
+            self._removing.update(names)
         if self.scheduler is None:
             return
         with contextlib.suppress(Exception):
@@ -262,23 +344,25 @@ class AzCluster(Cluster):
     def _names_of(self, workers: Iterable[str]) -> set[str]:
         by_address = {}
         if self.scheduler is not None:
-            by_address = {addr: str(ws.name) for addr, ws in self.scheduler.workers.items()}
-        known = set(by_address.values()) | set(self._created_at)
+            by_address = {addr: str(ws.name) for addr, ws in list(self.scheduler.workers.items())}
+        with self._lock:
+            known = set(by_address.values()) | set(self._created_at)
         names = set()
         for w in workers:
             name = by_address.get(str(w), str(w))
             if name not in known:
                 raise ConfigError(
                     f"no worker or instance named {w!r} in cluster {self.name}; "
-                    f"see cluster.workers_names()."
+                    "see cluster.worker_names()."
                 )
             names.add(name)
         return names
 
     @property
     def plan(self) -> set[str]:
-        live = {n for n in self._created_at if n not in self._removing}
-        return live
+        """The instances that exist and are not being removed."""
+        with self._lock:
+            return {n for n in self._created_at if n not in self._removing}
 
     @property
     def requested(self) -> set[str]:
@@ -294,92 +378,151 @@ class AzCluster(Cluster):
         while self.status in (Status.running, Status.starting):
             try:
                 await self._reconcile_once()
+                self._failed_cycles = 0
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("cluster %s: reconcile cycle failed; retrying", self.name)
+            except Exception as exc:
+                self._failed_cycles += 1
+                logger.warning(
+                    "cluster %s: reconcile cycle failed (%d in a row): %s",
+                    self.name,
+                    self._failed_cycles,
+                    exc,
+                    exc_info=self._failed_cycles == 1,
+                )
+                if self._failed_cycles == PROVIDER_FAILED_CYCLES:
+                    self._set_error(
+                        ProviderError(
+                            f"cluster {self.name}: the provider failed {PROVIDER_FAILED_CYCLES} "
+                            f"reconcile cycles in a row; the last error: {exc}"
+                        )
+                    )
+            if self.status not in (Status.running, Status.starting):
+                break
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.reconcile_interval_s)
             self._wake.clear()
+
+    def _set_error(self, error: AzManagersError) -> None:
+        with self._lock:
+            self._error = error
+            self._error_seq += 1
+        logger.error("%s", error)
 
     async def _reconcile_once(self) -> None:
         if self.scheduler is None:
             return
         instances = await asyncio.to_thread(self.provider.list_instances, self.pool)
         now = time.time()
-        joined = {str(ws.name) for ws in self.scheduler.workers.values()}
-        for inst in instances:
-            self._created_at.setdefault(inst.id, inst.created_at)
-            if inst.id in joined:
-                self._on_join(inst.id)
+        joined = {str(ws.name) for ws in list(self.scheduler.workers.values())}
         listed = {i.id for i in instances}
-        self._removing &= listed
-        for gone in set(self._created_at) - listed:
-            self._created_at.pop(gone, None)
-        decision = decide(
-            instances,
-            target=self._target,
-            joined=joined,
-            ever_joined=self._ever_joined,
-            removing=self._removing,
-            now=now,
-            join_timeout_s=self.settings.join_timeout_s,
-            replacements_left=self._replacements_left,
-        )
+        with self._lock:
+            for inst in instances:
+                if inst.id not in self._created_at:
+                    self._created_at[inst.id] = inst.created_at
+                    self._seen.append(inst.id)
+            self._removing &= listed
+            for gone in set(self._created_at) - listed:
+                self._created_at.pop(gone, None)
+                self._left_at.pop(gone, None)
+            while self._failure_times and now - self._failure_times[0] > FAILURE_WINDOW_S:
+                self._failure_times.popleft()
+            replacements_left = self.settings.max_replacements - len(self._failure_times)
+            target = self._target
+            decision = decide(
+                instances,
+                target=target,
+                joined=joined,
+                ever_joined=set(self._ever_joined),
+                removing=set(self._removing),
+                now=now,
+                join_timeout_s=self.join_timeout_s,
+                replacements_left=replacements_left,
+                left_at=dict(self._left_at),
+            )
+        for inst_id in joined & listed:
+            self._on_join(inst_id)
         delete = [f.instance for f in decision.failures] + list(decision.drop_booting)
         for failure in decision.failures:
             tail = await asyncio.to_thread(
                 self.provider.instance_log, self.pool, failure.instance, tail_bytes=LOG_TAIL_BYTES
             )
             self.failures.append((failure.instance, failure.reason, tail))
+            self._failure_times.append(now)
             logger.warning(
                 "cluster %s: instance %s failed: %s", self.name, failure.instance, failure.reason
             )
-        replaced = len(decision.failures) - decision.unreplaced
-        self._replacements_left = max(0, self._replacements_left - replaced)
         if decision.unreplaced:
-            self._target = max(0, self._target - decision.unreplaced)
             instance, reason, tail = self.failures[-1]
-            self._error = InstanceFailedError(
-                f"instance {instance} of cluster {self.name} failed ({reason}) and the "
-                f"replacement budget ({self.settings.max_replacements}) is spent; the cluster "
-                f"now aims at {self._target} workers. End of its boot log:\n{_indent(tail)}",
-                instance=instance,
-                log_tail=tail,
+            with self._lock:
+                self._target = max(0, self._target - decision.unreplaced)
+                aim = self._target
+            self._set_error(
+                InstanceFailedError(
+                    f"instance {instance} of cluster {self.name} failed ({reason}) and the "
+                    f"replacement budget ({self.settings.max_replacements} per "
+                    f"{FAILURE_WINDOW_S:.0f} s) is spent; the cluster now aims at {aim} "
+                    f"workers. End of its boot log:\n{_indent(tail)}",
+                    instance=instance,
+                    log_tail=tail,
+                )
             )
-            logger.error("%s", self._error)
+        retired: list[str] = []
         if decision.retire:
             to_close = self.scheduler.workers_to_close(n=decision.retire, attribute="name")
-            await self._retire(set(to_close[: decision.retire]))
+            retired = list(to_close[: decision.retire])
+            await self._retire(set(retired))
         if delete:
-            self._removing.update(delete)
+            with self._lock:
+                self._removing.update(delete)
             await asyncio.to_thread(self.provider.delete_instances, self.pool, delete)
         if decision.create:
-            await asyncio.to_thread(self.provider.scale_pool, self.pool, decision.capacity)
-        if time.monotonic() - self._tags_renewed > TAG_RENEW_INTERVAL_S:
-            self._tags = resource_tags(self.name, owner_id(), self.settings.ttl_s)
-            setter = getattr(self.provider, "set_pool_tags", None)
-            if setter is not None:
-                await asyncio.to_thread(setter, self.pool, self._tags)
-            self._tags_renewed = time.monotonic()
+            # Grow only, relative to what the provider counts as live after the deletions
+            # (instances still retiring included): shrinking always names its instances.
+            dropped = set(delete) | set(retired)
+            live = [
+                i
+                for i in instances
+                if i.state is not InstanceState.DELETING and i.id not in dropped
+            ]
+            await asyncio.to_thread(
+                self.provider.scale_pool, self.pool, len(live) + decision.create
+            )
+        await self._renew_tags()
+
+    async def _renew_tags(self) -> None:
+        interval = min(TAG_RENEW_MAX_INTERVAL_S, self.settings.ttl_s / 3)
+        if time.monotonic() - self._tags_renewed < interval:
+            return
+        self._tags = resource_tags(self.name, owner_id(), self.settings.ttl_s)
+        setter = getattr(self.provider, "set_pool_tags", None)
+        if setter is not None:
+            await asyncio.to_thread(setter, self.pool, self._tags)
+        self._tags_renewed = time.monotonic()
 
     # -- workers and waiting -------------------------------------------------------------
     def _on_join(self, name: str) -> None:
-        if name in self._ever_joined:
-            return
-        self._ever_joined.add(name)
-        self.joined_at[name] = time.time()
-        self._replacements_left = self.settings.max_replacements
+        with self._lock:
+            self._left_at.pop(name, None)
+            if name in self._ever_joined:
+                return
+            self._ever_joined.add(name)
+            self.joined_at[name] = time.time()
         logger.info("cluster %s: %s joined", self.name, name)
+
+    def _on_leave(self, name: str) -> None:
+        with self._lock:
+            self._left_at[name] = time.time()
 
     @property
     def join_times(self) -> dict[str, float]:
         """Seconds from each current instance's creation to its worker joining, by name."""
-        return {
-            name: max(0.0, self.joined_at[name] - created)
-            for name, created in self._created_at.items()
-            if name in self.joined_at
-        }
+        with self._lock:
+            return {
+                name: max(0.0, self.joined_at[name] - created)
+                for name, created in self._created_at.items()
+                if name in self.joined_at
+            }
 
     def _on_worker_log(self, msg: dict[str, Any]) -> None:
         self.worker_log_records.append(msg)
@@ -404,7 +547,9 @@ class AzCluster(Cluster):
 
     def worker_names(self) -> list[str]:
         """Return the names of the workers that have joined, sorted."""
-        return sorted(str(w.get("name")) for w in self.scheduler_info["workers"].values())
+        if self.scheduler is None:
+            return []
+        return sorted(str(ws.name) for ws in list(self.scheduler.workers.values()))
 
     def nworkers(self) -> int:
         """Return how many workers have joined the scheduler."""
@@ -423,9 +568,15 @@ class AzCluster(Cluster):
             )
 
     def raise_if_failed(self) -> None:
-        """Raise the instance failure that spent the replacement budget, if there was one."""
-        if self._error is not None:
-            raise self._error
+        """Raise the error that spent the replacement budget (or the provider's), if any."""
+        with self._lock:
+            error = self._error
+        if error is not None:
+            raise error
+
+    def default_wait_s(self) -> float:
+        """The deadline of a wait given no timeout: every allowed replacement's join deadline."""
+        return self.join_timeout_s * (self.settings.max_replacements + 2)
 
     def wait_for_workers(
         self,
@@ -435,16 +586,29 @@ class AzCluster(Cluster):
     ) -> None:
         """Block until ``n_workers`` workers have joined.
 
+        Parameters
+        ----------
+        n_workers
+            How many workers to wait for.
+        timeout
+            Seconds; by default ``default_wait_s()`` (a wait always has a deadline).
+        progress
+            Called as ``progress(joined, n_workers)`` whenever the count changes.
+
         Raises
         ------
-        InstanceFailedError
-            An instance failed past the replacement budget.
+        InstanceFailedError, ProviderError
+            Instances failed past the replacement budget, or the provider kept failing,
+            since this wait began.
         WaitTimeoutError
-            ``timeout`` seconds passed first; the message says how many joined.
+            The deadline passed first; the message says how many joined.
         """
         _check_count(n_workers)
         self._check_open()
-        deadline = None if timeout is None else time.monotonic() + float(timeout)
+        wait_s = self.default_wait_s() if timeout is None else float(timeout)
+        deadline = time.monotonic() + wait_s
+        with self._lock:
+            seq = self._error_seq
         last = -1
         while True:
             joined = self.nworkers()
@@ -455,18 +619,20 @@ class AzCluster(Cluster):
                 logger.info("cluster %s: %d of %d workers joined", self.name, joined, n_workers)
             if joined >= n_workers:
                 return
-            self.raise_if_failed()
-            if self._target < n_workers and self._error is None:
+            with self._lock:
+                error = self._error if self._error_seq > seq else None
+                target = self._target
+            if error is not None:
+                raise error
+            if target < n_workers:
                 raise ConfigError(
                     f"waiting for {n_workers} workers but cluster {self.name} aims at "
-                    f"{self._target}; call scale({n_workers}) first."
+                    f"{target}; call scale({n_workers}) first."
                 )
             if self.status in (Status.closing, Status.closed):
                 raise ClusterClosedError(f"cluster {self.name} was closed while waiting.")
-            if deadline is not None and time.monotonic() > deadline:
-                raise WaitTimeoutError(
-                    self._timeout_message(joined, n_workers, float(timeout or 0))
-                )
+            if time.monotonic() > deadline:
+                raise WaitTimeoutError(self._timeout_message(joined, n_workers, wait_s))
             time.sleep(_PROGRESS_INTERVAL_S)
 
     def _timeout_message(self, joined: int, wanted: int, timeout: float) -> str:
@@ -480,11 +646,15 @@ class AzCluster(Cluster):
         return text
 
     def instance_logs(self) -> dict[str, str]:
-        """Return the boot log of every current instance, by instance name."""
-        return {
-            name: self.provider.instance_log(self.pool, name, tail_bytes=1 << 20)
-            for name in sorted(self.plan)
-        }
+        """Return the boot log of every instance this cluster has had, by instance name."""
+        with self._lock:
+            names = list(self._seen)
+        logs = {}
+        for name in names:
+            text = self.provider.instance_log(self.pool, name, tail_bytes=1 << 20)
+            if text:
+                logs[name] = text
+        return logs
 
     def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> Any:
         """Return Dask's logs plus every instance's boot log (keys ``boot:<instance>``)."""

@@ -6,7 +6,7 @@ applies the decisions (one provider list call per cycle, whatever the number of 
 
 from __future__ import annotations
 
-from collections.abc import Sequence, Set
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from azmanagers.providers.base import Instance, InstanceState
@@ -50,6 +50,7 @@ def decide(
     now: float,
     join_timeout_s: float,
     replacements_left: int,
+    left_at: Mapping[str, float] | None = None,
 ) -> Decision:
     """Decide one reconcile cycle.
 
@@ -69,7 +70,12 @@ def decide(
         An instance that has not joined ``join_timeout_s`` after its creation has failed.
     replacements_left
         How many failed instances may still be replaced.
+    left_at
+        When a joined worker left the scheduler, by instance name. A running instance whose
+        worker left (a nanny restarting it) may rejoin within ``join_timeout_s`` of leaving;
+        without an entry, leaving counts as a failure at once.
     """
+    left_at = left_at or {}
     failures: list[Failure] = []
     healthy: list[Instance] = []
     booting: list[Instance] = []
@@ -83,7 +89,13 @@ def decide(
         elif inst.id in joined:
             healthy.append(inst)
         elif inst.id in ever_joined:
-            failures.append(Failure(inst.id, "its worker left the cluster unexpectedly"))
+            left = left_at.get(inst.id)
+            if left is not None and now - left <= join_timeout_s:
+                booting.append(inst)  # rejoining, e.g. after a nanny restart
+            else:
+                failures.append(
+                    Failure(inst.id, "its worker left the cluster and did not come back")
+                )
         elif now - inst.created_at > join_timeout_s:
             failures.append(Failure(inst.id, f"it did not join within {join_timeout_s:g} s"))
         else:

@@ -27,14 +27,17 @@ class ClusterSettings:
     worker_host: str | None = "127.0.0.1"
     retire_timeout_s: float = 60.0
     ttl_s: float = 24 * 3600.0
+    env_build_timeout_s: float = 900.0
 
 
+MIN_TTL_S = 60.0
 _ENV_PREFIX = "AZMANAGERS_"
 _AT_LEAST_ONE = ("nthreads", "max_instances")
 _FROM_ENV = (
     "max_instances",
     "ttl_s",
     "join_timeout_s",
+    "env_build_timeout_s",
     "max_replacements",
     "death_timeout_s",
     "nthreads",
@@ -57,8 +60,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             number = -1.0
-        if 0 < number < float("inf") and not isinstance(value, bool):
+        least = MIN_TTL_S if name == "ttl_s" else 0.0
+        if least < number < float("inf") and not isinstance(value, bool):
             return number
+        if name == "ttl_s":
+            raise ConfigError(
+                f"ttl_s from {source} must be more than {MIN_TTL_S:g} seconds (the expiry tag is "
+                f"renewed every ttl_s/3), got {value!r}."
+            )
         raise ConfigError(
             f"{name} from {source} must be a positive number of seconds, got {value!r}."
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -24,7 +24,7 @@ class KeyPair:
     """A PEM certificate and its PEM private key."""
 
     cert: str
-    key: str
+    key: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,9 @@ class ClusterCredentials:
     """The TLS material of one cluster. Workers receive ``ca`` and ``worker`` only."""
 
     ca: str
-    scheduler: KeyPair
-    worker: KeyPair
-    client: KeyPair
+    scheduler: KeyPair = field(repr=False)
+    worker: KeyPair = field(repr=False)
+    client: KeyPair = field(repr=False)
 
     def worker_payload(self) -> dict[str, str]:
         """Return what a worker needs: the CA certificate and the worker key pair."""

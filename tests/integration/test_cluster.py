@@ -36,7 +36,7 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = DEADLINE_S
 
 def test_addprocs_returns_at_once_then_workers_join_elastically() -> None:
     cluster = azmanagers.addprocs("local", 2)
-    assert cluster.nworkers() < 2 or cluster.target == 2
+    assert cluster.nworkers() == 0  # returned before any worker could boot
     assert cluster.target == 2
     cluster.wait_for_workers(2, timeout=DEADLINE_S)
     # a second call grows the same cluster
@@ -63,11 +63,20 @@ def test_scale_up_and_down_converges() -> None:
     cluster.wait_for_workers(3, timeout=DEADLINE_S)
     cluster.scale(1)
     eventually(lambda: cluster.nworkers() == 1, "scale-down to one worker")
+    instances = (
+        Path(os.environ["AZMANAGERS_HOME"]) / "state/local/pools" / cluster.pool / "instances"
+    )
+    eventually(lambda: len(list(instances.iterdir())) == 1, "the removed instances to be deleted")
+    (kept,) = list(instances.iterdir())
     eventually(
-        lambda: len([p for p in processes_under(Path(os.environ["AZMANAGERS_HOME"]))]) <= 3,
-        "stopped instances' processes to go",
+        lambda: all(
+            kept.name in p.environ()["AZMANAGERS_INSTANCE_DIR"]
+            for p in processes_under(Path(os.environ["AZMANAGERS_HOME"]))
+        ),
+        "only the kept instance's processes to remain",
     )
     assert cluster.nworkers_provisioned() == 1
+    assert list(cluster.failures) == []
 
 
 def test_adapt_grows_under_load_and_shrinks_when_idle() -> None:
@@ -79,6 +88,39 @@ def test_adapt_grows_under_load_and_shrinks_when_idle() -> None:
     assert sorted(client.gather(futures)) == list(range(12))
     del futures
     eventually(lambda: cluster.nworkers() == 1, "adapt to shrink back when idle")
+    assert list(cluster.failures) == []
+    cluster.raise_if_failed()
+
+
+def test_adapt_defaults_its_maximum_to_the_template_limit() -> None:
+    cluster = azmanagers.addprocs("local", 1, waitfor=True, timeout=DEADLINE_S, max_instances=2)
+    adaptive = cluster.adapt(minimum=1)
+    assert adaptive.maximum == 2
+    with pytest.raises(ConfigError, match="exceeds the template's max_instances"):
+        cluster.adapt(minimum=1, maximum=5)
+
+
+def test_client_restart_keeps_every_instance() -> None:
+    cluster = azmanagers.addprocs("local", 2, waitfor=True, timeout=DEADLINE_S)
+    before = set(azmanagers.workers())
+    client = distributed.default_client()
+    client.restart(timeout=DEADLINE_S)
+    eventually(lambda: set(azmanagers.workers()) == before, "the restarted workers to rejoin")
+    time.sleep(2 * cluster.settings.reconcile_interval_s)
+    assert list(cluster.failures) == []
+    assert cluster.target == 2
+    assert client.submit(pow, 2, 5).result(timeout=30) == 32
+
+
+def test_a_new_scale_clears_an_earlier_failure(azm_home: Path) -> None:
+    cluster = azmanagers.addprocs("local", 1, waitfor=True, timeout=DEADLINE_S, max_replacements=0)
+    (leader,) = [p for p in processes_under(azm_home) if p.pid == os.getsid(p.pid)]
+    os.killpg(leader.pid, signal.SIGKILL)
+    eventually(lambda: cluster.target == 0, "the unreplaced failure to lower the target")
+    with pytest.raises(InstanceFailedError):
+        cluster.raise_if_failed()
+    azmanagers.addprocs("local", 1, waitfor=True, timeout=DEADLINE_S)  # not poisoned
+    assert cluster.nworkers() == 1
 
 
 def test_rmprocs_by_count_by_name_and_all(azm_home: Path) -> None:
@@ -134,7 +176,7 @@ def test_failing_boot_is_reported_with_its_log() -> None:
     assert err.instance.startswith("local-")
     assert err.instance in str(err)
     assert "No such file or directory" in str(err)
-    assert "replacement budget (1)" in str(err)
+    assert "replacement budget (1 per" in str(err)
     cluster = api.clusters()["local"]
     assert len(cluster.failures) == 2  # the first, and its one replacement
     eventually(lambda: cluster.nworkers_provisioned() == 0, "failed instances to be deleted")

@@ -466,3 +466,36 @@ def test_gc_collects_dead_owners_and_expired_pools_only(
     assert not gone(alive_pid)
     assert provider.list_instances("orphan") == []
     assert gc() == []
+
+
+def test_a_failed_start_does_not_block_later_growth(
+    provider: LocalProvider, agent: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider.create_pool(spec("flaky", agent, out))
+    real_start = procvm.start
+    calls = {"n": 0}
+
+    def start_failing_once(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("no more process slots")
+        return real_start(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(procvm, "start", start_failing_once)
+    with pytest.raises(ProviderError, match="no more process slots"):
+        provider.scale_pool("flaky", 2)
+    monkeypatch.setattr(procvm, "start", real_start)
+    provider.scale_pool("flaky", 2)  # a fresh index, no FileExistsError
+    ids = sorted(i.id for i in provider.list_instances("flaky"))
+    assert len(ids) == 2 and len(set(ids)) == 2
+
+
+def test_a_pool_being_deleted_refuses_to_grow(
+    provider: LocalProvider, agent: Path, out: Path
+) -> None:
+    provider.create_pool(spec("going", agent, out))
+    provider.scale_pool("going", 1)
+    provider.delete_pool("going", wait=False)
+    with pytest.raises(ProviderError):
+        provider.scale_pool("going", 2)
+    provider.wait_deleted()

@@ -274,7 +274,7 @@ def test_decide_table(case: Case) -> None:
         (inst("x", FAILED, exit_status=3), False, "stopped before joining (exit status 3)"),
         (inst("x", STOPPED, exit_status=0), True, "joined, then stopped (exit status 0)"),
         (inst("x", FAILED), False, "exit status unknown"),
-        (inst("x"), True, "its worker left the cluster unexpectedly"),
+        (inst("x"), True, "its worker left the cluster and did not come back"),
         (inst("x", created_at=0.0), False, "did not join within 60 s"),
     ],
 )
@@ -369,3 +369,30 @@ def test_decide_invariants(
         assert min(created[i] for i in decision.drop_booting) >= max(
             created[i] for i in decision.booting
         )
+
+
+@pytest.mark.parametrize(
+    ("left_ago", "rejoining"),
+    [(1.0, True), (TIMEOUT_S - 1, True), (TIMEOUT_S + 1, False)],
+)
+def test_a_worker_that_left_may_rejoin_within_the_join_deadline(
+    left_ago: float, rejoining: bool
+) -> None:
+    decision = decide(
+        [inst("a"), inst("b")],
+        target=2,
+        joined={"b"},
+        ever_joined={"a", "b"},
+        removing=set(),
+        now=NOW,
+        join_timeout_s=TIMEOUT_S,
+        replacements_left=3,
+        left_at={"a": NOW - left_ago},
+    )
+    if rejoining:
+        assert decision.failures == ()
+        assert decision.booting == ("a",)
+        assert decision.create == 0
+    else:
+        assert [f.instance for f in decision.failures] == ["a"]
+        assert decision.create == 1

@@ -8,17 +8,11 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from azmanagers.agent import (
-    EXIT_BAD_PAYLOAD,
-    EXIT_ENV_FAILED,
-    EXIT_SCHEDULER_UNREACHABLE,
-    LOG_TOPIC,
-)
+from azmanagers.agent import EXIT_BAD_PAYLOAD, EXIT_ENV_FAILED, EXIT_SCHEDULER_UNREACHABLE
 
 _ENV_READY = "AZMANAGERS_ENV_READY"
 logger = logging.getLogger("azmanagers.agent")
@@ -39,44 +33,13 @@ def load_payload(path: str) -> dict[str, Any]:
         return decode_payload(base64.b64decode(data))
 
 
-class ForwardingHandler(logging.Handler):
-    """Sends log records to the scheduler as ``azmanagers-log`` events, tagged with the worker."""
-
-    def __init__(self, worker: Any, level: int) -> None:
-        super().__init__(level)
-        self.worker = worker
-        self._busy = threading.local()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Queue the record on the worker's event loop (thread-safe, never re-entrant)."""
-        if getattr(self._busy, "on", False):
-            return
-        if record.name.startswith(("distributed", "tornado", "asyncio")) and (
-            record.levelno < logging.WARNING
-        ):
-            return
-        self._busy.on = True
-        try:
-            msg = {
-                "instance": str(self.worker.name),
-                "name": record.name,
-                "levelno": record.levelno,
-                "msg": record.getMessage(),
-                "created": record.created,
-                "exc_text": self.format(record).split("\n", 1)[1] if record.exc_info else "",
-            }
-            loop = self.worker.loop
-            if loop is not None:
-                loop.add_callback(self.worker.log_event, LOG_TOPIC, msg)
-        except Exception:  # a log handler must never raise into user code
-            self.handleError(record)
-        finally:
-            self._busy.on = False
-
-
 async def run_worker(payload: dict[str, Any]) -> int:
-    """Start the Dask worker, wait until it closes, and return the exit status."""
-    from distributed import Worker
+    """Start a Dask nanny and its worker, wait until they close, return the exit status.
+
+    The nanny restarts the worker when asked (``client.restart()``) or when it exceeds its
+    memory limit, so the instance keeps its place in the cluster.
+    """
+    from distributed import Nanny
     from distributed.security import Security
 
     tls = payload["tls"]
@@ -88,7 +51,7 @@ async def run_worker(payload: dict[str, Any]) -> int:
     )
     name = os.environ.get("AZMANAGERS_INSTANCE_ID") or payload.get("name") or os.uname().nodename
     instance_dir = Path(os.environ.get("AZMANAGERS_INSTANCE_DIR", "."))
-    worker = Worker(
+    worker = Nanny(
         payload["scheduler"],
         name=name,
         nthreads=int(payload.get("nthreads", 1)),
@@ -97,11 +60,7 @@ async def run_worker(payload: dict[str, Any]) -> int:
         host=payload.get("worker_host"),
         death_timeout=float(payload.get("death_timeout_s", 60)),
         local_directory=str(instance_dir / "dask-scratch"),
-        validate=False,
     )
-    root = logging.getLogger()
-    root.setLevel(int(payload.get("log_level", logging.INFO)))
-    root.addHandler(ForwardingHandler(worker, int(payload.get("log_level", logging.INFO))))
 
     loop = asyncio.get_running_loop()
     closing: list[asyncio.Future[Any]] = []
@@ -123,7 +82,7 @@ async def run_worker(payload: dict[str, Any]) -> int:
         )
         await worker.close(reason="azmanagers: scheduler unreachable")
         return EXIT_SCHEDULER_UNREACHABLE
-    _say(f"worker {name} joined {payload['scheduler']} and listens on {worker.address}")
+    _say(f"worker {name} joined {payload['scheduler']} (nanny at {worker.address})")
     death_timeout_s = float(payload.get("death_timeout_s", 60))
     watchdog = asyncio.ensure_future(_watch_scheduler(worker, death_timeout_s))
     await worker.finished()
@@ -142,7 +101,7 @@ async def _watch_scheduler(worker: Any, death_timeout_s: float) -> bool:
     """
     interval_s = max(1.0, min(10.0, death_timeout_s / 3))
     last_ok = time.monotonic()
-    while worker.status.name in ("init", "running", "paused"):
+    while worker.status.name in ("init", "starting", "running", "paused"):
         try:
             await asyncio.wait_for(
                 worker.scheduler.get_metadata(keys=["azmanagers-liveness"], default=None),
@@ -174,7 +133,10 @@ def main(payload_path: str) -> int:
         from azmanagers.agent.envs import EnvBuildError, ensure_env
 
         try:
-            python = ensure_env(str(requirements))
+            python = ensure_env(
+                str(requirements),
+                timeout_s=float(payload.get("env_build_timeout_s", 900.0)),
+            )
         except (EnvBuildError, OSError) as exc:
             _say(f"custom environment failed: {exc}")
             return EXIT_ENV_FAILED

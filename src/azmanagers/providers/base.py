@@ -46,8 +46,8 @@ class BootSpec:
     """
 
     role: str
-    payload: Mapping[str, object]
-    env: Mapping[str, str] = field(default_factory=dict)
+    payload: Mapping[str, object] = field(repr=False)  # holds the cluster's TLS key
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)
     python: str = "python3"
 
 

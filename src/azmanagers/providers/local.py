@@ -121,6 +121,8 @@ class LocalProvider:
             raise ProviderError(f"capacity must be >= 0, got {capacity}.")
         with self._lock:
             meta = self._pool_meta(pool)
+            if meta.get("deleting"):
+                raise ProviderError(f"local pool {pool!r} is being deleted.")
             if capacity > int(meta["max_instances"]):
                 raise ProviderError(
                     f"pool {pool!r} is limited to {meta['max_instances']} instances "
@@ -135,15 +137,20 @@ class LocalProvider:
             for _ in range(capacity - len(live)):
                 index = int(meta["next_index"])
                 meta["next_index"] = index + 1
+                # Persist the index first: a failed start must not make the next try reuse it.
+                atomic_write_json(self._pool_dir(pool) / _POOL_FILE, meta)
                 self._start_instance(pool, f"{pool}-{index:04d}", custom_data, meta)
-            meta["capacity"] = capacity
-            atomic_write_json(self._pool_dir(pool) / _POOL_FILE, meta)
+                meta["capacity"] = int(meta.get("capacity", 0)) + 1
+                atomic_write_json(self._pool_dir(pool) / _POOL_FILE, meta)
 
     def _start_instance(
         self, pool: str, instance_id: str, custom_data: str, meta: dict[str, Any]
     ) -> None:
         instance_dir = self._instance_dir(pool, instance_id)
-        instance_dir.mkdir(parents=True, mode=0o700)
+        try:
+            instance_dir.mkdir(parents=True, mode=0o700)
+        except OSError as exc:
+            raise ProviderError(f"cannot create local instance {instance_id}: {exc}") from exc
         env = procvm.instance_environment(
             instance_dir,
             {
@@ -238,9 +245,9 @@ class LocalProvider:
 
     def _stop_instance(self, pool: str, instance_id: str, handle: procvm.ProcessHandle) -> None:
         proc = self._procs.pop(instance_id, None)
+        instance_dir = self._instance_dir(pool, instance_id)
         try:
-            procvm.stop(handle, proc)
-            instance_dir = self._instance_dir(pool, instance_id)
+            procvm.stop(handle, proc, instance_dir=instance_dir)
             log = instance_dir / procvm.BOOT_LOG_NAME
             with contextlib.suppress(OSError):
                 shutil.move(str(log), str(self._pool_dir(pool) / "logs" / f"{instance_id}.log"))
@@ -260,9 +267,12 @@ class LocalProvider:
         pool_dir = self._pool_dir(pool)
         if not (pool_dir / _POOL_FILE).exists():
             return
-        with self._lock:
+        with self._lock:  # mark, list and delete under one lock: no start slips in between
+            meta = self._pool_meta(pool)
+            meta["deleting"] = True
+            atomic_write_json(pool_dir / _POOL_FILE, meta)
             ids = [i.id for i in self._scan(pool)]
-        self.delete_instances(pool, ids)
+            self.delete_instances(pool, ids)
 
         key = f"pool:{pool}"
 

@@ -22,11 +22,12 @@ BOOT_SCRIPT_NAME = "custom_data.sh"
 BOOT_LOG_NAME = "boot.log"
 EXIT_STATUS_NAME = "exit_status"
 STOP_GRACE_S = 3.0
-_POLL_S = 0.05
+_POLL_S = 0.1
 
 # Variables a process-VM inherits from the caller: nothing else of the caller's
 # environment (tokens, keys, credentials) reaches an instance.
 _INHERITED = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
+_MARKER = "AZMANAGERS_INSTANCE_DIR"
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def instance_environment(instance_dir: Path, extra: Mapping[str, str]) -> dict[s
         {
             "HOME": str(instance_dir),
             "TMPDIR": str(tmp),
-            "AZMANAGERS_INSTANCE_DIR": str(instance_dir),
+            _MARKER: str(instance_dir),
             "AZMANAGERS_PYTHON": sys.executable,
             "PYTHONPATH": package_root(),
             "PYTHONUNBUFFERED": "1",
@@ -116,12 +117,23 @@ def is_alive(handle: ProcessHandle) -> bool:
         return False
 
 
-def group_members(handle: ProcessHandle) -> list[psutil.Process]:
-    """Return every live process of the process-VM's process group (its session)."""
+def group_members(handle: ProcessHandle, instance_dir: Path | None = None) -> list[psutil.Process]:
+    """Return the live processes of a process-VM.
+
+    They are the members of its session (started no earlier than its leader, so a reused pid
+    is not mistaken for it) and, given ``instance_dir``, any process whose environment names
+    that folder: a task that started a session of its own does not escape.
+    """
+    marker = str(instance_dir) if instance_dir is not None else None
     members = []
     for proc in psutil.process_iter(["pid"]):
         with contextlib.suppress(psutil.Error, OSError):
-            if os.getsid(proc.pid) == handle.pid and proc.status() != psutil.STATUS_ZOMBIE:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if (
+                os.getsid(proc.pid) == handle.pid
+                and proc.create_time() >= handle.create_time - 0.01
+            ) or (marker is not None and proc.environ().get(_MARKER) == marker):
                 members.append(proc)
     return members
 
@@ -134,31 +146,39 @@ def exit_status(instance_dir: Path) -> int | None:
         return None
 
 
+def _signal_all(handle: ProcessHandle, members: list[psutil.Process], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(handle.pid, sig)
+    for proc in members:  # those that left the group
+        with contextlib.suppress(psutil.Error, OSError):
+            proc.send_signal(sig)
+
+
 def stop(
     handle: ProcessHandle,
     proc: subprocess.Popen[bytes] | None = None,
     *,
+    instance_dir: Path | None = None,
     grace_s: float = STOP_GRACE_S,
 ) -> None:
-    """Stop the whole process group: SIGTERM, then SIGKILL after ``grace_s``; reap the leader."""
-    pgid = handle.pid
-    if is_alive(handle) or group_members(handle):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGTERM)
+    """Stop every process of the process-VM: SIGTERM, SIGKILL after ``grace_s``; reap."""
+    members = group_members(handle, instance_dir)
+    if members or is_alive(handle):
+        _signal_all(handle, members, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             if proc is not None:
                 proc.poll()
-            if not group_members(handle):
+            members = group_members(handle, instance_dir)
+            if not members:
                 break
             time.sleep(_POLL_S)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
+        _signal_all(handle, members, signal.SIGKILL)
     if proc is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace_s)
     deadline = time.monotonic() + grace_s
-    while group_members(handle) and time.monotonic() < deadline:
+    while group_members(handle, instance_dir) and time.monotonic() < deadline:
         time.sleep(_POLL_S)
 
 
