@@ -30,7 +30,7 @@ def _root(
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
     if not debug:
         # Dask reads its logging levels when distributed is first imported (later, lazily).
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
 
 
 @app.command()
