@@ -294,3 +294,14 @@ def test_an_azure_template_says_the_provider_is_not_here_yet() -> None:
     with pytest.raises(azmanagers.ProviderError, match="azure provider is not part"):
         azmanagers.addprocs("myscaleset", 1)
     assert api.clusters() == {}
+
+
+def test_an_unwritable_home_is_a_clear_error_and_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("AZMANAGERS_HOME", str(blocker / "home"))
+    with pytest.raises(ConfigError, match="Set AZMANAGERS_HOME to a writable folder"):
+        azmanagers.addprocs("local", 1)
+    assert api.clusters() == {}
