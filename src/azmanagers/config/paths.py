@@ -77,7 +77,9 @@ def read_json(path: Path, *, default: Any = None) -> Any:
     except FileNotFoundError:
         return default
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}.") from exc
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror}. Set {HOME_ENV} to a writable folder."
+        ) from exc
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
