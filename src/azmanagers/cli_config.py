@@ -54,6 +54,27 @@ def _opt(help_text: str) -> Any:
     return typer.Option(help=help_text, show_default=False)
 
 
+# Options that add-scaleset and add-vm share.
+SubscriptionOption = Annotated[str | None, _opt("Azure subscription id (default: the manifest's).")]
+LocationOption = Annotated[str | None, _opt("Azure region, e.g. southcentralus.")]
+ResourceGroupOption = Annotated[str | None, _opt("Resource group (default: the manifest's).")]
+GalleryOption = Annotated[str | None, _opt("Azure compute gallery holding the image.")]
+ImageOption = Annotated[str | None, _opt("Image in the gallery.")]
+ImageSubscriptionOption = Annotated[
+    str | None, _opt("Subscription of the gallery (default: --subscriptionid).")
+]
+ImageResourceGroupOption = Annotated[
+    str | None, _opt("Resource group of the gallery (default: --resourcegroup).")
+]
+OsDiskOption = Annotated[int | None, _opt("OS disk size in GB (default: 60).")]
+TempdiskOption = Annotated[
+    str | None, _opt("Shell commands preparing the temporary disk (default: /scratch link).")
+]
+EncryptionOption = Annotated[
+    bool, typer.Option("--encryption-at-host", help="Enable encryption at host.")
+]
+
+
 # ---------------------------------------------------------------------------------------------
 # azm manifest
 # ---------------------------------------------------------------------------------------------
@@ -270,38 +291,28 @@ def template_add_scaleset(
             "--local", help="A local template: process-VMs on this machine, no Azure options."
         ),
     ] = False,
-    subscriptionid: Annotated[
-        str | None, _opt("Azure subscription id (default: the manifest's).")
-    ] = None,
+    subscriptionid: SubscriptionOption = None,
     admin_username: Annotated[str | None, _opt("User on the VMs (default: manifest ssh_user).")] = (
         None
     ),
-    location: Annotated[str | None, _opt("Azure region, e.g. southcentralus.")] = None,
-    resourcegroup: Annotated[str | None, _opt("Resource group (default: the manifest's).")] = None,
+    location: LocationOption = None,
+    resourcegroup: ResourceGroupOption = None,
     vnet: Annotated[str | None, _opt("Virtual network of the instances.")] = None,
     subnet: Annotated[str | None, _opt("Subnet of the instances.")] = None,
-    imagegallery: Annotated[str | None, _opt("Azure compute gallery holding the image.")] = None,
-    imagename: Annotated[str | None, _opt("Image in the gallery.")] = None,
+    imagegallery: GalleryOption = None,
+    imagename: ImageOption = None,
     skuname: Annotated[str | None, _opt("VM size, e.g. Standard_D2s_v3.")] = None,
-    subscriptionid_image: Annotated[
-        str | None, _opt("Subscription of the gallery (default: --subscriptionid).")
-    ] = None,
+    subscriptionid_image: ImageSubscriptionOption = None,
     resourcegroup_vnet: Annotated[
         str | None, _opt("Resource group of the network (default: --resourcegroup).")
     ] = None,
-    resourcegroup_image: Annotated[
-        str | None, _opt("Resource group of the gallery (default: --resourcegroup).")
-    ] = None,
+    resourcegroup_image: ImageResourceGroupOption = None,
     skutier: Annotated[str | None, _opt("SKU tier (default: Standard).")] = None,
-    osdisksize: Annotated[int | None, _opt("OS disk size in GB (default: 60).")] = None,
+    osdisksize: OsDiskOption = None,
     datadisk: DatadiskOption = None,
-    tempdisk: Annotated[
-        str | None, _opt("Shell commands preparing the temporary disk (default: /scratch link).")
-    ] = None,
+    tempdisk: TempdiskOption = None,
     tag: TagOption = None,
-    encryption_at_host: Annotated[
-        bool, typer.Option("--encryption-at-host", help="Enable encryption at host.")
-    ] = False,
+    encryption_at_host: EncryptionOption = False,
     max_instances: Annotated[
         int | None, _opt("--local: most process-VMs at once (default: 16).")
     ] = None,
@@ -414,36 +425,26 @@ def template_add_vm(
     local: Annotated[
         bool, typer.Option("--local", help="A local VM template: a process on this machine.")
     ] = False,
-    subscriptionid: Annotated[
-        str | None, _opt("Azure subscription id (default: the manifest's).")
-    ] = None,
+    subscriptionid: SubscriptionOption = None,
     admin_username: Annotated[str | None, _opt("User on the VM (default: manifest ssh_user).")] = (
         None
     ),
-    location: Annotated[str | None, _opt("Azure region, e.g. southcentralus.")] = None,
-    resourcegroup: Annotated[str | None, _opt("Resource group (default: the manifest's).")] = None,
-    imagegallery: Annotated[str | None, _opt("Azure compute gallery holding the image.")] = None,
-    imagename: Annotated[str | None, _opt("Image in the gallery.")] = None,
+    location: LocationOption = None,
+    resourcegroup: ResourceGroupOption = None,
+    imagegallery: GalleryOption = None,
+    imagename: ImageOption = None,
     vmsize: Annotated[str | None, _opt("VM size, e.g. Standard_D8s_v3.")] = None,
     nicname: Annotated[str | None, _opt("Network interface name (default: cbox-nic).")] = None,
-    subscriptionid_image: Annotated[
-        str | None, _opt("Subscription of the gallery (default: --subscriptionid).")
-    ] = None,
+    subscriptionid_image: ImageSubscriptionOption = None,
     resourcegroup_vnet: Annotated[
         str | None, _opt("Resource group of the network interface (default: --resourcegroup).")
     ] = None,
-    resourcegroup_image: Annotated[
-        str | None, _opt("Resource group of the gallery (default: --resourcegroup).")
-    ] = None,
-    osdisksize: Annotated[int | None, _opt("OS disk size in GB (default: 60).")] = None,
+    resourcegroup_image: ImageResourceGroupOption = None,
+    osdisksize: OsDiskOption = None,
     datadisk: DatadiskOption = None,
-    tempdisk: Annotated[
-        str | None, _opt("Shell commands preparing the temporary disk (default: /scratch link).")
-    ] = None,
+    tempdisk: TempdiskOption = None,
     tag: TagOption = None,
-    encryption_at_host: Annotated[
-        bool, typer.Option("--encryption-at-host", help="Enable encryption at host.")
-    ] = False,
+    encryption_at_host: EncryptionOption = False,
 ) -> None:
     """Add (or replace) a VM template for detached VMs: Azure by default, or --local."""
     command = "azm template add-vm"
@@ -524,7 +525,7 @@ def template_add_nic(
     ] = None,
     vnet: Annotated[str | None, _opt("Virtual network to attach to.")] = None,
     subnet: Annotated[str | None, _opt("Subnet to attach to.")] = None,
-    location: Annotated[str | None, _opt("Azure region, e.g. southcentralus.")] = None,
+    location: LocationOption = None,
     accelerated: Annotated[
         bool,
         typer.Option(
