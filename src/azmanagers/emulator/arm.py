@@ -1,0 +1,282 @@
+"""The ARM part of the emulator: resource groups, scale sets and their VMs, operations."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from azmanagers.emulator.server import ArmError, Request, Response, Router
+
+_SUB = r"/subscriptions/(?P<sub>[^/]+)"
+_RG = _SUB + r"/resourceGroups/(?P<rg>[^/]+)"
+_VMSS = _RG + r"/providers/Microsoft\.Compute/virtualMachineScaleSets"
+COMPUTE = "Microsoft.Compute"
+
+
+@dataclass
+class ScaleSetVM:
+    """One instance of a scale set."""
+
+    instance_id: str
+    name: str
+    created_at: float
+    provisioning_state: str = "Succeeded"
+    power_state: str = "running"
+
+
+@dataclass
+class ScaleSet:
+    """A scale set as the emulator keeps it."""
+
+    sub: str
+    rg: str
+    name: str
+    body: dict[str, Any]
+    vms: dict[str, ScaleSetVM] = field(default_factory=dict)
+    next_instance: int = 0
+
+
+@dataclass
+class Operation:
+    """A long-running operation; the emulator completes them at once (Succeeded)."""
+
+    id: str
+    status: str = "Succeeded"
+    started: float = field(default_factory=time.time)
+
+
+class ArmState:
+    """The emulated resources, guarded by one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.groups: dict[tuple[str, str], dict[str, Any]] = {}
+        self.scalesets: dict[tuple[str, str, str], ScaleSet] = {}
+        self.operations: dict[str, Operation] = {}
+
+    # -- helpers -------------------------------------------------------------------------
+    def group(self, sub: str, rg: str) -> dict[str, Any]:
+        """Return a resource group or raise ResourceGroupNotFound."""
+        found = self.groups.get((sub.lower(), rg.lower()))
+        if found is None:
+            raise ArmError(
+                404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found."
+            )
+        return found
+
+    def scaleset(self, sub: str, rg: str, name: str) -> ScaleSet:
+        """Return a scale set or raise ResourceNotFound."""
+        self.group(sub, rg)
+        found = self.scalesets.get((sub.lower(), rg.lower(), name.lower()))
+        if found is None:
+            raise ArmError(
+                404,
+                "ResourceNotFound",
+                f"The Resource '{COMPUTE}/virtualMachineScaleSets/{name}' under resource group "
+                f"'{rg}' was not found.",
+            )
+        return found
+
+    def operation(self, req: Request, sub: str, location: str) -> dict[str, str]:
+        """Start an operation; return the headers that point the SDK's poller at it."""
+        op = Operation(id=str(uuid.uuid4()))
+        self.operations[op.id] = op
+        api = req.query["api-version"]
+        url = (
+            f"{req.base_url}/subscriptions/{sub}/providers/{COMPUTE}/locations/{location}"
+            f"/operations/{op.id}?api-version={api}"
+        )
+        return {"Azure-AsyncOperation": url, "Location": url, "Retry-After": "0"}
+
+
+def _scale_to(scaleset: ScaleSet, capacity: int) -> None:
+    """Add or remove instances (newest first) until there are ``capacity``."""
+    while len(scaleset.vms) < capacity:
+        index = scaleset.next_instance
+        scaleset.next_instance += 1
+        iid = str(index)
+        scaleset.vms[iid] = ScaleSetVM(iid, f"{scaleset.name}_{index}", time.time())
+    while len(scaleset.vms) > capacity:
+        newest = max(scaleset.vms, key=int)
+        del scaleset.vms[newest]
+    scaleset.body["sku"]["capacity"] = capacity
+
+
+def _capacity(body: Any) -> int:
+    try:
+        capacity = body["sku"]["capacity"]
+    except (KeyError, TypeError):
+        raise ArmError(400, "InvalidParameter", "sku.capacity is required.") from None
+    if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 0:
+        raise ArmError(400, "InvalidParameter", f"sku.capacity must be >= 0, got {capacity!r}.")
+    return capacity
+
+
+def _vmss_view(scaleset: ScaleSet, state: str = "Succeeded") -> dict[str, Any]:
+    body = copy.deepcopy(scaleset.body)
+    body["id"] = (
+        f"/subscriptions/{scaleset.sub}/resourceGroups/{scaleset.rg}/providers/{COMPUTE}"
+        f"/virtualMachineScaleSets/{scaleset.name}"
+    )
+    body["name"] = scaleset.name
+    body["type"] = f"{COMPUTE}/virtualMachineScaleSets"
+    body.setdefault("properties", {})["provisioningState"] = state
+    return body
+
+
+def _vm_view(scaleset: ScaleSet, vm: ScaleSetVM, expand: bool) -> dict[str, Any]:
+    vmss_id = _vmss_view(scaleset)["id"]
+    props: dict[str, Any] = {"provisioningState": vm.provisioning_state, "latestModelApplied": True}
+    if expand:
+        props["instanceView"] = {
+            "statuses": [
+                {"code": f"ProvisioningState/{vm.provisioning_state.lower()}"},
+                {"code": f"PowerState/{vm.power_state}"},
+            ]
+        }
+    return {
+        "id": f"{vmss_id}/virtualMachines/{vm.instance_id}",
+        "name": vm.name,
+        "instanceId": vm.instance_id,
+        "type": f"{COMPUTE}/virtualMachineScaleSets/virtualMachines",
+        "location": scaleset.body.get("location", ""),
+        "tags": scaleset.body.get("tags", {}),
+        "properties": props,
+    }
+
+
+def build_router(state: ArmState) -> Router:
+    """Return the ARM routes over ``state``."""
+    router = Router()
+
+    def put_group(req: Request) -> Response:
+        sub, rg = req.match["sub"], req.match["rg"]
+        if not isinstance(req.body, dict) or not req.body.get("location"):
+            raise ArmError(400, "LocationRequired", "The location property is required.")
+        with state.lock:
+            existed = (sub.lower(), rg.lower()) in state.groups
+            group = {
+                "id": f"/subscriptions/{sub}/resourceGroups/{rg}",
+                "name": rg,
+                "type": "Microsoft.Resources/resourceGroups",
+                "location": req.body["location"],
+                "tags": req.body.get("tags", {}),
+                "properties": {"provisioningState": "Succeeded"},
+            }
+            state.groups[(sub.lower(), rg.lower())] = group
+        return Response(200 if existed else 201, group)
+
+    def get_group(req: Request) -> Response:
+        with state.lock:
+            return Response(200, state.group(req.match["sub"], req.match["rg"]))
+
+    def put_vmss(req: Request) -> Response:
+        sub, rg, name = req.match["sub"], req.match["rg"], req.match["name"]
+        body = req.body
+        if not isinstance(body, dict) or not body.get("location"):
+            raise ArmError(400, "LocationRequired", "The location property is required.")
+        capacity = _capacity(body)
+        with state.lock:
+            state.group(sub, rg)
+            key = (sub.lower(), rg.lower(), name.lower())
+            existing = state.scalesets.get(key)
+            scaleset = existing or ScaleSet(sub, rg, name, {})
+            scaleset.body = copy.deepcopy(body)
+            _scale_to(scaleset, capacity)
+            state.scalesets[key] = scaleset
+            headers = state.operation(req, sub, body["location"])
+            view = _vmss_view(scaleset, "Updating" if existing else "Creating")
+        return Response(200 if existing else 201, view, headers)
+
+    def patch_vmss(req: Request) -> Response:
+        sub, rg, name = req.match["sub"], req.match["rg"], req.match["name"]
+        body = req.body if isinstance(req.body, dict) else {}
+        with state.lock:
+            scaleset = state.scaleset(sub, rg, name)
+            if "sku" in body:
+                _scale_to(scaleset, _capacity({"sku": {**scaleset.body["sku"], **body["sku"]}}))
+            if "tags" in body:
+                scaleset.body["tags"] = dict(body["tags"] or {})
+            headers = state.operation(req, sub, scaleset.body["location"])
+            return Response(200, _vmss_view(scaleset, "Updating"), headers)
+
+    def get_vmss(req: Request) -> Response:
+        with state.lock:
+            return Response(
+                200,
+                _vmss_view(state.scaleset(req.match["sub"], req.match["rg"], req.match["name"])),
+            )
+
+    def list_vmss(req: Request) -> Response:
+        sub, rg = req.match["sub"], req.match["rg"]
+        with state.lock:
+            state.group(sub, rg)
+            value = [
+                _vmss_view(s)
+                for (s_sub, s_rg, _), s in sorted(state.scalesets.items())
+                if (s_sub, s_rg) == (sub.lower(), rg.lower())
+            ]
+        return Response(200, {"value": value})
+
+    def delete_vmss(req: Request) -> Response:
+        sub, rg, name = req.match["sub"], req.match["rg"], req.match["name"]
+        with state.lock:
+            state.group(sub, rg)
+            scaleset = state.scalesets.pop((sub.lower(), rg.lower(), name.lower()), None)
+            if scaleset is None:
+                return Response(204)
+            scaleset.vms.clear()
+            return Response(202, None, state.operation(req, sub, scaleset.body["location"]))
+
+    def list_vms(req: Request) -> Response:
+        expand = req.query.get("$expand", "").lower() == "instanceview"
+        with state.lock:
+            scaleset = state.scaleset(req.match["sub"], req.match["rg"], req.match["name"])
+            value = [_vm_view(scaleset, vm, expand) for _, vm in sorted(scaleset.vms.items())]
+        return Response(200, {"value": value})
+
+    def delete_instances(req: Request) -> Response:
+        ids = (req.body or {}).get("instanceIds") if isinstance(req.body, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ArmError(400, "InvalidParameter", "instanceIds must be a list of strings.")
+        with state.lock:
+            scaleset = state.scaleset(req.match["sub"], req.match["rg"], req.match["name"])
+            unknown = [i for i in ids if i not in scaleset.vms]
+            if unknown:
+                raise ArmError(
+                    404, "NotFound", f"Instances {', '.join(unknown)} are not in scale set."
+                )
+            for iid in ids:
+                del scaleset.vms[iid]
+            scaleset.body["sku"]["capacity"] = len(scaleset.vms)
+            return Response(
+                202, None, state.operation(req, req.match["sub"], scaleset.body["location"])
+            )
+
+    def get_operation(req: Request) -> Response:
+        with state.lock:
+            op = state.operations.get(req.match["op"])
+        if op is None:
+            raise ArmError(404, "NotFound", f"Operation {req.match['op']} not found.")
+        return Response(200, {"name": op.id, "status": op.status, "startTime": op.started})
+
+    router.add("PUT", _RG, put_group)
+    router.add("GET", _RG, get_group)
+    router.add("GET", _VMSS, list_vmss)
+    vmss = _VMSS + r"/(?P<name>[^/]+)"
+    router.add("PUT", vmss, put_vmss)
+    router.add("PATCH", vmss, patch_vmss)
+    router.add("GET", vmss, get_vmss)
+    router.add("DELETE", vmss, delete_vmss)
+    router.add("GET", vmss + r"/virtualMachines", list_vms)
+    router.add("POST", vmss + r"/delete", delete_instances)
+    router.add(
+        "GET",
+        _SUB + r"/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/operations/(?P<op>[^/]+)",
+        get_operation,
+    )
+    return router

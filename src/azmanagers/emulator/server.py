@@ -1,0 +1,223 @@
+"""The emulator's HTTPS server: routing, bearer-token check, ARM error bodies, a call log."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import ssl
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from azmanagers.tls import make_cluster_credentials
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the emulator answered."""
+
+    method: str
+    path: str
+    status: int
+
+
+@dataclass
+class Request:
+    """What a route handler sees."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    match: re.Match[str]
+    base_url: str
+
+
+@dataclass
+class Response:
+    """What a route handler returns."""
+
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ArmError(Exception):
+    """Raised by handlers: becomes an ARM error body ``{"error": {"code", "message"}}``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+Handler = Callable[[Request], Response]
+
+
+class Router:
+    """Routes (method, path regex) to handlers; ARM paths are case-insensitive."""
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+
+    def add(self, method: str, pattern: str, handler: Handler) -> None:
+        """Register ``handler`` for ``method`` on paths matching ``pattern`` (whole path)."""
+        self._routes.append((method, re.compile(pattern + r"/?$", re.IGNORECASE), handler))
+
+    def find(self, method: str, path: str) -> tuple[Handler, re.Match[str]] | None:
+        """Return the handler and match for a request, or None."""
+        methods_seen = False
+        for route_method, pattern, handler in self._routes:
+            match = pattern.match(path)
+            if match:
+                methods_seen = True
+                if route_method == method:
+                    return handler, match
+        if methods_seen:
+            raise ArmError(405, "MethodNotAllowed", f"{method} is not supported on {path}.")
+        return None
+
+
+class EmulatorServer:
+    """An HTTPS server on 127.0.0.1 with a CA of its own and a bearer token.
+
+    Parameters
+    ----------
+    router
+        The routes it serves.
+    token
+        The bearer token requests must carry (random when not given).
+    folder
+        Where the CA certificate is written (a temporary folder when not given).
+    """
+
+    def __init__(
+        self, router: Router, *, token: str | None = None, folder: Path | None = None
+    ) -> None:
+        self.router = router
+        self.token = token or secrets.token_urlsafe(24)
+        self.calls: list[Call] = []
+        self._calls_lock = threading.Lock()
+        self._tmp = None if folder is not None else tempfile.TemporaryDirectory(prefix="azm-emu-")
+        self.folder = folder if folder is not None else Path(self._tmp.name)  # type: ignore[union-attr]
+        creds = make_cluster_credentials("emulator", ["127.0.0.1", "localhost"])
+        self.ca_file = self.folder / "emulator-ca.pem"
+        self.ca_file.write_text(creds.ca)
+        cert_file = self.folder / "emulator-cert.pem"
+        cert_file.write_text(creds.scheduler.cert + creds.scheduler.key)
+        cert_file.chmod(0o600)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd.daemon_threads = True
+        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self.port = self._httpd.server_address[1]
+        self.base_url = f"https://127.0.0.1:{self.port}"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> EmulatorServer:
+        """Serve in a background thread; return self."""
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="azm-emulator", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def record(self, call: Call) -> None:
+        """Append a call to the log."""
+        with self._calls_lock:
+            self.calls.append(call)
+
+    def calls_matching(self, method: str | None = None, contains: str = "") -> list[Call]:
+        """Return logged calls with this method whose path contains ``contains``."""
+        with self._calls_lock:
+            return [
+                c
+                for c in self.calls
+                if (method is None or c.method == method) and contains.lower() in c.path.lower()
+            ]
+
+
+def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
+    class _Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Silence the default stderr log (the call log records requests)."""
+
+        def _serve(self) -> None:
+            parts = urlsplit(self.path)
+            status = 500
+            try:
+                response = self._dispatch(parts.path, parts.query)
+            except ArmError as err:
+                response = Response(err.status, {"error": {"code": err.code, "message": str(err)}})
+            except Exception as exc:  # a bug in the emulator: an ARM-shaped 500
+                response = Response(
+                    500, {"error": {"code": "InternalServerError", "message": repr(exc)}}
+                )
+            status = response.status
+            payload = b"" if response.body is None else json.dumps(response.body).encode()
+            self.send_response(status)
+            for key, value in response.headers.items():
+                self.send_header(key, value)
+            if payload:
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("x-ms-request-id", secrets.token_hex(8))
+            self.end_headers()
+            if payload:
+                self.wfile.write(payload)
+            server.record(Call(self.command, parts.path, status))
+
+        def _dispatch(self, path: str, query_text: str) -> Response:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_BODY_BYTES:
+                raise ArmError(413, "RequestEntityTooLarge", "The request body is too large.")
+            raw = self.rfile.read(length) if length else b""
+            auth = self.headers.get("Authorization", "")
+            if auth != f"Bearer {server.token}":
+                raise ArmError(
+                    401,
+                    "AuthenticationFailed",
+                    "Authentication failed. The 'Authorization' header is missing or invalid.",
+                )
+            query = {k: v[-1] for k, v in parse_qs(query_text).items()}
+            if "api-version" not in query:
+                raise ArmError(
+                    400,
+                    "MissingApiVersionParameter",
+                    "The api-version query parameter (?api-version=) is required for all requests.",
+                )
+            found = server.router.find(self.command, path)
+            if found is None:
+                raise ArmError(404, "InvalidResourceType", f"No route for {path}.")
+            handler, match = found
+            try:
+                body = json.loads(raw) if raw else None
+            except json.JSONDecodeError as exc:
+                raise ArmError(
+                    400, "InvalidRequestContent", f"The body is not JSON: {exc}"
+                ) from exc
+            return handler(Request(self.command, path, query, body, match, server.base_url))
+
+        do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = _serve
+
+    return _Handler
