@@ -14,8 +14,8 @@ from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.resource.resources import ResourceManagementClient
 
 from azmanagers.emulator import start_emulator
-from azmanagers.emulator.credential import StaticTokenCredential
 from azmanagers.emulator.server import EmulatorServer
+from azmanagers.providers.azure._credential import StaticTokenCredential
 
 SUB = "00000000-0000-0000-0000-000000000001"
 RG = "azm-test-rg"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import datetime
+import re
 import threading
 import time
 import uuid
@@ -130,7 +132,13 @@ def _vmss_view(scaleset: ScaleSet, state: str = "Succeeded") -> dict[str, Any]:
 
 def _vm_view(scaleset: ScaleSet, vm: ScaleSetVM, expand: bool) -> dict[str, Any]:
     vmss_id = _vmss_view(scaleset)["id"]
-    props: dict[str, Any] = {"provisioningState": vm.provisioning_state, "latestModelApplied": True}
+    props: dict[str, Any] = {
+        "provisioningState": vm.provisioning_state,
+        "latestModelApplied": True,
+        "timeCreated": datetime.datetime.fromtimestamp(vm.created_at, datetime.timezone.utc)
+        .isoformat()
+        .replace("+00:00", "Z"),
+    }
     if expand:
         props["instanceView"] = {
             "statuses": [
@@ -147,6 +155,22 @@ def _vm_view(scaleset: ScaleSet, vm: ScaleSetVM, expand: bool) -> dict[str, Any]
         "tags": scaleset.body.get("tags", {}),
         "properties": props,
     }
+
+
+_FILTER = re.compile(
+    r"^\s*tagName eq '(?P<name>[^']*)'(?:\s+and\s+tagValue eq '(?P<value>[^']*)')?\s*$",
+    re.IGNORECASE,
+)
+
+
+def _tag_filter(text: str) -> tuple[str | None, str | None]:
+    """Parse ARM's ``tagName eq 'n' [and tagValue eq 'v']`` filter (the one form we use)."""
+    if not text:
+        return None, None
+    match = _FILTER.match(text)
+    if match is None:
+        raise ArmError(400, "InvalidFilterInQueryString", f"Unsupported $filter: {text!r}.")
+    return match["name"], match["value"]
 
 
 def build_router(state: ArmState) -> Router:
@@ -264,6 +288,28 @@ def build_router(state: ArmState) -> Router:
             raise ArmError(404, "NotFound", f"Operation {req.match['op']} not found.")
         return Response(200, {"name": op.id, "status": op.status, "startTime": op.started})
 
+    def list_resources(req: Request) -> Response:
+        sub, rg = req.match["sub"], req.match["rg"]
+        name, value = _tag_filter(req.query.get("$filter", ""))
+        with state.lock:
+            state.group(sub, rg)
+            found = []
+            for (s_sub, s_rg, _), scaleset in sorted(state.scalesets.items()):
+                if (s_sub, s_rg) != (sub.lower(), rg.lower()):
+                    continue
+                tags = scaleset.body.get("tags") or {}
+                if name is not None and name not in tags:
+                    continue
+                if value is not None and tags.get(name) != value:
+                    continue
+                view = _vmss_view(scaleset)
+                found.append(
+                    {k: view[k] for k in ("id", "name", "type", "location") if k in view}
+                    | {"tags": dict(tags)}
+                )
+        return Response(200, {"value": found})
+
+    router.add("GET", _RG + r"/resources", list_resources)
     router.add("PUT", _RG, put_group)
     router.add("GET", _RG, get_group)
     router.add("GET", _VMSS, list_vmss)

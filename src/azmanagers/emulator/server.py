@@ -164,7 +164,6 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self) -> None:
             parts = urlsplit(self.path)
-            status = 500
             try:
                 response = self._dispatch(parts.path, parts.query)
             except ArmError as err:
@@ -175,6 +174,7 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
                 )
             status = response.status
             payload = b"" if response.body is None else json.dumps(response.body).encode()
+            server.record(Call(self.command, parts.path, status))  # before the client can see it
             self.send_response(status)
             for key, value in response.headers.items():
                 self.send_header(key, value)
@@ -185,7 +185,6 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             if payload:
                 self.wfile.write(payload)
-            server.record(Call(self.command, parts.path, status))
 
         def _dispatch(self, path: str, query_text: str) -> Response:
             length = int(self.headers.get("Content-Length") or 0)

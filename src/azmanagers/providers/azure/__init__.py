@@ -1,0 +1,1 @@
+"""The azure provider: VM scale sets through the official Azure SDKs."""

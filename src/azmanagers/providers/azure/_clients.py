@@ -1,0 +1,89 @@
+"""SDK clients for the azure provider: credential, endpoint, CA bundle, retry and polling.
+
+One code path serves Azure and the emulator: ``AZMANAGERS_ARM_ENDPOINT`` points the clients at
+another ARM endpoint, ``AZMANAGERS_ARM_CA`` gives its CA bundle, and ``AZMANAGERS_ARM_TOKEN``
+selects a static bearer token instead of ``DefaultAzureCredential`` (az login, managed
+identity, or a service principal in the environment).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from azmanagers.errors import ConfigError
+
+DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
+RETRY_TOTAL = 6
+"""Retries of one request (429 with Retry-After, 5xx, connection errors) before we give up."""
+RETRY_BACKOFF_MAX_S = 30
+POLLING_INTERVAL_S = 5
+
+
+@dataclass(frozen=True)
+class ArmSettings:
+    """Where ARM is and how we authenticate to it."""
+
+    endpoint: str = DEFAULT_ARM_ENDPOINT
+    ca_file: str | None = None
+    token: str | None = field(default=None, repr=False)
+    polling_interval_s: float = POLLING_INTERVAL_S
+
+    @classmethod
+    def from_environment(cls) -> ArmSettings:
+        """Read ``AZMANAGERS_ARM_ENDPOINT``, ``AZMANAGERS_ARM_CA`` and ``AZMANAGERS_ARM_TOKEN``."""
+        endpoint = os.environ.get("AZMANAGERS_ARM_ENDPOINT", DEFAULT_ARM_ENDPOINT).rstrip("/")
+        if not endpoint.startswith("https://"):
+            raise ConfigError(
+                f"AZMANAGERS_ARM_ENDPOINT must be an https:// URL (bearer tokens never travel "
+                f"over plain HTTP), got {endpoint!r}."
+            )
+        ca_file = os.environ.get("AZMANAGERS_ARM_CA") or None
+        if ca_file is not None and not os.path.isfile(ca_file):
+            raise ConfigError(f"AZMANAGERS_ARM_CA names {ca_file!r}, which is not a file.")
+        token = os.environ.get("AZMANAGERS_ARM_TOKEN") or None
+        polling = float(os.environ.get("AZMANAGERS_ARM_POLLING_S", POLLING_INTERVAL_S))
+        return cls(endpoint, ca_file, token, polling)
+
+    def credential(self) -> Any:
+        """Return the credential: the static token if set, else DefaultAzureCredential."""
+        if self.token is not None:
+            from azmanagers.providers.azure._credential import StaticTokenCredential
+
+            return StaticTokenCredential(self.token)
+        from azure.identity import DefaultAzureCredential
+
+        return DefaultAzureCredential()
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments every management client gets (endpoint, CA, retry, polling)."""
+        options: dict[str, Any] = {
+            "retry_total": RETRY_TOTAL,
+            "retry_backoff_max": RETRY_BACKOFF_MAX_S,
+            "polling_interval": self.polling_interval_s,
+        }
+        if self.ca_file is not None:
+            options["connection_verify"] = self.ca_file
+        return options
+
+
+def compute_client(settings: ArmSettings, subscription: str) -> Any:
+    """Return a ComputeManagementClient for ``subscription``."""
+    from azure.mgmt.compute import ComputeManagementClient
+
+    return ComputeManagementClient(
+        settings.credential(), subscription, settings.endpoint, **settings.client_options()
+    )
+
+
+def resource_client(settings: ArmSettings, subscription: str) -> Any:
+    """Return a ResourceManagementClient for ``subscription``."""
+    from azure.mgmt.resource.resources import ResourceManagementClient
+
+    return ResourceManagementClient(
+        settings.credential(),
+        subscription,
+        base_url=settings.endpoint,
+        **settings.client_options(),
+    )

@@ -1,0 +1,58 @@
+"""Azure SDK exceptions mapped to ours, at the seam: nothing of azure.core leaks above it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+)
+
+from azmanagers.errors import ProviderError
+
+
+class AzureNotFoundError(ProviderError):
+    """The resource does not exist."""
+
+
+class AzureAuthError(ProviderError):
+    """Azure refused our credentials."""
+
+
+class AzureQuotaError(ProviderError):
+    """Not enough quota for the request."""
+
+
+_QUOTA_CODES = {"OperationNotAllowed", "QuotaExceeded", "SkuNotAvailable"}
+
+
+@contextlib.contextmanager
+def mapped(action: str) -> Iterator[None]:
+    """Run an SDK call; re-raise its failure as a ProviderError saying what we were doing."""
+    try:
+        yield
+    except ResourceNotFoundError as exc:
+        raise AzureNotFoundError(f"{action}: not found ({_detail(exc)}).") from exc
+    except ClientAuthenticationError as exc:
+        raise AzureAuthError(
+            f"{action}: Azure refused the credentials ({_detail(exc)}). Run `az login`, or set "
+            "a service principal in AZURE_CLIENT_ID / AZURE_TENANT_ID / AZURE_CLIENT_SECRET."
+        ) from exc
+    except HttpResponseError as exc:
+        code = getattr(exc.error, "code", None) if exc.error is not None else None
+        if code in _QUOTA_CODES:
+            raise AzureQuotaError(f"{action}: {_detail(exc)}") from exc
+        raise ProviderError(f"{action}: HTTP {exc.status_code} {_detail(exc)}") from exc
+    except ServiceRequestError as exc:
+        raise ProviderError(f"{action}: cannot reach Azure ({exc}).") from exc
+
+
+def _detail(exc: HttpResponseError | ClientAuthenticationError) -> str:
+    error = getattr(exc, "error", None)
+    if error is not None and getattr(error, "code", None):
+        return f"{error.code}: {error.message}"
+    return str(exc.message or exc).splitlines()[0]

@@ -1,0 +1,238 @@
+"""The azure provider: a pool is a VM scale set; instances are its VMs."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from azmanagers import boot
+from azmanagers.errors import ConfigError
+from azmanagers.providers.azure._clients import ArmSettings, compute_client, resource_client
+from azmanagers.providers.azure._errors import AzureNotFoundError, mapped
+from azmanagers.providers.base import (
+    TAG_CLUSTER,
+    TAG_OWNER,
+    Instance,
+    InstanceState,
+    OwnedResource,
+    PoolSpec,
+)
+from azmanagers.providers.local import owner_alive
+
+VMSS_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
+
+_PROVISIONING = {
+    "creating": InstanceState.CREATING,
+    "updating": InstanceState.RUNNING,
+    "succeeded": InstanceState.RUNNING,
+    "failed": InstanceState.FAILED,
+    "deleting": InstanceState.DELETING,
+}
+_POWER_STOPPED = {"stopped", "deallocated", "deallocating", "stopping"}
+
+
+def instance_state(provisioning: str | None, statuses: Sequence[str]) -> InstanceState:
+    """Map a scale-set VM's provisioning state and instance-view status codes to ours."""
+    state = _PROVISIONING.get((provisioning or "").lower(), InstanceState.CREATING)
+    for code in statuses:
+        kind, _, rest = code.partition("/")
+        value = rest.split("/", 1)[0]
+        if kind == "ProvisioningState" and value.lower() == "failed":
+            return InstanceState.FAILED
+        if (
+            kind == "PowerState"
+            and value.lower() in _POWER_STOPPED
+            and state is InstanceState.RUNNING
+        ):
+            return InstanceState.STOPPED
+    return state
+
+
+def _timestamp(value: Any) -> float:
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    if isinstance(value, str):
+        try:
+            return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            pass
+    return time.time()
+
+
+class AzureProvider:
+    """VM scale sets in one subscription and resource group, through the Azure SDKs.
+
+    Calls that change capacity send one request and return without waiting for the
+    operation (the reconciler watches the result); listing is one paged call per pool.
+
+    Parameters
+    ----------
+    subscription, resource_group
+        Where the scale sets live.
+    settings
+        ARM endpoint, CA bundle and credential (by default from the environment).
+    """
+
+    name = "azure"
+
+    def __init__(
+        self, subscription: str, resource_group: str, settings: ArmSettings | None = None
+    ) -> None:
+        if not subscription or not resource_group:
+            raise ConfigError(
+                "the azure provider needs a subscription and a resource group: set them in "
+                "the template or with azmanagers.write_manifest(...)."
+            )
+        self.subscription = subscription
+        self.resource_group = resource_group
+        self.settings = settings or ArmSettings.from_environment()
+        self._compute = compute_client(self.settings, subscription)
+        self._resources: Any = None
+
+    # -- pools ---------------------------------------------------------------------------
+    def create_pool(self, spec: PoolSpec) -> None:
+        """Create the scale set (capacity 0) with the boot script as custom data."""
+        try:
+            with mapped(f"looking up scale set {spec.name}"):
+                self._compute.virtual_machine_scale_sets.get(self.resource_group, spec.name)
+            return  # it exists: creating is idempotent
+        except AzureNotFoundError:
+            pass
+        body = self._scaleset_body(spec)
+        with mapped(f"creating scale set {spec.name}"):
+            self._compute.virtual_machine_scale_sets.begin_create_or_update(
+                self.resource_group, spec.name, body
+            ).result()
+
+    def _scaleset_body(self, spec: PoolSpec) -> dict[str, Any]:
+        template = spec.template.get("value") if isinstance(spec.template, Mapping) else None
+        if not isinstance(template, Mapping):
+            raise ConfigError(
+                f"pool {spec.name}: the azure provider needs a scale-set template (the 'value' "
+                "of a template from build_sstemplate)."
+            )
+        body: dict[str, Any] = copy.deepcopy(dict(template))
+        body.setdefault("sku", {})["capacity"] = 0
+        body["tags"] = {**dict(body.get("tags") or {}), **dict(spec.tags)}
+        profile = body.setdefault("properties", {}).setdefault("virtualMachineProfile", {})
+        os_profile = profile.setdefault("osProfile", {})
+        os_profile["customData"] = base64.b64encode(boot.render(spec.boot).encode()).decode()
+        os_profile.setdefault("computerNamePrefix", spec.name[:9])
+        return body
+
+    def set_pool_tags(self, pool: str, tags: dict[str, str]) -> None:
+        """Replace the scale set's tags (renews ``azmanagers-expires``)."""
+        with mapped(f"tagging scale set {pool}"):
+            self._compute.virtual_machine_scale_sets.begin_update(
+                self.resource_group, pool, {"tags": dict(tags)}, polling=False
+            )
+
+    def scale_pool(self, pool: str, capacity: int) -> None:
+        """Set the capacity with one PATCH (never a whole-template PUT); returns at once."""
+        with mapped(f"scaling scale set {pool} to {capacity}"):
+            self._compute.virtual_machine_scale_sets.begin_update(
+                self.resource_group, pool, {"sku": {"capacity": capacity}}, polling=False
+            )
+
+    def delete_instances(self, pool: str, instance_ids: Sequence[str]) -> None:
+        """Delete these VMs (by name) in one batched call; returns at once."""
+        ids = sorted({_instance_number(pool, name) for name in instance_ids}, key=int)
+        if not ids:
+            return
+        with mapped(f"deleting {len(ids)} instances of scale set {pool}"):
+            self._compute.virtual_machine_scale_sets.begin_delete_instances(
+                self.resource_group,
+                pool,
+                {"instanceIds": ids},
+                force_deletion=True,
+                polling=False,
+            )
+
+    def list_instances(self, pool: str) -> list[Instance]:
+        """Return the scale set's VMs with their instance view: one paged call."""
+        try:
+            with mapped(f"listing the instances of scale set {pool}"):
+                vms = list(
+                    self._compute.virtual_machine_scale_set_vms.list(
+                        self.resource_group, pool, expand="instanceView"
+                    )
+                )
+        except AzureNotFoundError:
+            return []
+        out = []
+        for vm in vms:
+            props = vm.properties
+            statuses = []
+            if props is not None and props.instance_view is not None:
+                statuses = [s.code for s in props.instance_view.statuses or [] if s.code]
+            out.append(
+                Instance(
+                    pool=pool,
+                    id=str(vm.name),
+                    state=instance_state(props.provisioning_state if props else None, statuses),
+                    created_at=_timestamp(props.time_created if props else None),
+                    tags=dict(vm.tags or {}),
+                )
+            )
+        return out
+
+    def delete_pool(self, pool: str, *, wait: bool = True) -> None:
+        """Delete the scale set with its VMs (force deletion); with ``wait``, until gone."""
+        try:
+            with mapped(f"deleting scale set {pool}"):
+                poller = self._compute.virtual_machine_scale_sets.begin_delete(
+                    self.resource_group, pool, force_deletion=True, polling=wait
+                )
+                if wait:
+                    poller.result()
+        except AzureNotFoundError:
+            return
+
+    def instance_log(self, pool: str, instance_id: str, *, tail_bytes: int = 4096) -> str:
+        """Boot logs of Azure VMs are not fetched yet: '' (see the VM's serial console)."""
+        del pool, instance_id, tail_bytes
+        return ""
+
+    # -- ownership -----------------------------------------------------------------------
+    def list_owned_resources(self, *, cluster: str | None = None) -> list[OwnedResource]:
+        """Return our scale sets, found by the exact ``azmanagers-cluster`` tag."""
+        if self._resources is None:
+            self._resources = resource_client(self.settings, self.subscription)
+        query = f"tagName eq '{TAG_CLUSTER}'"
+        if cluster is not None:
+            query += f" and tagValue eq '{cluster}'"
+        with mapped(f"listing resources tagged {TAG_CLUSTER}"):
+            found = list(
+                self._resources.resources.list_by_resource_group(self.resource_group, filter=query)
+            )
+        out = []
+        for res in found:
+            tags = dict(res.tags or {})
+            if res.type != VMSS_TYPE or TAG_CLUSTER not in tags or TAG_OWNER not in tags:
+                continue
+            if cluster is not None and tags[TAG_CLUSTER] != cluster:
+                continue  # exact match, whatever the server's filter did
+            out.append(
+                OwnedResource(
+                    kind="scaleset",
+                    name=str(res.name),
+                    tags=tags,
+                    owner_alive=owner_alive(tags[TAG_OWNER]),
+                )
+            )
+        return out
+
+    def delete_owned_resource(self, resource: OwnedResource) -> None:
+        """Delete a scale set found by ``list_owned_resources``; returns when it is gone."""
+        self.delete_pool(resource.name, wait=True)
+
+
+def _instance_number(pool: str, name: str) -> str:
+    prefix = f"{pool}_"
+    if not name.startswith(prefix) or not name[len(prefix) :].isdigit():
+        raise ConfigError(f"{name!r} is not an instance of scale set {pool!r}.")
+    return name[len(prefix) :]
