@@ -47,6 +47,11 @@ def azm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     for name in list(os.environ):
         if name.startswith("AZMANAGERS_") and name != "AZMANAGERS_HOME":
             monkeypatch.delenv(name)
+    # No test may reach Azure (or its IMDS): unless a test points the azure provider at the
+    # emulator, it aims at a closed loopback port with a dummy token.
+    monkeypatch.setenv("AZMANAGERS_ARM_ENDPOINT", "https://127.0.0.1:9")
+    monkeypatch.setenv("AZMANAGERS_ARM_TOKEN", "offline-tests")
+    monkeypatch.setenv("AZMANAGERS_IMDS_ENDPOINT", "http://127.0.0.1:9")
     yield home
     _close_clusters()
     deadline = time.monotonic() + LEAK_GRACE_S

@@ -119,9 +119,11 @@ def addprocs(
                     f"(asked for {n}); raise max_instances in the template."
                 )
             requirements = requirements_for(customenv)
-            provider = get_provider(resolved.provider)
+            provider = get_provider(resolved.provider, tmpl)
             _default_worker_log_handler()
-            cluster = AzCluster(template, provider, resolved, requirements=requirements, env=env)
+            cluster = AzCluster(
+                template, provider, resolved, requirements=requirements, env=env, template=tmpl
+            )
             _clusters[template] = cluster
             from distributed import Client
 

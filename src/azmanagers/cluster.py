@@ -119,10 +119,12 @@ class AzCluster(Cluster):
         *,
         requirements: str | None = None,
         env: Mapping[str, str] | None = None,
+        template: Mapping[str, Any] | None = None,
         asynchronous: bool = False,
         loop: Any = None,
     ) -> None:
         name = f"{template_name}-{uuid.uuid4().hex[:6]}"
+        self.template = dict(template or {})
         super().__init__(asynchronous=asynchronous, loop=loop, name=name)
         self.template_name = template_name
         self.provider = provider
@@ -199,6 +201,7 @@ class AzCluster(Cluster):
             name=self.pool,
             boot=BootSpec(role="worker", payload=self._payload(), env=self.env),
             tags=self._tags,
+            template=self.template,
             max_instances=self.settings.max_instances,
         )
         await asyncio.to_thread(self.provider.create_pool, spec)

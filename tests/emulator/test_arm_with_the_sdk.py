@@ -23,9 +23,10 @@ RG = "azm-test-rg"
 
 @pytest.fixture
 def emulator() -> Iterator[EmulatorServer]:
-    server, _ = start_emulator()
+    emu = start_emulator()
+    server = emu.server
     yield server
-    server.stop()
+    emu.stop()
 
 
 def clients(server: EmulatorServer) -> tuple[ComputeManagementClient, ResourceManagementClient]:

@@ -24,7 +24,8 @@ RG = "azm-rg"
 
 @pytest.fixture
 def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
-    server, _ = start_emulator()
+    emu = start_emulator()
+    server = emu.server
     monkeypatch.setenv("AZMANAGERS_ARM_ENDPOINT", server.base_url)
     monkeypatch.setenv("AZMANAGERS_ARM_CA", str(server.ca_file))
     monkeypatch.setenv("AZMANAGERS_ARM_TOKEN", server.token)
@@ -33,7 +34,7 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
         RG, {"location": "southcentralus"}
     )
     yield server
-    server.stop()
+    emu.stop()
 
 
 def template() -> dict[str, object]:

@@ -277,25 +277,6 @@ def test_a_saved_local_template_sets_threads_and_limits() -> None:
         api.clusters()["mylocal"].scale(3)
 
 
-def test_an_azure_template_says_the_provider_is_not_here_yet() -> None:
-    template = azmanagers.build_sstemplate(
-        "cbox",
-        subscriptionid="00000000-0000-0000-0000-000000000000",
-        admin_username="azuser",
-        location="southcentralus",
-        resourcegroup="rg",
-        vnet="vnet",
-        subnet="subnet",
-        imagegallery="gallery",
-        imagename="image",
-        skuname="Standard_D2s_v3",
-    )
-    azmanagers.save_template_scaleset("myscaleset", template)
-    with pytest.raises(azmanagers.ProviderError, match="azure provider is not part"):
-        azmanagers.addprocs("myscaleset", 1)
-    assert api.clusters() == {}
-
-
 def test_an_unwritable_home_is_a_clear_error_and_starts_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

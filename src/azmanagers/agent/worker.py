@@ -55,7 +55,7 @@ async def run_worker(payload: dict[str, Any]) -> int:
         tls_worker_key=tls["key"],
         require_encryption=True,
     )
-    name = os.environ.get("AZMANAGERS_INSTANCE_ID") or payload.get("name") or os.uname().nodename
+    name = os.environ.get("AZMANAGERS_INSTANCE_ID") or _name_from_imds()
     instance_dir = Path(os.environ.get("AZMANAGERS_INSTANCE_DIR", "."))
     worker = Nanny(
         payload["scheduler"],
@@ -125,6 +125,13 @@ async def _watch_scheduler(worker: Any, death_timeout_s: float) -> bool:
                 return True
         await asyncio.sleep(interval_s)
     return False
+
+
+def _name_from_imds() -> str:
+    """On a VM (or in the emulator), the worker is named after the VM, as IMDS reports it."""
+    from azmanagers.agent.imds import instance_name
+
+    return instance_name()
 
 
 def main(payload_path: str) -> int:

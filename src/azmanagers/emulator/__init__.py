@@ -2,16 +2,63 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from azmanagers.emulator.arm import ArmState, build_router
+from azmanagers.emulator.instances import ImdsServer, ProcessRunner
 from azmanagers.emulator.server import EmulatorServer
 
 
+@dataclass
+class Emulator:
+    """A running emulator: its HTTPS server, its state, and (optionally) its process-VMs."""
+
+    server: EmulatorServer
+    state: ArmState
+    imds: ImdsServer | None = None
+    owned_folder: Path | None = None
+
+    def environment(self) -> dict[str, str]:
+        """The variables that point the azure provider at this emulator."""
+        return {
+            "AZMANAGERS_ARM_ENDPOINT": self.server.base_url,
+            "AZMANAGERS_ARM_CA": str(self.server.ca_file),
+            "AZMANAGERS_ARM_TOKEN": self.server.token,
+            "AZMANAGERS_ARM_POLLING_S": "0",
+        }
+
+    def stop(self) -> None:
+        """Stop every emulated VM, then the servers."""
+        if self.state.runner is not None:
+            self.state.runner.stop_all()
+        if self.imds is not None:
+            self.imds.stop()
+        self.server.stop()
+        if self.owned_folder is not None:
+            shutil.rmtree(self.owned_folder, ignore_errors=True)
+
+
 def start_emulator(
-    *, token: str | None = None, folder: Path | None = None
-) -> tuple[EmulatorServer, ArmState]:
-    """Start the emulator on a free loopback port; return the server and its state."""
-    state = ArmState()
+    *, run_instances: bool = False, token: str | None = None, folder: Path | None = None
+) -> Emulator:
+    """Start the emulator on free loopback ports.
+
+    Parameters
+    ----------
+    run_instances
+        Run each VM's custom data as a process-VM (with an IMDS of its own); otherwise VMs
+        are records only (for counting calls at scale).
+    token, folder
+        The bearer token (random by default) and where to keep the CA and VM folders.
+    """
+    owned = None if folder is not None else Path(tempfile.mkdtemp(prefix="azm-emulator-"))
+    folder = folder if folder is not None else Path(str(owned))
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    imds = ImdsServer() if run_instances else None
+    runner = ProcessRunner(folder / "vms", imds) if imds is not None else None
+    state = ArmState(runner)
     server = EmulatorServer(build_router(state), token=token, folder=folder).start()
-    return server, state
+    return Emulator(server, state, imds, owned)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime
 import re
@@ -11,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from azmanagers.emulator.instances import ProcessRunner, VMIdentity
 from azmanagers.emulator.server import ArmError, Request, Response, Router
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
@@ -54,7 +56,9 @@ class Operation:
 class ArmState:
     """The emulated resources, guarded by one lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, runner: ProcessRunner | None = None) -> None:
+        self.runner = runner
+        """Starts each VM's custom data as a process-VM; None: VMs are records only."""
         self.lock = threading.RLock()
         self.groups: dict[tuple[str, str], dict[str, Any]] = {}
         self.scalesets: dict[tuple[str, str, str], ScaleSet] = {}
@@ -95,17 +99,45 @@ class ArmState:
         return {"Azure-AsyncOperation": url, "Location": url, "Retry-After": "0"}
 
 
-def _scale_to(scaleset: ScaleSet, capacity: int) -> None:
+def _custom_data(scaleset: ScaleSet) -> str:
+    profile = scaleset.body.get("properties", {}).get("virtualMachineProfile", {})
+    encoded = profile.get("osProfile", {}).get("customData") or ""
+    try:
+        return base64.b64decode(encoded).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ArmError(400, "InvalidParameter", "osProfile.customData is not base64.") from None
+
+
+def _scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
     """Add or remove instances (newest first) until there are ``capacity``."""
     while len(scaleset.vms) < capacity:
         index = scaleset.next_instance
         scaleset.next_instance += 1
         iid = str(index)
-        scaleset.vms[iid] = ScaleSetVM(iid, f"{scaleset.name}_{index}", time.time())
+        vm = ScaleSetVM(iid, f"{scaleset.name}_{index}", time.time())
+        scaleset.vms[iid] = vm
+        if state.runner is not None:
+            state.runner.start(
+                VMIdentity(
+                    name=vm.name,
+                    vm_id=str(uuid.uuid4()),
+                    subscription=scaleset.sub,
+                    resource_group=scaleset.rg,
+                    scaleset=scaleset.name,
+                    location=str(scaleset.body.get("location", "")),
+                ),
+                _custom_data(scaleset),
+            )
     while len(scaleset.vms) > capacity:
         newest = max(scaleset.vms, key=int)
-        del scaleset.vms[newest]
+        _remove(state, scaleset, newest)
     scaleset.body["sku"]["capacity"] = capacity
+
+
+def _remove(state: ArmState, scaleset: ScaleSet, instance_id: str) -> None:
+    vm = scaleset.vms.pop(instance_id)
+    if state.runner is not None:
+        state.runner.stop(vm.name)
 
 
 def _capacity(body: Any) -> int:
@@ -210,7 +242,7 @@ def build_router(state: ArmState) -> Router:
             existing = state.scalesets.get(key)
             scaleset = existing or ScaleSet(sub, rg, name, {})
             scaleset.body = copy.deepcopy(body)
-            _scale_to(scaleset, capacity)
+            _scale_to(state, scaleset, capacity)
             state.scalesets[key] = scaleset
             headers = state.operation(req, sub, body["location"])
             view = _vmss_view(scaleset, "Updating" if existing else "Creating")
@@ -222,7 +254,9 @@ def build_router(state: ArmState) -> Router:
         with state.lock:
             scaleset = state.scaleset(sub, rg, name)
             if "sku" in body:
-                _scale_to(scaleset, _capacity({"sku": {**scaleset.body["sku"], **body["sku"]}}))
+                _scale_to(
+                    state, scaleset, _capacity({"sku": {**scaleset.body["sku"], **body["sku"]}})
+                )
             if "tags" in body:
                 scaleset.body["tags"] = dict(body["tags"] or {})
             headers = state.operation(req, sub, scaleset.body["location"])
@@ -253,7 +287,8 @@ def build_router(state: ArmState) -> Router:
             scaleset = state.scalesets.pop((sub.lower(), rg.lower(), name.lower()), None)
             if scaleset is None:
                 return Response(204)
-            scaleset.vms.clear()
+            for iid in list(scaleset.vms):
+                _remove(state, scaleset, iid)
             return Response(202, None, state.operation(req, sub, scaleset.body["location"]))
 
     def list_vms(req: Request) -> Response:
@@ -275,7 +310,7 @@ def build_router(state: ArmState) -> Router:
                     404, "NotFound", f"Instances {', '.join(unknown)} are not in scale set."
                 )
             for iid in ids:
-                del scaleset.vms[iid]
+                _remove(state, scaleset, iid)
             scaleset.body["sku"]["capacity"] = len(scaleset.vms)
             return Response(
                 202, None, state.operation(req, req.match["sub"], scaleset.body["location"])

@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from azmanagers.errors import ConfigError, ProviderUnavailableError
 from azmanagers.providers.base import Provider
 
 KNOWN_PROVIDERS = ("local", "azure")
 
 
-def get_provider(name: str) -> Provider:
-    """Return a provider instance by name (``local`` or ``azure``)."""
+def get_provider(name: str, template: Mapping[str, Any] | None = None) -> Provider:
+    """Return a provider instance by name (``local`` or ``azure``).
+
+    The azure provider works in the template's subscription and resource group, or the
+    manifest's when the template leaves them empty.
+    """
     if name == "local":
         from azmanagers.providers.local import LocalProvider
 
         return LocalProvider()
     if name == "azure":
-        raise ProviderUnavailableError(
-            "the azure provider is not part of this version of azmanagers yet; "
-            "use a local template (for example 'local') meanwhile."
-        )
+        try:
+            from azmanagers.providers.azure.compute import AzureProvider
+        except ImportError as exc:  # pragma: no cover - the SDKs are dependencies
+            raise ProviderUnavailableError(
+                f"the azure provider needs the Azure SDKs ({exc}); pip install azmanagers again."
+            ) from exc
+        template = template or {}
+        subscription = str(template.get("subscriptionid") or "")
+        group = str(template.get("resourcegroup") or "")
+        if not subscription or not group:
+            from azmanagers.config.manifest import load_manifest
+
+            manifest = load_manifest()
+            subscription = subscription or manifest.subscriptionid
+            group = group or manifest.resourcegroup
+        return AzureProvider(subscription, group)
     raise ConfigError(f"unknown provider {name!r}; known providers: {', '.join(KNOWN_PROVIDERS)}.")

@@ -1,0 +1,178 @@
+"""Emulated VMs that run their custom data as process-VMs, and the IMDS they ask."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from azmanagers.providers import procvm
+
+
+@dataclass
+class VMIdentity:
+    """What IMDS tells a VM about itself."""
+
+    name: str
+    vm_id: str
+    subscription: str
+    resource_group: str
+    scaleset: str
+    location: str
+    priority: str = "Regular"
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ImdsServer:
+    """Plain HTTP on 127.0.0.1, like IMDS on 169.254.169.254: one path prefix per VM.
+
+    A VM's ``AZMANAGERS_IMDS_ENDPOINT`` is ``http://127.0.0.1:PORT/vm/<key>``; requests must
+    carry ``Metadata: true``, as on Azure.
+    """
+
+    def __init__(self) -> None:
+        self.vms: dict[str, VMIdentity] = {}
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _imds_handler(self))
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def register(self, identity: VMIdentity) -> str:
+        """Add a VM; return its IMDS endpoint."""
+        key = secrets.token_hex(8)
+        with self._lock:
+            self.vms[key] = identity
+        return f"http://127.0.0.1:{self.port}/vm/{key}"
+
+    def forget(self, endpoint: str) -> None:
+        """Remove a VM."""
+        with self._lock:
+            self.vms.pop(endpoint.rsplit("/", 1)[-1], None)
+
+    def identity(self, key: str) -> VMIdentity | None:
+        """Return the VM behind a key."""
+        with self._lock:
+            return self.vms.get(key)
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def _imds_handler(server: ImdsServer) -> type[BaseHTTPRequestHandler]:
+    class _Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """Silence the default log."""
+
+        def do_GET(self) -> None:
+            parts = urlsplit(self.path)
+            segments = parts.path.strip("/").split("/")
+            identity = server.identity(segments[1]) if len(segments) > 2 else None
+            if self.headers.get("Metadata", "").lower() != "true":
+                self._reply(400, {"error": "Bad request. Required metadata header not specified"})
+            elif identity is None:
+                self._reply(404, {"error": "Not found"})
+            elif segments[2:] == ["metadata", "instance"]:
+                self._reply(200, _instance_document(identity))
+            elif segments[2:] == ["metadata", "scheduledevents"]:
+                self._reply(
+                    200, {"DocumentIncarnation": len(identity.events), "Events": identity.events}
+                )
+            else:
+                self._reply(404, {"error": "Not found"})
+
+        def _reply(self, status: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return _Handler
+
+
+def _instance_document(identity: VMIdentity) -> dict[str, Any]:
+    return {
+        "compute": {
+            "name": identity.name,
+            "vmId": identity.vm_id,
+            "subscriptionId": identity.subscription,
+            "resourceGroupName": identity.resource_group,
+            "vmScaleSetName": identity.scaleset,
+            "location": identity.location,
+            "priority": identity.priority,
+        },
+        "network": {"interface": []},
+    }
+
+
+class ProcessRunner:
+    """Starts an emulated VM's custom data as a process-VM, and stops it when deleted."""
+
+    def __init__(self, folder: Path, imds: ImdsServer) -> None:
+        self.folder = folder
+        self.imds = imds
+        self._running: dict[str, tuple[procvm.ProcessHandle, Any, str]] = {}
+        self._lock = threading.Lock()
+        self._stoppers: list[threading.Thread] = []
+
+    def start(self, identity: VMIdentity, custom_data: str) -> None:
+        """Boot a VM: run its custom data in its own folder and process group."""
+        instance_dir = self.folder / identity.name
+        endpoint = self.imds.register(identity)
+        env = procvm.instance_environment(
+            instance_dir if instance_dir.exists() else _make(instance_dir),
+            {"AZMANAGERS_IMDS_ENDPOINT": endpoint},
+        )
+        proc = procvm.start(instance_dir, custom_data, env)
+        with self._lock:
+            self._running[identity.name] = (procvm.handle_of(proc), proc, endpoint)
+
+    def stop(self, name: str, *, wait: bool = False) -> None:
+        """Stop a VM's processes (in the background unless ``wait``)."""
+        with self._lock:
+            entry = self._running.pop(name, None)
+        if entry is None:
+            return
+        handle, proc, endpoint = entry
+        self.imds.forget(endpoint)
+
+        def stop() -> None:
+            procvm.stop(handle, proc, instance_dir=self.folder / name)
+
+        if wait:
+            stop()
+            return
+        thread = threading.Thread(target=stop, name=f"azm-emu-stop-{name}", daemon=True)
+        thread.start()
+        with self._lock:
+            self._stoppers.append(thread)
+
+    def boot_log(self, name: str, tail_bytes: int) -> str:
+        """Return the end of a VM's boot log (what a serial console would show)."""
+        return procvm.tail(self.folder / name / procvm.BOOT_LOG_NAME, tail_bytes)
+
+    def stop_all(self) -> None:
+        """Stop every VM and wait for the stops to finish."""
+        with self._lock:
+            names = list(self._running)
+        for name in names:
+            self.stop(name, wait=True)
+        with self._lock:
+            stoppers, self._stoppers = self._stoppers, []
+        for thread in stoppers:
+            thread.join(timeout=30)
+
+
+def _make(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
