@@ -160,6 +160,8 @@ class AzCluster(Cluster):
         self._error: AzManagersError | None = None
         self._error_seq = 0
         self._failed_cycles = 0
+        self.reconcile_cycles = 0
+        """How many reconcile cycles have completed."""
         self._reconcile_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._tags = resource_tags(name, owner_id(), settings.ttl_s)
@@ -382,6 +384,7 @@ class AzCluster(Cluster):
             try:
                 await self._reconcile_once()
                 self._failed_cycles = 0
+                self.reconcile_cycles += 1
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
