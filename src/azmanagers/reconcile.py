@@ -82,7 +82,10 @@ def decide(
     for inst in instances:
         if inst.state is InstanceState.DELETING or inst.id in removing:
             continue
-        if inst.state in (InstanceState.FAILED, InstanceState.STOPPED):
+        if inst.state is InstanceState.FAILED and inst.exit_status is None:
+            when = "after joining" if inst.id in ever_joined else "before it joined"
+            failures.append(Failure(inst.id, f"the provider reports it failed {when}"))
+        elif inst.state in (InstanceState.FAILED, InstanceState.STOPPED):
             status = "unknown" if inst.exit_status is None else str(inst.exit_status)
             verb = "joined, then stopped" if inst.id in ever_joined else "stopped before joining"
             failures.append(Failure(inst.id, f"it {verb} (exit status {status})"))

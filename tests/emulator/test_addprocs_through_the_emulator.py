@@ -3,57 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import distributed
 import pytest
 
 import azmanagers
-from azmanagers import api
-from azmanagers.emulator import Emulator, start_emulator
-from azmanagers.providers.azure._clients import ArmSettings, resource_client
-from tests.conftest import processes_under
+from azmanagers.emulator import Emulator
 
 pytestmark = pytest.mark.integration
-SUB = "00000000-0000-0000-0000-0000000000bb"
-RG = "azm-emulated"
 DEADLINE_S = 90.0
 
 
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Emulator]:
-    emu = start_emulator(run_instances=True, folder=tmp_path / "emulator")
-    for key, value in emu.environment().items():
-        monkeypatch.setenv(key, value)
-    resource_client(ArmSettings.from_environment(), SUB).resource_groups.create_or_update(
-        RG, {"location": "southcentralus"}
-    )
-    azmanagers.save_template_scaleset(
-        "myscaleset",
-        azmanagers.build_sstemplate(
-            "myscaleset",
-            subscriptionid=SUB,
-            admin_username="azuser",
-            location="southcentralus",
-            resourcegroup=RG,
-            vnet="vnet",
-            subnet="subnet",
-            imagegallery="gallery",
-            imagename="image",
-            skuname="Standard_D2s_v3",
-        ),
-    )
-    try:
-        yield emu
-    finally:
-        for template in list(api.clusters()):
-            azmanagers.rmprocs(template=template)
-        emu.stop()
-    assert processes_under(tmp_path / "emulator") == [], "emulated VMs outlived the emulator"
-
-
-def test_addprocs_on_azure_through_the_emulator(emulator: Emulator) -> None:
+def test_addprocs_on_azure_through_the_emulator(emulated_azure: Emulator) -> None:
+    emulator = emulated_azure
     cluster = azmanagers.addprocs("myscaleset", 2, waitfor=True, timeout=DEADLINE_S)
     names = azmanagers.workers()
     assert sorted(names) == [f"{cluster.pool}_0", f"{cluster.pool}_1"]  # named by IMDS

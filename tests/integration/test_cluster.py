@@ -153,7 +153,14 @@ def test_killed_worker_is_replaced(azm_home: Path) -> None:
         "a replacement worker to join",
     )
     assert [f[0] for f in cluster.failures] == [victim]
-    assert "exit status" in cluster.failures[0][1]
+    assert (
+        cluster.failures[0][1]
+        in (
+            "the provider reports it failed after joining",  # the whole group was killed
+            "its worker left the cluster and did not come back",
+        )
+        or "exit status" in cluster.failures[0][1]
+    )
     assert client_sum() == 285
 
 

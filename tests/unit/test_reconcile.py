@@ -273,7 +273,8 @@ def test_decide_table(case: Case) -> None:
     [
         (inst("x", FAILED, exit_status=3), False, "stopped before joining (exit status 3)"),
         (inst("x", STOPPED, exit_status=0), True, "joined, then stopped (exit status 0)"),
-        (inst("x", FAILED), False, "exit status unknown"),
+        (inst("x", FAILED), False, "the provider reports it failed before it joined"),
+        (inst("x", FAILED), True, "the provider reports it failed after joining"),
         (inst("x"), True, "its worker left the cluster and did not come back"),
         (inst("x", created_at=0.0), False, "did not join within 60 s"),
     ],

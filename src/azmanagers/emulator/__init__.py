@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from azmanagers.emulator.arm import ArmState, build_router
+from azmanagers.emulator.arm import ArmState, build_admin_router, build_router
 from azmanagers.emulator.instances import ImdsServer, ProcessRunner
 from azmanagers.emulator.server import EmulatorServer
 
@@ -60,5 +60,11 @@ def start_emulator(
     imds = ImdsServer() if run_instances else None
     runner = ProcessRunner(folder / "vms", imds) if imds is not None else None
     state = ArmState(runner)
-    server = EmulatorServer(build_router(state), token=token, folder=folder).start()
+    server = EmulatorServer(
+        build_router(state),
+        token=token,
+        folder=folder,
+        before_route=state.faults.maybe_fail_request,
+        admin=build_admin_router(state),
+    ).start()
     return Emulator(server, state, imds, owned)

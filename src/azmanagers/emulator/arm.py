@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from azmanagers.emulator.faults import NEVER_JOIN_SCRIPT, Faults
 from azmanagers.emulator.instances import ProcessRunner, VMIdentity
 from azmanagers.emulator.server import ArmError, Request, Response, Router
 
@@ -59,6 +60,7 @@ class ArmState:
     def __init__(self, runner: ProcessRunner | None = None) -> None:
         self.runner = runner
         """Starts each VM's custom data as a process-VM; None: VMs are records only."""
+        self.faults = Faults()
         self.lock = threading.RLock()
         self.groups: dict[tuple[str, str], dict[str, Any]] = {}
         self.scalesets: dict[tuple[str, str, str], ScaleSet] = {}
@@ -116,7 +118,11 @@ def _scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
         iid = str(index)
         vm = ScaleSetVM(iid, f"{scaleset.name}_{index}", time.time())
         scaleset.vms[iid] = vm
-        if state.runner is not None:
+        fault = state.faults.take_vm_fault()
+        if fault == "fail":
+            vm.provisioning_state = "Failed"
+            vm.power_state = "stopped"
+        elif state.runner is not None:
             state.runner.start(
                 VMIdentity(
                     name=vm.name,
@@ -126,7 +132,7 @@ def _scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
                     scaleset=scaleset.name,
                     location=str(scaleset.body.get("location", "")),
                 ),
-                _custom_data(scaleset),
+                NEVER_JOIN_SCRIPT if fault == "never_join" else _custom_data(scaleset),
             )
     while len(scaleset.vms) > capacity:
         newest = max(scaleset.vms, key=int)
@@ -203,6 +209,24 @@ def _tag_filter(text: str) -> tuple[str | None, str | None]:
     if match is None:
         raise ArmError(400, "InvalidFilterInQueryString", f"Unsupported $filter: {text!r}.")
     return match["name"], match["value"]
+
+
+def build_admin_router(state: ArmState) -> Router:
+    """Return the emulator's own routes: read and set faults."""
+    router = Router()
+
+    def get_faults(req: Request) -> Response:
+        del req
+        return Response(200, state.faults.snapshot())
+
+    def set_faults(req: Request) -> Response:
+        if not isinstance(req.body, dict):
+            raise ArmError(400, "InvalidParameter", "POST a JSON object of fault settings.")
+        return Response(200, state.faults.update(req.body))
+
+    router.add("GET", r"/azmanagers-admin/faults", get_faults)
+    router.add("POST", r"/azmanagers-admin/faults", set_faults)
+    return router
 
 
 def build_router(state: ArmState) -> Router:

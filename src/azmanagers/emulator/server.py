@@ -18,6 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 from azmanagers.tls import make_cluster_credentials
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+ADMIN_PREFIX = "/azmanagers-admin/"
+"""Routes of the emulator itself (faults, state), outside ARM's namespace; token required."""
 
 
 @dataclass(frozen=True)
@@ -53,10 +55,13 @@ class Response:
 class ArmError(Exception):
     """Raised by handlers: becomes an ARM error body ``{"error": {"code", "message"}}``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.headers = headers or {}
 
 
 Handler = Callable[[Request], Response]
@@ -100,9 +105,17 @@ class EmulatorServer:
     """
 
     def __init__(
-        self, router: Router, *, token: str | None = None, folder: Path | None = None
+        self,
+        router: Router,
+        *,
+        token: str | None = None,
+        folder: Path | None = None,
+        before_route: Callable[[], None] | None = None,
+        admin: Router | None = None,
     ) -> None:
         self.router = router
+        self.admin = admin
+        self.before_route = before_route
         self.token = token or secrets.token_urlsafe(24)
         self.calls: list[Call] = []
         self._calls_lock = threading.Lock()
@@ -167,7 +180,9 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
             try:
                 response = self._dispatch(parts.path, parts.query)
             except ArmError as err:
-                response = Response(err.status, {"error": {"code": err.code, "message": str(err)}})
+                response = Response(
+                    err.status, {"error": {"code": err.code, "message": str(err)}}, err.headers
+                )
             except Exception as exc:  # a bug in the emulator: an ARM-shaped 500
                 response = Response(
                     500, {"error": {"code": "InternalServerError", "message": repr(exc)}}
@@ -199,22 +214,30 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
                     "Authentication failed. The 'Authorization' header is missing or invalid.",
                 )
             query = {k: v[-1] for k, v in parse_qs(query_text).items()}
-            if "api-version" not in query:
-                raise ArmError(
-                    400,
-                    "MissingApiVersionParameter",
-                    "The api-version query parameter (?api-version=) is required for all requests.",
-                )
-            found = server.router.find(self.command, path)
-            if found is None:
-                raise ArmError(404, "InvalidResourceType", f"No route for {path}.")
-            handler, match = found
             try:
                 body = json.loads(raw) if raw else None
             except json.JSONDecodeError as exc:
                 raise ArmError(
                     400, "InvalidRequestContent", f"The body is not JSON: {exc}"
                 ) from exc
+            if path.startswith(ADMIN_PREFIX) and server.admin is not None:
+                found = server.admin.find(self.command, path)
+                if found is None:
+                    raise ArmError(404, "NotFound", f"No admin route {path}.")
+                handler, match = found
+                return handler(Request(self.command, path, query, body, match, server.base_url))
+            if "api-version" not in query:
+                raise ArmError(
+                    400,
+                    "MissingApiVersionParameter",
+                    "The api-version query parameter (?api-version=) is required for all requests.",
+                )
+            if server.before_route is not None:
+                server.before_route()  # fault injection: throttling, server errors
+            found = server.router.find(self.command, path)
+            if found is None:
+                raise ArmError(404, "InvalidResourceType", f"No route for {path}.")
+            handler, match = found
             return handler(Request(self.command, path, query, body, match, server.base_url))
 
         do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = _serve

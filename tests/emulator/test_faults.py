@@ -1,0 +1,90 @@
+"""Faults injected into the emulator: the azure provider and the reconciler ride them out."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+import azmanagers
+from azmanagers.emulator import Emulator, start_emulator
+
+pytestmark = pytest.mark.integration
+DEADLINE_S = 120.0
+
+
+def _admin(emu: Emulator, body: object | None, token: str | None) -> tuple[int, dict[str, object]]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        emu.server.base_url + "/azmanagers-admin/faults",
+        data=data,
+        method="GET" if body is None else "POST",
+        headers={"Content-Type": "application/json"},
+    )
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    context = ssl.create_default_context(cafile=str(emu.server.ca_file))
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_the_admin_route_sets_faults_and_wants_the_token() -> None:
+    emu = start_emulator()
+    try:
+        status, body = _admin(emu, {"throttle_rate": 0.25, "never_join": 2}, emu.server.token)
+        assert status == 200 and body["throttle_rate"] == 0.25 and body["never_join"] == 2
+        assert emu.state.faults.never_join == 2
+        assert _admin(emu, {"throttle_rate": 1}, None)[0] == 401
+        status, body = _admin(emu, {"no_such_fault": 1}, emu.server.token)
+        assert status == 400 and "unknown fault" in json.dumps(body)
+        assert _admin(emu, None, emu.server.token)[1]["throttle_rate"] == 0.25
+    finally:
+        emu.stop()
+
+
+def test_a_throttling_storm_slows_the_cluster_but_every_worker_joins(
+    emulated_azure: Emulator,
+) -> None:
+    emulated_azure.state.faults.update({"throttle_rate": 0.3, "error_rate": 0.1})
+    cluster = azmanagers.addprocs("myscaleset", 2, waitfor=True, timeout=DEADLINE_S)
+    assert cluster.nworkers() == 2
+    injected = emulated_azure.state.faults.injected
+    assert injected.get("throttled", 0) > 0
+    calls = len(emulated_azure.server.calls)
+    assert calls < 200, f"{calls} ARM calls: retries are not bounded"
+    throttled = [c for c in emulated_azure.server.calls if c.status == 429]
+    assert len(throttled) == injected["throttled"]
+
+
+def test_failed_provisioning_is_replaced(emulated_azure: Emulator) -> None:
+    emulated_azure.state.faults.update({"fail_provisioning": 1})
+    cluster = azmanagers.addprocs("myscaleset", 2, waitfor=True, timeout=DEADLINE_S)
+    assert cluster.nworkers() == 2
+    assert [reason for _, reason, _ in cluster.failures] == [
+        "the provider reports it failed before it joined"
+    ]
+
+
+def test_a_vm_that_never_joins_is_deleted_at_its_deadline_and_replaced(
+    emulated_azure: Emulator,
+) -> None:
+    emulated_azure.state.faults.update({"never_join": 1})
+    cluster = azmanagers.addprocs(
+        "myscaleset", 2, waitfor=True, timeout=DEADLINE_S, join_timeout_s=4
+    )
+    assert cluster.nworkers() == 2
+    (stuck, reason, _), *_ = list(cluster.failures)
+    assert reason == "it did not join within 4 s"
+    deadline = time.monotonic() + 30
+    vms = {vm.name for s in emulated_azure.state.scalesets.values() for vm in s.vms.values()}
+    while stuck in vms and time.monotonic() < deadline:
+        time.sleep(0.2)
+        vms = {vm.name for s in emulated_azure.state.scalesets.values() for vm in s.vms.values()}
+    assert stuck not in vms
