@@ -33,6 +33,8 @@ def count_calls(n: int) -> int:
     from azmanagers.providers.azure._clients import ArmSettings, resource_client
 
     emu = start_emulator(run_instances=False)
+    # room for 1000 VMs: the quota pre-flight would (rightly) refuse them otherwise
+    emu.state.faults.update({"family_cores_limit": 100_000, "regional_cores_limit": 100_000})
     try:
         os.environ.update(emu.environment())
         resource_client(ArmSettings.from_environment(), SUB).resource_groups.create_or_update(

@@ -133,7 +133,13 @@ def addprocs(
                 f"the cluster for template {template!r} already exists; customenv, env and "
                 "settings apply only when it is created. Call rmprocs() first to start anew."
             )
-        target = cluster.grow(n)
+        try:
+            target = cluster.grow(n)
+        except Exception:
+            if cluster.target == 0:  # nothing to keep: do not leave an empty cluster behind
+                _forget(template)
+                cluster.close()
+            raise
     if waitfor:
         cluster.wait_for_workers(target, timeout=timeout, progress=progress)
     return cluster

@@ -265,6 +265,7 @@ class AzCluster(Cluster):
         _check_count(n, allow_zero=True)
         self._check_open()
         self._check_limit(n)
+        self.provider.check_capacity(self.template, n - self._target)
         with self._lock:
             self._target = n
             self._error = None  # a new intent: earlier failures no longer speak for it
@@ -274,6 +275,8 @@ class AzCluster(Cluster):
         """Raise the target by ``n`` (atomically) and return the new target."""
         _check_count(n)
         self._check_open()
+        self._check_limit(self._target + n)
+        self.provider.check_capacity(self.template, n)
         with self._lock:
             self._check_limit(self._target + n)
             self._target += n

@@ -88,3 +88,25 @@ def test_a_vm_that_never_joins_is_deleted_at_its_deadline_and_replaced(
         time.sleep(0.2)
         vms = {vm.name for s in emulated_azure.state.scalesets.values() for vm in s.vms.values()}
     assert stuck not in vms
+
+
+def test_not_enough_quota_fails_at_once_and_leaves_nothing(emulated_azure: Emulator) -> None:
+    from azmanagers import api
+    from azmanagers.providers.azure._errors import AzureQuotaError
+
+    emulated_azure.state.faults.update({"family_cores_limit": 4})
+    started = time.monotonic()
+    with pytest.raises(AzureQuotaError) as info:
+        azmanagers.addprocs("myscaleset", 3, waitfor=True, timeout=DEADLINE_S)
+    assert time.monotonic() - started < 30  # no waiting for capacity that cannot come
+    message = str(info.value)
+    assert "3 x Standard_D2s_v3" in message
+    assert "family standardDSv3Family needs 6 vCPUs but 4 of 4 are free" in message
+    assert "Usage + quotas" in message
+    assert api.clusters() == {}
+    assert emulated_azure.state.scalesets == {}
+    # within the quota it works, and the next step beyond it is refused the same way
+    cluster = azmanagers.addprocs("myscaleset", 2, waitfor=True, timeout=DEADLINE_S)
+    with pytest.raises(AzureQuotaError, match="0 of 4 are free"):
+        azmanagers.addprocs("myscaleset", 1)
+    assert cluster.target == 2

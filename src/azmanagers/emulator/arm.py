@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from azmanagers.emulator.catalog import SKUS, SKUS_BY_NAME, sku_document, usage_document
 from azmanagers.emulator.faults import NEVER_JOIN_SCRIPT, Faults
 from azmanagers.emulator.instances import ProcessRunner, VMIdentity
 from azmanagers.emulator.server import ArmError, Request, Response, Router
@@ -201,6 +202,11 @@ _FILTER = re.compile(
 )
 
 
+def _location_filter(text: str) -> str | None:
+    match = re.match(r"^\s*location eq '(?P<loc>[^']*)'\s*$", text, re.IGNORECASE)
+    return match["loc"] if match else None
+
+
 def _tag_filter(text: str) -> tuple[str | None, str | None]:
     """Parse ARM's ``tagName eq 'n' [and tagValue eq 'v']`` filter (the one form we use)."""
     if not text:
@@ -368,6 +374,33 @@ def build_router(state: ArmState) -> Router:
                 )
         return Response(200, {"value": found})
 
+    def list_skus(req: Request) -> Response:
+        location = _location_filter(req.query.get("$filter", ""))
+        return Response(200, {"value": [sku_document(s, location or "any") for s in SKUS]})
+
+    def list_usages(req: Request) -> Response:
+        sub, location = req.match["sub"].lower(), req.match["loc"].lower()
+        used: dict[str, int] = {}
+        with state.lock:
+            for (s_sub, _, _), scaleset in state.scalesets.items():
+                if s_sub != sub or str(scaleset.body.get("location", "")).lower() != location:
+                    continue
+                sku = SKUS_BY_NAME.get(str(scaleset.body["sku"].get("name", "")).lower())
+                if sku is not None:
+                    used[sku.family] = used.get(sku.family, 0) + sku.vcpus * len(scaleset.vms)
+            family_limit = state.faults.family_cores_limit
+            regional_limit = state.faults.regional_cores_limit
+        value = [
+            usage_document("cores", "Total Regional vCPUs", sum(used.values()), regional_limit)
+        ]
+        for family in sorted({s.family for s in SKUS}):
+            value.append(usage_document(family, family, used.get(family, 0), family_limit))
+        return Response(200, {"value": value})
+
+    router.add("GET", _SUB + r"/providers/Microsoft\.Compute/skus", list_skus)
+    router.add(
+        "GET", _SUB + r"/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/usages", list_usages
+    )
     router.add("GET", _RG + r"/resources", list_resources)
     router.add("PUT", _RG, put_group)
     router.add("GET", _RG, get_group)

@@ -30,6 +30,8 @@ class Faults:
         The next this-many new VMs end in provisioning state Failed (and never boot).
     never_join
         The next this-many new VMs boot a script that never starts the agent.
+    family_cores_limit, regional_cores_limit
+        The vCPU quota of every VM family, and of the region, that usages report.
     """
 
     throttle_rate: float = 0.0
@@ -37,6 +39,8 @@ class Faults:
     retry_after_s: int = 1
     fail_provisioning: int = 0
     never_join: int = 0
+    family_cores_limit: int = 350
+    regional_cores_limit: int = 1000
     seed: int = 1
     injected: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -118,6 +118,10 @@ class Provider(Protocol):
         """Create an empty pool (capacity 0); returns once the pool exists."""
         ...
 
+    def check_capacity(self, template: Mapping[str, object], add: int) -> None:
+        """Raise a ProviderError at once when ``add`` more instances would exceed a quota."""
+        ...
+
     def scale_pool(self, pool: str, capacity: int) -> None:
         """Set the pool's capacity; new instances start booting; returns at once.
 

@@ -108,6 +108,10 @@ class LocalProvider:
                 },
             )
 
+    def check_capacity(self, template: object, add: int) -> None:
+        """No quota locally beyond the template's max_instances (the cluster checks that)."""
+        del template, add
+
     def set_pool_tags(self, pool: str, tags: dict[str, str]) -> None:
         """Replace the pool's tags (used to renew ``azmanagers-expires``)."""
         with self._lock:

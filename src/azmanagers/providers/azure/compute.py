@@ -12,7 +12,7 @@ from typing import Any
 from azmanagers import boot
 from azmanagers.errors import ConfigError
 from azmanagers.providers.azure._clients import ArmSettings, compute_client, resource_client
-from azmanagers.providers.azure._errors import AzureNotFoundError, mapped
+from azmanagers.providers.azure._errors import AzureNotFoundError, AzureQuotaError, mapped
 from azmanagers.providers.base import (
     TAG_CLUSTER,
     TAG_OWNER,
@@ -92,6 +92,7 @@ class AzureProvider:
         self.settings = settings or ArmSettings.from_environment()
         self._compute = compute_client(self.settings, subscription)
         self._resources: Any = None
+        self._skus: dict[tuple[str, str], tuple[str, int]] = {}
 
     # -- pools ---------------------------------------------------------------------------
     def create_pool(self, spec: PoolSpec) -> None:
@@ -196,6 +197,57 @@ class AzureProvider:
         """Boot logs of Azure VMs are not fetched yet: '' (see the VM's serial console)."""
         del pool, instance_id, tail_bytes
         return ""
+
+    # -- quota -------------------------------------------------------------------------
+    def check_capacity(self, template: Mapping[str, Any], add: int) -> None:
+        """Raise AzureQuotaError at once when ``add`` more VMs would not fit the quota.
+
+        Looks up the VM size's family and vCPUs (once per size) and the region's usages
+        (one call), and compares the need with what is free in the family and the region.
+        """
+        if add <= 0:
+            return
+        value = template.get("value") if isinstance(template, Mapping) else None
+        if not isinstance(value, Mapping):
+            return
+        sku_name = str((value.get("sku") or {}).get("name") or "")
+        location = str(value.get("location") or "")
+        if not sku_name or not location:
+            return
+        family, vcpus = self._sku(location, sku_name)
+        with mapped(f"reading the quota usages of {location}"):
+            usages = {str(u.name.value): u for u in self._compute.usage.list(location)}
+        need = add * vcpus
+        for key, label in ((family, f"family {family}"), ("cores", "the region's vCPUs")):
+            usage = usages.get(key)
+            if usage is None:
+                continue
+            free = int(usage.limit) - int(usage.current_value)
+            if need > free:
+                raise AzureQuotaError(
+                    f"not enough quota in {location} for {add} x {sku_name}: {label} needs "
+                    f"{need} vCPUs but {max(free, 0)} of {usage.limit} are free "
+                    f"({usage.current_value} in use). Ask for more quota (Azure portal: "
+                    "Subscriptions > Usage + quotas), pick another VM size, or add fewer "
+                    "workers."
+                )
+
+    def _sku(self, location: str, sku_name: str) -> tuple[str, int]:
+        key = (location.lower(), sku_name.lower())
+        if key not in self._skus:
+            with mapped(f"looking up VM size {sku_name} in {location}"):
+                found = list(self._compute.resource_skus.list(filter=f"location eq '{location}'"))
+            for sku in found:
+                if sku.resource_type == "virtualMachines" and str(sku.name).lower() == key[1]:
+                    caps = {c.name: c.value for c in sku.capabilities or []}
+                    self._skus[key] = (str(sku.family), int(caps.get("vCPUs", "1")))
+                    break
+            else:
+                raise ConfigError(
+                    f"VM size {sku_name} is not offered in {location}; pick another skuname "
+                    "in the template (az vm list-skus --location LOCATION)."
+                )
+        return self._skus[key]
 
     # -- ownership -----------------------------------------------------------------------
     def list_owned_resources(self, *, cluster: str | None = None) -> list[OwnedResource]:

@@ -1,0 +1,54 @@
+"""The emulator's small catalogue of VM sizes (SKUs) and its regional quotas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Sku:
+    """A VM size: its name, family and vCPU count."""
+
+    name: str
+    family: str
+    vcpus: int
+
+
+SKUS = (
+    Sku("Standard_D2s_v3", "standardDSv3Family", 2),
+    Sku("Standard_D4s_v3", "standardDSv3Family", 4),
+    Sku("Standard_D8s_v3", "standardDSv3Family", 8),
+    Sku("Standard_HB120rs_v3", "standardHBrsv3Family", 120),
+    Sku("Standard_NC6s_v3", "standardNCSv3Family", 6),
+)
+SKUS_BY_NAME = {s.name.lower(): s for s in SKUS}
+DEFAULT_FAMILY_LIMIT = 350
+DEFAULT_REGIONAL_LIMIT = 1000
+
+
+def sku_document(sku: Sku, location: str) -> dict[str, Any]:
+    """The ARM shape of a resource SKU entry."""
+    return {
+        "resourceType": "virtualMachines",
+        "name": sku.name,
+        "tier": "Standard",
+        "size": sku.name.removeprefix("Standard_"),
+        "family": sku.family,
+        "locations": [location],
+        "capabilities": [
+            {"name": "vCPUs", "value": str(sku.vcpus)},
+            {"name": "LowPriorityCapable", "value": "True"},
+        ],
+        "restrictions": [],
+    }
+
+
+def usage_document(name: str, localized: str, current: int, limit: int) -> dict[str, Any]:
+    """The ARM shape of one usage entry."""
+    return {
+        "unit": "Count",
+        "currentValue": current,
+        "limit": limit,
+        "name": {"value": name, "localizedValue": localized},
+    }
