@@ -7,6 +7,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,44 @@ def test_not_enough_quota_fails_at_once_and_leaves_nothing(emulated_azure: Emula
     with pytest.raises(AzureQuotaError, match="0 of 4 are free"):
         azmanagers.addprocs("myscaleset", 1)
     assert cluster.target == 2
+
+
+def test_azm_emulator_serve_writes_its_variables_and_stops_on_sigterm(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from azmanagers.providers.azure._clients import ArmSettings, resource_client
+
+    folder = tmp_path / "served"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "azmanagers", "emulator", "serve", "--folder", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        env_file = folder / "emulator.env"
+        deadline = time.monotonic() + 30
+        while not env_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "emulator did not start"
+            time.sleep(0.1)
+        assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+        env = dict(
+            line.removeprefix("export ").split("=", 1) for line in env_file.read_text().splitlines()
+        )
+        token = env["AZMANAGERS_ARM_TOKEN"]
+        settings = ArmSettings(env["AZMANAGERS_ARM_ENDPOINT"], env["AZMANAGERS_ARM_CA"], token, 0)
+        group = resource_client(settings, "00000000-0000-0000-0000-0000000000cc")
+        assert group.resource_groups.create_or_update("rg", {"location": "x"}).name == "rg"
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        assert "source" in out and "emulator stopped" in out
+        assert token not in out  # the token goes to the 0600 file only
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
