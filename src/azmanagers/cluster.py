@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import collections
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -144,6 +145,8 @@ class AzCluster(Cluster):
         )
         self.joined_at: dict[str, float] = {}
         """When each instance's worker first joined (epoch seconds), by instance name."""
+        self.evicted: list[str] = []
+        """Instances that disappeared without our asking (spot evictions), oldest first."""
         self.failures: collections.deque[tuple[str, str, str]] = collections.deque(
             maxlen=FAILURE_RECORDS
         )
@@ -205,6 +208,8 @@ class AzCluster(Cluster):
             tags=self._tags,
             template=self.template,
             max_instances=self.settings.max_instances,
+            spot=self.settings.spot,
+            max_price=self.settings.max_price,
         )
         await asyncio.to_thread(self.provider.create_pool, spec)
         self._reconcile_task = asyncio.ensure_future(self._reconcile_loop())
@@ -219,6 +224,7 @@ class AzCluster(Cluster):
             "death_timeout_s": self.settings.death_timeout_s,
             "worker_host": self.settings.worker_host,
             "cluster": self.name,
+            "spot": self.settings.spot,
         }
         if self.requirements:
             payload["requirements"] = self.requirements
@@ -430,6 +436,8 @@ class AzCluster(Cluster):
                 if inst.id not in self._created_at:
                     self._created_at[inst.id] = inst.created_at
                     self._seen.append(inst.id)
+            # Gone without our asking: evicted (spot) or deleted by someone else.
+            vanished = sorted(set(self._created_at) - listed - self._removing)
             self._removing &= listed
             for gone in set(self._created_at) - listed:
                 self._created_at.pop(gone, None)
@@ -451,6 +459,20 @@ class AzCluster(Cluster):
             )
         for inst_id in joined & listed:
             self._on_join(inst_id)
+        if vanished:
+            self.evicted.extend(vanished)
+            logger.warning(
+                "cluster %s: %s vanished (evicted?); %s",
+                self.name,
+                ", ".join(vanished),
+                "replacing them" if self.settings.replace_evicted else "not replacing them",
+            )
+            if not self.settings.replace_evicted:
+                with self._lock:
+                    self._target = max(0, self._target - len(vanished))
+                decision = dataclasses.replace(
+                    decision, create=max(0, decision.create - len(vanished))
+                )
         delete = [f.instance for f in decision.failures] + list(decision.drop_booting)
         for failure in decision.failures:
             tail = await asyncio.to_thread(

@@ -28,12 +28,20 @@ class ClusterSettings:
     retire_timeout_s: float = 60.0
     ttl_s: float = 24 * 3600.0
     env_build_timeout_s: float = 900.0
+    spot: bool = False
+    """Spot priority (evicted VMs are deleted; see replace_evicted)."""
+    max_price: float = -1.0
+    """The most to pay per VM hour on spot; -1: up to the regular price."""
+    replace_evicted: bool = True
+    """Replace evicted spot instances (else the cluster shrinks by them)."""
 
 
 MIN_TTL_S = 60.0
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _ENV_PREFIX = "AZMANAGERS_"
 _AT_LEAST_ONE = ("nthreads", "max_instances")
 _FROM_ENV = (
+    "spot",
     "max_instances",
     "ttl_s",
     "join_timeout_s",
@@ -49,6 +57,23 @@ _FROM_ENV = (
 def _coerce(name: str, value: Any, source: str) -> Any:
     default = getattr(ClusterSettings(), name)
     kind = type(default)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+        raise ConfigError(f"{name} from {source} must be true or false, got {value!r}.")
+    if name == "max_price":
+        try:
+            price = float(value)
+        except (TypeError, ValueError):
+            price = -2.0
+        if (price == -1.0 or price > 0) and not isinstance(value, bool):
+            return price
+        raise ConfigError(
+            f"max_price from {source} must be -1 (up to the regular price) or a positive "
+            f"price per hour, got {value!r}."
+        )
     if name == "memory_limit":
         if isinstance(value, (int, str)) and not isinstance(value, bool):
             return value

@@ -91,8 +91,13 @@ async def run_worker(payload: dict[str, Any]) -> int:
     _say(f"worker {name} joined {payload['scheduler']} (nanny at {worker.address})")
     death_timeout_s = float(payload.get("death_timeout_s", 60))
     watchdog = asyncio.ensure_future(_watch_scheduler(worker, death_timeout_s))
+    evictions = (
+        asyncio.ensure_future(_watch_evictions(worker, name)) if payload.get("spot") else None
+    )
     await worker.finished()
     watchdog.cancel()
+    if evictions is not None:
+        evictions.cancel()
     lost = watchdog.done() and not watchdog.cancelled() and watchdog.result()
     _say(f"worker {name} closed ({worker.status.name}); exiting")
     return EXIT_SCHEDULER_UNREACHABLE if lost else 0
@@ -125,6 +130,44 @@ async def _watch_scheduler(worker: Any, death_timeout_s: float) -> bool:
                 return True
         await asyncio.sleep(interval_s)
     return False
+
+
+EVENTS_API_VERSION = "2020-07-01"
+EVENTS_POLL_S = 1.0
+RETIRE_ON_EVICTION_TIMEOUT_S = 25.0
+"""Azure gives a spot VM 30 s of notice; retiring must finish within it."""
+
+
+async def _watch_evictions(nanny: Any, name: str) -> None:
+    """On a spot VM: poll IMDS Scheduled Events every second; on a Preempt of this VM,
+    retire its worker gracefully (its data moves, its tasks are rescheduled) before the
+    notice runs out."""
+    from azmanagers.agent import imds
+
+    while True:
+        try:
+            document = await asyncio.to_thread(imds.get, "scheduledevents", EVENTS_API_VERSION)
+        except OSError as exc:
+            _say(f"scheduled events unavailable ({exc}); retrying")
+            await asyncio.sleep(EVENTS_POLL_S * 5)
+            continue
+        for event in document.get("Events", []):
+            if event.get("EventType") == "Preempt" and name in event.get("Resources", []):
+                _say(
+                    f"Preempt for {name} (not before {event.get('NotBefore')}): retiring the worker"
+                )
+                try:
+                    await asyncio.wait_for(
+                        nanny.scheduler.retire_workers(
+                            names=[name], close_workers=True, remove=True
+                        ),
+                        RETIRE_ON_EVICTION_TIMEOUT_S,
+                    )
+                    _say(f"worker {name} retired gracefully before the eviction")
+                except (OSError, asyncio.TimeoutError) as exc:
+                    _say(f"retiring {name} did not finish before the eviction: {exc!r}")
+                return
+        await asyncio.sleep(EVENTS_POLL_S)
 
 
 def _name_from_imds() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import datetime
+import email.utils
 import re
 import threading
 import time
@@ -57,6 +58,52 @@ class Operation:
 
 class ArmState:
     """The emulated resources, guarded by one lock."""
+
+    def evict(self, names: list[str], notice_s: float = 30.0) -> None:
+        """Evict spot VMs: a Preempt event in their IMDS now, deletion after ``notice_s``.
+
+        As with ``evictionPolicy: Delete``, the VM and its capacity are gone afterwards.
+        """
+        not_before = time.time() + notice_s
+        with self.lock:
+            for name in names:
+                self._find_vm(name)  # raises for an unknown VM
+                identity = self.runner.identities.get(name) if self.runner else None
+                if identity is not None:
+                    identity.events.append(
+                        {
+                            "EventId": str(uuid.uuid4()),
+                            "EventType": "Preempt",
+                            "ResourceType": "VirtualMachine",
+                            "Resources": [name],
+                            "EventStatus": "Scheduled",
+                            "NotBefore": email.utils.formatdate(not_before, usegmt=True),
+                            "Description": "Spot eviction",
+                            "EventSource": "Platform",
+                            "DurationInSeconds": -1,
+                        }
+                    )
+                self.faults.injected["evicted"] = self.faults.injected.get("evicted", 0) + 1
+        timer = threading.Timer(notice_s, self._delete_evicted, args=(list(names),))
+        timer.daemon = True
+        timer.start()
+
+    def _delete_evicted(self, names: list[str]) -> None:
+        with self.lock:
+            for name in names:
+                try:
+                    scaleset, vm = self._find_vm(name)
+                except ArmError:
+                    continue  # already deleted
+                _remove(self, scaleset, vm.instance_id)
+                scaleset.body["sku"]["capacity"] = len(scaleset.vms)
+
+    def _find_vm(self, name: str) -> tuple[ScaleSet, ScaleSetVM]:
+        for scaleset in self.scalesets.values():
+            for vm in scaleset.vms.values():
+                if vm.name == name:
+                    return scaleset, vm
+        raise ArmError(404, "NotFound", f"No VM named {name}.")
 
     def __init__(self, runner: ProcessRunner | None = None) -> None:
         self.runner = runner
@@ -132,6 +179,11 @@ def _scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
                     resource_group=scaleset.rg,
                     scaleset=scaleset.name,
                     location=str(scaleset.body.get("location", "")),
+                    priority=str(
+                        scaleset.body.get("properties", {})
+                        .get("virtualMachineProfile", {})
+                        .get("priority", "Regular")
+                    ),
                 ),
                 NEVER_JOIN_SCRIPT if fault == "never_join" else _custom_data(scaleset),
             )
@@ -230,6 +282,18 @@ def build_admin_router(state: ArmState) -> Router:
             raise ArmError(400, "InvalidParameter", "POST a JSON object of fault settings.")
         return Response(200, state.faults.update(req.body))
 
+    def evict(req: Request) -> Response:
+        body = req.body if isinstance(req.body, dict) else {}
+        names = body.get("vms")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ArmError(400, "InvalidParameter", 'POST {"vms": [names], "notice_s": 30}.')
+        with state.lock:
+            for name in names:
+                state._find_vm(name)
+        state.evict(names, float(body.get("notice_s", 30.0)))
+        return Response(202, {"evicting": names})
+
+    router.add("POST", r"/azmanagers-admin/evict", evict)
     router.add("GET", r"/azmanagers-admin/faults", get_faults)
     router.add("POST", r"/azmanagers-admin/faults", set_faults)
     return router

@@ -122,6 +122,7 @@ class ProcessRunner:
         self.folder = folder
         self.imds = imds
         self._running: dict[str, tuple[procvm.ProcessHandle, Any, str]] = {}
+        self.identities: dict[str, VMIdentity] = {}
         self._lock = threading.Lock()
         self._stoppers: list[threading.Thread] = []
 
@@ -136,11 +137,13 @@ class ProcessRunner:
         proc = procvm.start(instance_dir, custom_data, env)
         with self._lock:
             self._running[identity.name] = (procvm.handle_of(proc), proc, endpoint)
+            self.identities[identity.name] = identity
 
     def stop(self, name: str, *, wait: bool = False) -> None:
         """Stop a VM's processes (in the background unless ``wait``)."""
         with self._lock:
             entry = self._running.pop(name, None)
+            self.identities.pop(name, None)
         if entry is None:
             return
         handle, proc, endpoint = entry

@@ -60,6 +60,8 @@ class PoolSpec:
     tags: Mapping[str, str]
     template: Mapping[str, object] = field(default_factory=dict)
     max_instances: int = 16
+    spot: bool = False
+    max_price: float = -1.0
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,10 @@ class AzureProvider:
         os_profile = profile.setdefault("osProfile", {})
         os_profile["customData"] = base64.b64encode(boot.render(spec.boot).encode()).decode()
         os_profile.setdefault("computerNamePrefix", spec.name[:9])
+        if spec.spot:
+            profile["priority"] = "Spot"
+            profile["evictionPolicy"] = "Delete"
+            profile["billingProfile"] = {"maxPrice": spec.max_price}
         return body
 
     def set_pool_tags(self, pool: str, tags: dict[str, str]) -> None:
