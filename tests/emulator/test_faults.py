@@ -152,3 +152,21 @@ def test_azm_emulator_serve_writes_its_variables_and_stops_on_sigterm(tmp_path: 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_a_never_joining_vm_is_reported_with_its_serial_log(emulated_azure: Emulator) -> None:
+    from azmanagers.errors import InstanceFailedError
+
+    emulated_azure.state.faults.update({"never_join": 2})
+    with pytest.raises(InstanceFailedError) as info:
+        azmanagers.addprocs(
+            "myscaleset", 1, waitfor=True, timeout=DEADLINE_S, join_timeout_s=3, max_replacements=1
+        )
+    assert "never starts its agent" in info.value.log_tail  # fetched through boot diagnostics
+    assert "never starts its agent" in str(info.value)
+    # the serial-log URL works without the bearer token but not without its signature
+    url = emulated_azure.server.base_url + "/azmanagers-blob/serial/nope?sig=bad"
+    context = ssl.create_default_context(cafile=str(emulated_azure.server.ca_file))
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(url, context=context, timeout=10)
+    assert denied.value.code == 403

@@ -214,6 +214,8 @@ def build_sstemplate(
                     "linuxConfiguration": _linux_configuration(),
                 },
                 "securityProfile": {"encryptionAtHost": encryption_at_host},
+                # boot diagnostics with managed storage: azmanagers reads the serial log
+                "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
                 "networkProfile": {
                     "networkInterfaceConfigurations": [
                         {
@@ -343,6 +345,7 @@ def build_vmtemplate(
                 "linuxConfiguration": _linux_configuration(),
             },
             "securityProfile": {"encryptionAtHost": encryption_at_host},
+            "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
             "networkProfile": {
                 "networkInterfaces": [
                     {

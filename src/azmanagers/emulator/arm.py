@@ -6,7 +6,9 @@ import base64
 import copy
 import datetime
 import email.utils
+import hmac
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -109,6 +111,7 @@ class ArmState:
         self.runner = runner
         """Starts each VM's custom data as a process-VM; None: VMs are records only."""
         self.faults = Faults()
+        self.blob_key = secrets.token_bytes(32)
         self.lock = threading.RLock()
         self.groups: dict[tuple[str, str], dict[str, Any]] = {}
         self.scalesets: dict[tuple[str, str, str], ScaleSet] = {}
@@ -254,6 +257,13 @@ _FILTER = re.compile(
 )
 
 
+BOOT_LOG_MAX_BYTES = 1 << 20
+
+
+def _blob_signature(state: ArmState, name: str) -> str:
+    return hmac.new(state.blob_key, name.encode(), "sha256").hexdigest()
+
+
 def _location_filter(text: str) -> str | None:
     match = re.match(r"^\s*location eq '(?P<loc>[^']*)'\s*$", text, re.IGNORECASE)
     return match["loc"] if match else None
@@ -293,6 +303,16 @@ def build_admin_router(state: ArmState) -> Router:
         state.evict(names, float(body.get("notice_s", 30.0)))
         return Response(202, {"evicting": names})
 
+    def serial_log(req: Request) -> Response:
+        # A SAS-style blob URL: the signature is the credential, not a bearer token.
+        name, sig = req.match["vm"], req.query.get("sig", "")
+        if state.runner is None or not secrets.compare_digest(sig, _blob_signature(state, name)):
+            raise ArmError(
+                403, "AuthenticationFailed", "Server failed to authenticate the request."
+            )
+        return Response(200, state.runner.boot_log(name, BOOT_LOG_MAX_BYTES))
+
+    router.add("GET", r"/azmanagers-blob/serial/(?P<vm>[^/]+)", serial_log)
     router.add("POST", r"/azmanagers-admin/evict", evict)
     router.add("GET", r"/azmanagers-admin/faults", get_faults)
     router.add("POST", r"/azmanagers-admin/faults", set_faults)
@@ -410,6 +430,17 @@ def build_router(state: ArmState) -> Router:
                 202, None, state.operation(req, req.match["sub"], scaleset.body["location"])
             )
 
+    def boot_diagnostics(req: Request) -> Response:
+        with state.lock:
+            scaleset = state.scaleset(req.match["sub"], req.match["rg"], req.match["name"])
+            vm = scaleset.vms.get(req.match["iid"])
+            if vm is None:
+                raise ArmError(404, "NotFound", f"Instance {req.match['iid']} not found.")
+        url = (
+            f"{req.base_url}/azmanagers-blob/serial/{vm.name}?sig={_blob_signature(state, vm.name)}"
+        )
+        return Response(200, {"consoleScreenshotBlobUri": None, "serialConsoleLogBlobUri": url})
+
     def get_operation(req: Request) -> Response:
         with state.lock:
             op = state.operations.get(req.match["op"])
@@ -476,6 +507,11 @@ def build_router(state: ArmState) -> Router:
     router.add("DELETE", vmss, delete_vmss)
     router.add("GET", vmss + r"/virtualMachines", list_vms)
     router.add("POST", vmss + r"/delete", delete_instances)
+    router.add(
+        "POST",
+        vmss + r"/virtualMachines/(?P<iid>[^/]+)/retrieveBootDiagnosticsData",
+        boot_diagnostics,
+    )
     router.add(
         "GET",
         _SUB + r"/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/operations/(?P<op>[^/]+)",

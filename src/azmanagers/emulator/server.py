@@ -19,6 +19,8 @@ from azmanagers.tls import make_cluster_credentials
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 ADMIN_PREFIX = "/azmanagers-admin/"
+BLOB_PREFIX = "/azmanagers-blob/"
+"""Blob downloads (boot logs): authorised by the URL's signature, like a SAS, not a token."""
 """Routes of the emulator itself (faults, state), outside ARM's namespace; token required."""
 
 
@@ -188,13 +190,17 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
                     500, {"error": {"code": "InternalServerError", "message": repr(exc)}}
                 )
             status = response.status
-            payload = b"" if response.body is None else json.dumps(response.body).encode()
+            if isinstance(response.body, str):
+                payload, content_type = response.body.encode(), "text/plain; charset=utf-8"
+            else:
+                payload = b"" if response.body is None else json.dumps(response.body).encode()
+                content_type = "application/json; charset=utf-8"
             server.record(Call(self.command, parts.path, status))  # before the client can see it
             self.send_response(status)
             for key, value in response.headers.items():
                 self.send_header(key, value)
             if payload:
-                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("x-ms-request-id", secrets.token_hex(8))
             self.end_headers()
@@ -206,6 +212,13 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
             if length > MAX_BODY_BYTES:
                 raise ArmError(413, "RequestEntityTooLarge", "The request body is too large.")
             raw = self.rfile.read(length) if length else b""
+            if path.startswith(BLOB_PREFIX) and server.admin is not None and self.command == "GET":
+                query = {k: v[-1] for k, v in parse_qs(query_text).items()}
+                found = server.admin.find("GET", path)
+                if found is None:
+                    raise ArmError(404, "BlobNotFound", "The specified blob does not exist.")
+                handler, match = found
+                return handler(Request("GET", path, query, None, match, server.base_url))
             auth = self.headers.get("Authorization", "")
             if auth != f"Bearer {server.token}":
                 raise ArmError(
