@@ -116,6 +116,8 @@ def resolve(
     """Merge defaults, the template, the environment and keyword overrides, validating each."""
     names = {f.name for f in fields(ClusterSettings)}
     values: dict[str, Any] = {}
+    if template.get("provider") == "azure":
+        values["worker_host"] = None  # a VM listens on its own address, found there
     for key, value in template.items():
         if key in names:
             values[key] = _coerce(key, value, f"template {template_name!r}")
@@ -128,6 +130,6 @@ def resolve(
             hint = difflib.get_close_matches(key, sorted(names), n=1)
             extra = f" Did you mean {hint[0]!r}?" if hint else ""
             raise ConfigError(f"unknown setting {key!r}.{extra} Known: {', '.join(sorted(names))}.")
-        if value is not None:
+        if value is not None or key == "worker_host":  # worker_host=None: choose it there
             values[key] = _coerce(key, value, "the keyword argument")
     return replace(ClusterSettings(), **values)

@@ -156,3 +156,15 @@ def test_instance_states_map_from_the_instance_view(
     provisioning: str, codes: list[str], expected: InstanceState
 ) -> None:
     assert instance_state(provisioning, codes) is expected
+
+
+def test_real_azure_refuses_a_loopback_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
+    from azmanagers.api import _check_reachable_scheduler
+    from azmanagers.settings import ClusterSettings
+
+    monkeypatch.setenv("AZMANAGERS_ARM_ENDPOINT", "https://management.azure.com")
+    with pytest.raises(ConfigError, match="scheduler_host="):
+        _check_reachable_scheduler(ClusterSettings(provider="azure"))
+    _check_reachable_scheduler(ClusterSettings(provider="azure", scheduler_host="10.0.0.4"))
+    monkeypatch.setenv("AZMANAGERS_ARM_ENDPOINT", "https://127.0.0.1:4443")  # the emulator
+    _check_reachable_scheduler(ClusterSettings(provider="azure"))

@@ -65,9 +65,9 @@ def test_keyword_overrides_environment_and_template(monkeypatch: pytest.MonkeyPa
 
 def test_keyword_none_means_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AZMANAGERS_NTHREADS", "4")
-    got = settle({"max_instances": 6}, nthreads=None, max_instances=None, worker_host=None)
+    got = settle({"max_instances": 6}, nthreads=None, max_instances=None)
     assert (got.nthreads, got.max_instances) == (4, 6)
-    assert got.worker_host == ClusterSettings().worker_host
+    assert settle(worker_host=None).worker_host is None  # worker_host=None: "choose there"
 
 
 def test_full_precedence_chain_per_field(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,7 +85,7 @@ def test_full_precedence_chain_per_field(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_accepted_values_of_loose_fields() -> None:
     assert settle(memory_limit=2**30).memory_limit == 2**30
-    assert settle(worker_host=None).worker_host == "127.0.0.1"  # None: not given
+    assert settle(worker_host=None).worker_host is None  # explicit: let the VM choose
     assert settle({"worker_host": None}).worker_host is None
     assert settle(provider="local").provider == "local"
     assert settle(max_instances=1).max_instances == 1
@@ -205,3 +205,8 @@ def test_nthreads_zero_error_names_its_source(monkeypatch: pytest.MonkeyPatch, s
             monkeypatch.setenv("AZMANAGERS_NTHREADS", "0")
             settle()
     assert SOURCES[source] in str(info.value)
+
+
+def test_azure_templates_let_the_vm_choose_its_worker_address() -> None:
+    assert settle({"provider": "azure"}).worker_host is None
+    assert settle({"provider": "local"}).worker_host == "127.0.0.1"

@@ -63,7 +63,7 @@ async def run_worker(payload: dict[str, Any]) -> int:
         nthreads=int(payload.get("nthreads", 1)),
         memory_limit=payload.get("memory_limit", "auto"),
         security=security,
-        host=payload.get("worker_host"),
+        host=payload.get("worker_host") or os.environ.get("AZMANAGERS_WORKER_HOST"),
         death_timeout=float(payload.get("death_timeout_s", 60)),
         local_directory=str(instance_dir / "dask-scratch"),
     )

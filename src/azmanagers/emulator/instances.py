@@ -132,7 +132,8 @@ class ProcessRunner:
         endpoint = self.imds.register(identity)
         env = procvm.instance_environment(
             instance_dir if instance_dir.exists() else _make(instance_dir),
-            {"AZMANAGERS_IMDS_ENDPOINT": endpoint},
+            # all emulated VMs share this machine: their workers listen on loopback
+            {"AZMANAGERS_IMDS_ENDPOINT": endpoint, "AZMANAGERS_WORKER_HOST": "127.0.0.1"},
         )
         proc = procvm.start(instance_dir, custom_data, env)
         with self._lock:

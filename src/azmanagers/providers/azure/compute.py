@@ -148,11 +148,21 @@ class AzureProvider:
         ids = sorted({_instance_number(pool, name) for name in instance_ids}, key=int)
         if not ids:
             return
-        with mapped(f"deleting {len(ids)} instances of scale set {pool}"):
+        try:
+            self._delete_numbers(pool, ids)
+        except AzureNotFoundError:
+            # Some are gone already (repeating a delete is safe): delete those that remain.
+            remaining = {i.id for i in self.list_instances(pool)}
+            left = [n for n in ids if f"{pool}_{n}" in remaining]
+            if left:
+                self._delete_numbers(pool, left)
+
+    def _delete_numbers(self, pool: str, numbers: list[str]) -> None:
+        with mapped(f"deleting {len(numbers)} instances of scale set {pool}"):
             self._compute.virtual_machine_scale_sets.begin_delete_instances(
                 self.resource_group,
                 pool,
-                {"instanceIds": ids},
+                {"instanceIds": numbers},
                 force_deletion=True,
                 polling=False,
             )
