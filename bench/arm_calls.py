@@ -29,7 +29,7 @@ DEADLINE_S = 120.0
 def count_calls(n: int) -> int:
     """Provision n instances, wait for 10 reconcile cycles, tear down; return ARM calls."""
     import azmanagers
-    from azmanagers.emulator import start_emulator
+    from azmanagers.emulator import sample_scaleset_template, start_emulator
     from azmanagers.providers.azure._clients import ArmSettings, resource_client
 
     emu = start_emulator(run_instances=False)
@@ -43,18 +43,7 @@ def count_calls(n: int) -> int:
         template = f"bench{n}"
         azmanagers.save_template_scaleset(
             template,
-            azmanagers.build_sstemplate(
-                template,
-                subscriptionid=SUB,
-                admin_username="azuser",
-                location="southcentralus",
-                resourcegroup=RG,
-                vnet="vnet",
-                subnet="subnet",
-                imagegallery="gallery",
-                imagename="image",
-                skuname="Standard_D2s_v3",
-            ),
+            sample_scaleset_template(template, SUB, RG),
         )
         start = len(emu.server.calls)  # the resource group above is setup, not counted
         cluster = azmanagers.addprocs(template, n, max_instances=max(SIZES))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import azmanagers
+from azmanagers.emulator import sample_scaleset_template
 from azmanagers.errors import ProviderError
 from azmanagers.providers.base import (
     TAG_CLUSTER,
@@ -69,18 +69,7 @@ def sleeper(tmp_path: Path) -> Path:
 def pool_spec(
     name: str, interpreter: Path, cluster: str | None = None, max_instances: int = 8
 ) -> PoolSpec:
-    template = azmanagers.build_sstemplate(
-        name,
-        subscriptionid=SUB,
-        admin_username="azuser",
-        location="southcentralus",
-        resourcegroup=RG,
-        vnet="vnet",
-        subnet="subnet",
-        imagegallery="gallery",
-        imagename="image",
-        skuname="Standard_D2s_v3",
-    )
+    template = sample_scaleset_template(name, SUB, RG)
     return PoolSpec(
         name=name,
         boot=BootSpec(role="worker", payload={"x": 1}, env={"AZMANAGERS_PYTHON": str(interpreter)}),

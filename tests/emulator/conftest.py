@@ -9,7 +9,7 @@ import pytest
 
 import azmanagers
 from azmanagers import api
-from azmanagers.emulator import Emulator, start_emulator
+from azmanagers.emulator import Emulator, sample_scaleset_template, start_emulator
 from azmanagers.providers.azure._clients import ArmSettings, resource_client
 from tests.conftest import processes_under
 
@@ -29,18 +29,7 @@ def emulated_azure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[
     )
     azmanagers.save_template_scaleset(
         "myscaleset",
-        azmanagers.build_sstemplate(
-            "myscaleset",
-            subscriptionid=SUB,
-            admin_username="azuser",
-            location="southcentralus",
-            resourcegroup=RG,
-            vnet="vnet",
-            subnet="subnet",
-            imagegallery="gallery",
-            imagename="image",
-            skuname="Standard_D2s_v3",
-        ),
+        sample_scaleset_template("myscaleset", SUB, RG),
     )
     try:
         yield emu

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-import azmanagers
-from azmanagers.emulator import start_emulator
+from azmanagers.emulator import sample_scaleset_template, start_emulator
 from azmanagers.emulator.server import EmulatorServer
 from azmanagers.errors import ConfigError, ProviderError
 from azmanagers.providers.azure._clients import ArmSettings, resource_client
@@ -38,18 +37,7 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
 
 
 def template() -> dict[str, object]:
-    return azmanagers.build_sstemplate(
-        "cbox",
-        subscriptionid=SUB,
-        admin_username="azuser",
-        location="southcentralus",
-        resourcegroup=RG,
-        vnet="vnet",
-        subnet="subnet",
-        imagegallery="gallery",
-        imagename="image",
-        skuname="Standard_D2s_v3",
-    )
+    return sample_scaleset_template("cbox", SUB, RG)
 
 
 def spec(name: str, cluster: str | None = None) -> PoolSpec:

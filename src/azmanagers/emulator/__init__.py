@@ -41,6 +41,29 @@ class Emulator:
             shutil.rmtree(self.owned_folder, ignore_errors=True)
 
 
+def sample_scaleset_template(
+    name: str, subscription: str, resource_group: str, location: str = "southcentralus"
+) -> dict[str, object]:
+    """Return a scale-set template for trying the emulator (its network and image are made up).
+
+    The emulator checks the shape of the request, not whether the network or image exist.
+    """
+    from azmanagers.config.template_builders import build_sstemplate
+
+    return build_sstemplate(
+        name,
+        subscriptionid=subscription,
+        admin_username="azuser",
+        location=location,
+        resourcegroup=resource_group,
+        vnet="vnet",
+        subnet="subnet",
+        imagegallery="gallery",
+        imagename="image",
+        skuname="Standard_D2s_v3",
+    )
+
+
 def start_emulator(
     *, run_instances: bool = False, token: str | None = None, folder: Path | None = None
 ) -> Emulator:
