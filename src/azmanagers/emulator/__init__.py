@@ -10,6 +10,7 @@ from pathlib import Path
 from azmanagers.emulator.arm import ArmState, build_admin_router, build_router
 from azmanagers.emulator.instances import ImdsServer, ProcessRunner
 from azmanagers.emulator.server import EmulatorServer
+from azmanagers.emulator.vms import add_vm_routes
 
 
 @dataclass
@@ -83,8 +84,10 @@ def start_emulator(
     imds = ImdsServer() if run_instances else None
     runner = ProcessRunner(folder / "vms", imds) if imds is not None else None
     state = ArmState(runner)
+    router = build_router(state)
+    add_vm_routes(router, state)
     server = EmulatorServer(
-        build_router(state),
+        router,
         token=token,
         folder=folder,
         before_route=state.faults.maybe_fail_request,

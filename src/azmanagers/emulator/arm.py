@@ -115,6 +115,8 @@ class ArmState:
         self.lock = threading.RLock()
         self.groups: dict[tuple[str, str], dict[str, Any]] = {}
         self.scalesets: dict[tuple[str, str, str], ScaleSet] = {}
+        self.vms: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.nics: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.operations: dict[str, Operation] = {}
 
     # -- helpers -------------------------------------------------------------------------
@@ -466,6 +468,19 @@ def build_router(state: ArmState) -> Router:
                 found.append(
                     {k: view[k] for k in ("id", "name", "type", "location") if k in view}
                     | {"tags": dict(tags)}
+                )
+            for (s_sub, s_rg, _), entry in sorted(
+                list(state.vms.items()) + [(k, {"body": v}) for k, v in state.nics.items()]
+            ):
+                body = entry["body"]
+                tags = body.get("tags") or {}
+                if (s_sub, s_rg) != (sub.lower(), rg.lower()) or (
+                    name is not None
+                    and (name not in tags or (value is not None and tags[name] != value))
+                ):
+                    continue
+                found.append(
+                    {k: body[k] for k in ("id", "name", "type", "location")} | {"tags": dict(tags)}
                 )
         return Response(200, {"value": found})
 

@@ -66,12 +66,23 @@ class PoolSpec:
 
 @dataclass(frozen=True)
 class VMSpec:
-    """One stand-alone VM (a detached VM or a head node)."""
+    """One stand-alone VM (a detached VM or a head node) and its network interface."""
 
     name: str
     boot: BootSpec
     tags: Mapping[str, str]
     template: Mapping[str, object] = field(default_factory=dict)
+    nic_template: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VMInfo:
+    """A stand-alone VM as a provider reports it."""
+
+    name: str
+    state: InstanceState
+    address: str
+    tags: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -87,3 +87,12 @@ def resource_client(settings: ArmSettings, subscription: str) -> Any:
         base_url=settings.endpoint,
         **settings.client_options(),
     )
+
+
+def network_client(settings: ArmSettings, subscription: str) -> Any:
+    """Return a NetworkManagementClient for ``subscription``."""
+    from azure.mgmt.network import NetworkManagementClient
+
+    return NetworkManagementClient(
+        settings.credential(), subscription, settings.endpoint, **settings.client_options()
+    )

@@ -11,7 +11,12 @@ from typing import Any
 
 from azmanagers import boot
 from azmanagers.errors import ConfigError, ProviderError
-from azmanagers.providers.azure._clients import ArmSettings, compute_client, resource_client
+from azmanagers.providers.azure._clients import (
+    ArmSettings,
+    compute_client,
+    network_client,
+    resource_client,
+)
 from azmanagers.providers.azure._errors import AzureNotFoundError, AzureQuotaError, mapped
 from azmanagers.providers.base import (
     TAG_CLUSTER,
@@ -20,10 +25,13 @@ from azmanagers.providers.base import (
     InstanceState,
     OwnedResource,
     PoolSpec,
+    VMInfo,
+    VMSpec,
 )
 from azmanagers.providers.local import owner_alive
 
 VMSS_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
+VM_TYPE = "Microsoft.Compute/virtualMachines"
 
 _PROVISIONING = {
     "creating": InstanceState.CREATING,
@@ -92,6 +100,7 @@ class AzureProvider:
         self.settings = settings or ArmSettings.from_environment()
         self._compute = compute_client(self.settings, subscription)
         self._resources: Any = None
+        self._network: Any = None
         self._skus: dict[tuple[str, str], tuple[str, int]] = {}
 
     # -- pools ---------------------------------------------------------------------------
@@ -226,6 +235,91 @@ class AzureProvider:
             return ""
         return _download_tail(str(url), tail_bytes, self.settings.ca_file)
 
+    # -- stand-alone VMs ---------------------------------------------------------------
+    def create_vm(self, spec: VMSpec) -> VMInfo:
+        """Create the VM's network interface, then the VM with the boot script; return it.
+
+        Returns once both exist (the boot script may still be running).
+        """
+        vm_body = spec.template.get("value") if isinstance(spec.template, Mapping) else None
+        if not isinstance(vm_body, Mapping) or not spec.nic_template:
+            raise ConfigError(
+                f"VM {spec.name}: the azure provider needs a VM template (build_vmtemplate) "
+                "and a NIC template (build_nictemplate)."
+            )
+        nic_name = f"{spec.name}-nic"
+        nic_body: dict[str, Any] = copy.deepcopy(dict(spec.nic_template))
+        nic_body["tags"] = dict(spec.tags)
+        network = self._network_client()
+        with mapped(f"creating network interface {nic_name}"):
+            nic = network.network_interfaces.begin_create_or_update(
+                self.resource_group, nic_name, nic_body
+            ).result()
+        body: dict[str, Any] = copy.deepcopy(dict(vm_body))
+        body["tags"] = {**dict(body.get("tags") or {}), **dict(spec.tags)}
+        props = body.setdefault("properties", {})
+        os_profile = props.setdefault("osProfile", {})
+        os_profile["computerName"] = spec.name[:15]
+        os_profile["customData"] = base64.b64encode(boot.render(spec.boot).encode()).decode()
+        props["networkProfile"] = {
+            "networkInterfaces": [{"id": nic.id, "properties": {"primary": True}}]
+        }
+        with mapped(f"creating VM {spec.name}"):
+            self._compute.virtual_machines.begin_create_or_update(
+                self.resource_group, spec.name, body
+            ).result()
+        info = self.get_vm(spec.name)
+        if info is None:
+            raise ProviderError(f"VM {spec.name} was created but cannot be found.")
+        return info
+
+    def get_vm(self, name: str) -> VMInfo | None:
+        """Return the VM with its state and private address, or None when it does not exist."""
+        try:
+            with mapped(f"reading VM {name}"):
+                vm = self._compute.virtual_machines.get(
+                    self.resource_group, name, expand="instanceView"
+                )
+            with mapped(f"reading the network interface of VM {name}"):
+                nic = self._network_client().network_interfaces.get(
+                    self.resource_group, f"{name}-nic"
+                )
+        except AzureNotFoundError:
+            return None
+        props = vm.properties
+        statuses = []
+        if props is not None and props.instance_view is not None:
+            statuses = [s.code for s in props.instance_view.statuses or [] if s.code]
+        configs = nic.ip_configurations or []
+        return VMInfo(
+            name=name,
+            state=instance_state(props.provisioning_state if props else None, statuses),
+            address=str(configs[0].private_ip_address or "") if configs else "",
+            tags=dict(vm.tags or {}),
+        )
+
+    def delete_vm(self, name: str) -> None:
+        """Delete the VM, then its network interface; returns when both are gone."""
+        try:
+            with mapped(f"deleting VM {name}"):
+                self._compute.virtual_machines.begin_delete(
+                    self.resource_group, name, force_deletion=True
+                ).result()
+        except AzureNotFoundError:
+            pass
+        try:
+            with mapped(f"deleting network interface {name}-nic"):
+                self._network_client().network_interfaces.begin_delete(
+                    self.resource_group, f"{name}-nic"
+                ).result()
+        except AzureNotFoundError:
+            pass
+
+    def _network_client(self) -> Any:
+        if self._network is None:
+            self._network = network_client(self.settings, self.subscription)
+        return self._network
+
     # -- quota -------------------------------------------------------------------------
     def check_capacity(self, template: Mapping[str, Any], add: int) -> None:
         """Raise AzureQuotaError at once when ``add`` more VMs would not fit the quota.
@@ -292,13 +386,14 @@ class AzureProvider:
         out = []
         for res in found:
             tags = dict(res.tags or {})
-            if res.type != VMSS_TYPE or TAG_CLUSTER not in tags or TAG_OWNER not in tags:
+            kind = {VMSS_TYPE: "scaleset", VM_TYPE: "vm"}.get(str(res.type))
+            if kind is None or TAG_CLUSTER not in tags or TAG_OWNER not in tags:
                 continue
             if cluster is not None and tags[TAG_CLUSTER] != cluster:
                 continue  # exact match, whatever the server's filter did
             out.append(
                 OwnedResource(
-                    kind="scaleset",
+                    kind=kind,
                     name=str(res.name),
                     tags=tags,
                     owner_alive=owner_alive(tags[TAG_OWNER]),
@@ -307,8 +402,11 @@ class AzureProvider:
         return out
 
     def delete_owned_resource(self, resource: OwnedResource) -> None:
-        """Delete a scale set found by ``list_owned_resources``; returns when it is gone."""
-        self.delete_pool(resource.name, wait=True)
+        """Delete a scale set or VM found by ``list_owned_resources``; returns when gone."""
+        if resource.kind == "vm":
+            self.delete_vm(resource.name)
+        else:
+            self.delete_pool(resource.name, wait=True)
 
 
 BOOT_LOG_TIMEOUT_S = 10.0

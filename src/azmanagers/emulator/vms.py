@@ -1,0 +1,162 @@
+"""The emulator's stand-alone VMs and their network interfaces."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import time
+import uuid
+from typing import Any
+
+from azmanagers.emulator.arm import ArmState
+from azmanagers.emulator.instances import VMIdentity
+from azmanagers.emulator.server import ArmError, Request, Response, Router
+
+_RG = r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
+_NIC = _RG + r"/providers/Microsoft\.Network/networkInterfaces/(?P<name>[^/]+)"
+_VMS = _RG + r"/providers/Microsoft\.Compute/virtualMachines"
+_VM = _VMS + r"/(?P<name>[^/]+)"
+
+
+def _key(req: Request) -> tuple[str, str, str]:
+    return (req.match["sub"].lower(), req.match["rg"].lower(), req.match["name"].lower())
+
+
+def _rid(req: Request, kind: str) -> str:
+    return (
+        f"/subscriptions/{req.match['sub']}/resourceGroups/{req.match['rg']}/providers/{kind}/"
+        f"{req.match['name']}"
+    )
+
+
+def add_vm_routes(router: Router, state: ArmState) -> None:
+    """Add networkInterfaces and virtualMachines routes over ``state``."""
+
+    def put_nic(req: Request) -> Response:
+        body = req.body if isinstance(req.body, dict) else {}
+        if not body.get("location"):
+            raise ArmError(400, "LocationRequired", "The location property is required.")
+        configs = (body.get("properties") or {}).get("ipConfigurations") or []
+        if not configs:
+            raise ArmError(400, "InvalidRequestFormat", "ipConfigurations are required.")
+        with state.lock:
+            state.group(req.match["sub"], req.match["rg"])
+            existed = _key(req) in state.nics
+            nic = copy.deepcopy(body)
+            nic.update(
+                id=_rid(req, "Microsoft.Network/networkInterfaces"),
+                name=req.match["name"],
+                type="Microsoft.Network/networkInterfaces",
+            )
+            address = f"10.0.{len(state.nics) // 250}.{4 + len(state.nics) % 250}"
+            for config in nic["properties"]["ipConfigurations"]:
+                config.setdefault("properties", {})["privateIPAddress"] = address
+            nic["properties"]["provisioningState"] = "Succeeded"
+            state.nics[_key(req)] = nic
+            headers = state.operation(req, req.match["sub"], body["location"])
+        return Response(200 if existed else 201, nic, headers)
+
+    def get_nic(req: Request) -> Response:
+        with state.lock:
+            nic = state.nics.get(_key(req))
+        if nic is None:
+            raise ArmError(404, "NotFound", f"Network interface {req.match['name']} not found.")
+        return Response(200, nic)
+
+    def delete_nic(req: Request) -> Response:
+        with state.lock:
+            if any(_uses_nic(vm["body"], req.match["name"]) for vm in state.vms.values()):
+                raise ArmError(
+                    400, "NicInUse", f"Network interface {req.match['name']} is used by a VM."
+                )
+            nic = state.nics.pop(_key(req), None)
+        if nic is None:
+            return Response(204)
+        return Response(202, None, state.operation(req, req.match["sub"], nic["location"]))
+
+    def put_vm(req: Request) -> Response:
+        body = req.body if isinstance(req.body, dict) else {}
+        if not body.get("location"):
+            raise ArmError(400, "LocationRequired", "The location property is required.")
+        props = body.get("properties") or {}
+        nics = (props.get("networkProfile") or {}).get("networkInterfaces") or []
+        if not nics:
+            raise ArmError(400, "InvalidParameter", "networkProfile.networkInterfaces is required.")
+        nic_name = str(nics[0].get("id", "")).rsplit("/", 1)[-1].lower()
+        sub, rg = req.match["sub"], req.match["rg"]
+        with state.lock:
+            state.group(sub, rg)
+            if (sub.lower(), rg.lower(), nic_name) not in state.nics:
+                raise ArmError(
+                    400,
+                    "InvalidResourceReference",
+                    f"Resource {nics[0].get('id')} referenced by the VM was not found.",
+                )
+            existed = _key(req) in state.vms
+            view = copy.deepcopy(body)
+            view.update(
+                id=_rid(req, "Microsoft.Compute/virtualMachines"),
+                name=req.match["name"],
+                type="Microsoft.Compute/virtualMachines",
+            )
+            view["properties"]["provisioningState"] = "Succeeded"
+            view["properties"]["timeCreated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            state.vms[_key(req)] = {"body": view}
+            if not existed and state.runner is not None:
+                encoded = (props.get("osProfile") or {}).get("customData") or ""
+                state.runner.start(
+                    VMIdentity(
+                        name=req.match["name"],
+                        vm_id=str(uuid.uuid4()),
+                        subscription=sub,
+                        resource_group=rg,
+                        scaleset="",
+                        location=str(body["location"]),
+                    ),
+                    base64.b64decode(encoded).decode() if encoded else "#!/bin/bash\n",
+                )
+            headers = state.operation(req, sub, body["location"])
+        return Response(200 if existed else 201, view, headers)
+
+    def get_vm(req: Request) -> Response:
+        with state.lock:
+            vm = state.vms.get(_key(req))
+        if vm is None:
+            raise ArmError(404, "ResourceNotFound", f"VM {req.match['name']} was not found.")
+        view = copy.deepcopy(vm["body"])
+        if req.query.get("$expand", "").lower() == "instanceview":
+            view["properties"]["instanceView"] = {
+                "statuses": [
+                    {"code": "ProvisioningState/succeeded"},
+                    {"code": "PowerState/running"},
+                ]
+            }
+        return Response(200, view)
+
+    def list_vms(req: Request) -> Response:
+        sub, rg = req.match["sub"].lower(), req.match["rg"].lower()
+        with state.lock:
+            value = [v["body"] for (s, r, _), v in sorted(state.vms.items()) if (s, r) == (sub, rg)]
+        return Response(200, {"value": value})
+
+    def delete_vm(req: Request) -> Response:
+        with state.lock:
+            vm = state.vms.pop(_key(req), None)
+        if vm is None:
+            return Response(204)
+        if state.runner is not None:
+            state.runner.stop(req.match["name"])
+        return Response(202, None, state.operation(req, req.match["sub"], vm["body"]["location"]))
+
+    router.add("PUT", _NIC, put_nic)
+    router.add("GET", _NIC, get_nic)
+    router.add("DELETE", _NIC, delete_nic)
+    router.add("GET", _VMS, list_vms)
+    router.add("PUT", _VM, put_vm)
+    router.add("GET", _VM, get_vm)
+    router.add("DELETE", _VM, delete_vm)
+
+
+def _uses_nic(vm_body: dict[str, Any], nic: str) -> bool:
+    nics = (vm_body.get("properties", {}).get("networkProfile") or {}).get("networkInterfaces", [])
+    return any(str(n.get("id", "")).rsplit("/", 1)[-1].lower() == nic.lower() for n in nics)
