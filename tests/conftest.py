@@ -67,10 +67,16 @@ def azm_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         pytest.fail("test left processes behind:\n" + "\n".join(described))
 
 
+HAS_AZMANAGERS = '[ "$1" = -c ] && exit 0  # the boot script asks: is azmanagers installed?\n'
+"""The first line of a stand-in interpreter: it answers the boot script's version check."""
+
+
 @pytest.fixture
 def fake_python(tmp_path: Path) -> Path:
     """An 'interpreter' that boots but never joins: it sleeps (a stuck instance)."""
     path = tmp_path / "stuck-python"
-    path.write_text("#!/bin/bash\necho 'stuck-python: pretending to start'\nexec sleep 600\n")
+    path.write_text(
+        f"#!/bin/bash\n{HAS_AZMANAGERS}echo 'stuck-python: pretending to start'\nexec sleep 600\n"
+    )
     path.chmod(0o755)
     return path

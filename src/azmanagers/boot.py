@@ -33,6 +33,78 @@ def decode_payload(data: bytes) -> dict[str, object]:
     return value
 
 
+_STOP_FUNCTION = (
+    # End the boot with a status. On an Azure VM (waagent present; never a process-VM) a
+    # failure powers the VM off: its power state tells the cluster in its one list call.
+    "azm_stop() {",
+    '  if [ "$1" != 0 ] && [ -z "${AZMANAGERS_INSTANCE_DIR:-}" ] && [ -d /var/lib/waagent ] &&'
+    ' [ "$(id -u)" = 0 ]; then',
+    '    echo "azmanagers: the boot failed (status $1); powering off"',
+    "    poweroff",
+    "  fi",
+    '  exit "$1"',
+    "}",
+)
+
+
+def default_requirement() -> str:
+    """Return the pip requirement of the caller's own azmanagers version."""
+    from azmanagers import __version__
+
+    return f"azmanagers=={__version__}"
+
+
+def _bootstrap_lines(spec: BootSpec) -> list[str]:
+    """Return bash that installs azmanagers into a virtualenv when the image lacks it.
+
+    An image with the caller's version preinstalled skips all of it (and boots faster).
+    On Debian and Ubuntu images without the venv module it installs python3-venv first.
+    """
+    from azmanagers import __version__
+
+    requirement = spec.bootstrap_requirement or default_requirement()
+    pip_args = " ".join(shlex.quote(arg) for arg in spec.bootstrap_pip_args)
+    check = "import sys, azmanagers; sys.exit(azmanagers.__version__ != sys.argv[1])"
+    return [
+        f"AZM_VERSION={shlex.quote(__version__)}",
+        "azm_has_version() {",
+        f'  "$1" -c {shlex.quote(check)} "$AZM_VERSION" >/dev/null 2>&1',
+        "}",
+        'if ! command -v "$AZM_PYTHON" >/dev/null; then',
+        '  echo "azmanagers: no interpreter $AZM_PYTHON: No such file or directory; use an image'
+        ' with python3, or set AZMANAGERS_PYTHON"',
+        "  azm_stop 127",
+        "fi",
+        'if ! azm_has_version "$AZM_PYTHON"; then',
+        '  AZM_VENV="${AZMANAGERS_BOOTSTRAP_DIR:-$AZM_DIR}/venv-$AZM_VERSION"',
+        '  if ! azm_has_version "$AZM_VENV/bin/python"; then',
+        '    echo "azmanagers: $AZM_PYTHON lacks azmanagers $AZM_VERSION; installing it into'
+        ' $AZM_VENV (an image with it preinstalled boots faster)"',
+        '    if ! "$AZM_PYTHON" -m venv "$AZM_VENV"; then',
+        # a real VM only: a process-VM (AZMANAGERS_INSTANCE_DIR set) never touches packages
+        '      if [ -z "${AZMANAGERS_INSTANCE_DIR:-}" ] && [ "$(id -u)" = 0 ] &&'
+        " command -v apt-get >/dev/null; then",
+        '        echo "azmanagers: installing python3-venv"',
+        "        apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -q install -y"
+        " python3-venv",
+        "      fi",
+        '      "$AZM_PYTHON" -m venv --clear "$AZM_VENV" || {',
+        '        echo "azmanagers: cannot make a virtualenv with $AZM_PYTHON; use an image with'
+        ' python3-venv, or with azmanagers $AZM_VERSION installed"; azm_stop 3; }',
+        "    fi",
+        '    "$AZM_VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q'
+        f" {pip_args} {shlex.quote(requirement)} || {{",
+        '      echo "azmanagers: pip could not install azmanagers $AZM_VERSION (see above);'
+        ' check bootstrap_requirement and bootstrap_pip_args"; azm_stop 3; }',
+        '    azm_has_version "$AZM_VENV/bin/python" || {',
+        '      echo "azmanagers: the bootstrap installed a different version than'
+        ' $AZM_VERSION; set bootstrap_requirement"; azm_stop 3; }',
+        "  fi",
+        '  AZM_PYTHON="$AZM_VENV/bin/python"',
+        "fi",
+    ]
+
+
 def render(spec: BootSpec) -> str:
     """Return the bash boot script for ``spec``.
 
@@ -59,14 +131,20 @@ def render(spec: BootSpec) -> str:
         'AZM_DIR="${AZMANAGERS_INSTANCE_DIR:-/var/lib/azmanagers}"',
         'mkdir -p "$AZM_DIR"',
         'echo "azmanagers: boot $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"',
+        *_STOP_FUNCTION,
         *exports,
         f"base64 -d > \"$AZM_DIR/payload.json.gz\" <<'{_PAYLOAD_MARKER}'",
         encode_payload(dict(spec.payload)),
         _PAYLOAD_MARKER,
         f"AZM_DEFAULT_PYTHON={shlex.quote(spec.python)}",
         'AZM_PYTHON="${AZMANAGERS_PYTHON:-$AZM_DEFAULT_PYTHON}"',
+        *_bootstrap_lines(spec),
         'echo "azmanagers: starting agent with $AZM_PYTHON"',
-        f'exec "$AZM_PYTHON" -m azmanagers.agent {spec.role} --payload "$AZM_DIR/payload.json.gz"',
+        f'AZM_AGENT=(-m azmanagers.agent {spec.role} --payload "$AZM_DIR/payload.json.gz")',
+        # A process-VM ends with its agent; a real VM powers off when its agent fails.
+        'if [ -n "${AZMANAGERS_INSTANCE_DIR:-}" ]; then exec "$AZM_PYTHON" "${AZM_AGENT[@]}"; fi',
+        '"$AZM_PYTHON" "${AZM_AGENT[@]}"',
+        'azm_stop "$?"',
         "",
     ]
     script = "\n".join(lines)

@@ -204,7 +204,13 @@ class AzCluster(Cluster):
         await super()._start()
         spec = PoolSpec(
             name=self.pool,
-            boot=BootSpec(role="worker", payload=self._payload(), env=self.env),
+            boot=BootSpec(
+                role="worker",
+                payload=self._payload(),
+                env=self.env,
+                bootstrap_requirement=self.settings.bootstrap_requirement,
+                bootstrap_pip_args=self.settings.pip_args(),
+            ),
             tags=self._tags,
             template=self.template,
             max_instances=self.settings.max_instances,

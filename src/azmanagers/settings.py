@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from azmanagers.errors import ConfigError
@@ -34,14 +35,26 @@ class ClusterSettings:
     """The most to pay per VM hour on spot; -1: up to the regular price."""
     replace_evicted: bool = True
     """Replace evicted spot instances (else the cluster shrinks by them)."""
+    bootstrap_requirement: str = ""
+    """What a stock image pip-installs (default: azmanagers==<this version>)."""
+    bootstrap_pip_args: str = field(default="", repr=False)  # may hold an index token
+    """Extra pip arguments for that install, shell-quoted (e.g. "--index-url URL")."""
+
+    def pip_args(self) -> tuple[str, ...]:
+        """Return ``bootstrap_pip_args`` split into arguments."""
+        return tuple(shlex.split(self.bootstrap_pip_args))
 
 
 MIN_TTL_S = 60.0
+AZURE_JOIN_TIMEOUT_S = 600.0
+"""The join deadline on Azure by default: VM allocation and boot take minutes, not seconds."""
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _ENV_PREFIX = "AZMANAGERS_"
 _AT_LEAST_ONE = ("nthreads", "max_instances")
 _FROM_ENV = (
     "spot",
+    "bootstrap_requirement",
+    "bootstrap_pip_args",
     "max_instances",
     "ttl_s",
     "join_timeout_s",
@@ -105,6 +118,16 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if whole >= least and not isinstance(value, bool) and str(whole) == str(value).strip():
             return whole
         raise ConfigError(f"{name} from {source} must be a whole number >= {least}, got {value!r}.")
+    elif name == "bootstrap_pip_args":
+        if isinstance(value, str):
+            try:
+                shlex.split(value)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"bootstrap_pip_args from {source} is not valid shell quoting ({exc}); "
+                    'write it as on a command line, e.g. "--index-url https://host/simple".'
+                ) from None
+            return value
     elif isinstance(value, kind):
         return value
     raise ConfigError(f"{name} from {source} has the wrong type: {value!r}.")
@@ -118,6 +141,7 @@ def resolve(
     values: dict[str, Any] = {}
     if template.get("provider") == "azure":
         values["worker_host"] = None  # a VM listens on its own address, found there
+        values["join_timeout_s"] = AZURE_JOIN_TIMEOUT_S
     for key, value in template.items():
         if key in names:
             values[key] = _coerce(key, value, f"template {template_name!r}")

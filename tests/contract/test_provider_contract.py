@@ -20,6 +20,7 @@ from azmanagers.providers.base import (
     resource_tags,
 )
 from azmanagers.providers.local import LocalProvider, owner_id
+from tests.conftest import HAS_AZMANAGERS
 
 DEADLINE_S = 20.0
 
@@ -61,7 +62,7 @@ def provider(
 def sleeper(tmp_path: Path) -> Path:
     """An agent stand-in: prints a line and sleeps (so instances stay RUNNING)."""
     path = tmp_path / "sleeper"
-    path.write_text('#!/bin/bash\necho "sleeper: $*"\nexec sleep 600\n')
+    path.write_text(f'#!/bin/bash\n{HAS_AZMANAGERS}echo "sleeper: $*"\nexec sleep 600\n')
     path.chmod(0o755)
     return path
 
@@ -141,7 +142,7 @@ def test_boot_log_is_readable_during_and_after_life(provider: Provider, sleeper:
 
 def test_failed_boot_is_reported_failed_with_its_status(provider: Provider, tmp_path: Path) -> None:
     failing = tmp_path / "failing"
-    failing.write_text("#!/bin/bash\necho 'no luck' >&2\nexit 7\n")
+    failing.write_text(f"#!/bin/bash\n{HAS_AZMANAGERS}echo 'no luck' >&2\nexit 7\n")
     failing.chmod(0o755)
     provider.create_pool(pool_spec("ct-fail", failing))
     provider.scale_pool("ct-fail", 1)

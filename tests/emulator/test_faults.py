@@ -16,6 +16,7 @@ from azmanagers.emulator import Emulator, start_emulator
 
 pytestmark = pytest.mark.integration
 DEADLINE_S = 120.0
+SUB_LIMITS = "00000000-0000-0000-0000-0000000000cc"
 
 
 def _admin(emu: Emulator, body: object | None, token: str | None) -> tuple[int, dict[str, object]]:
@@ -170,3 +171,66 @@ def test_a_never_joining_vm_is_reported_with_its_serial_log(emulated_azure: Emul
     with pytest.raises(urllib.error.HTTPError) as denied:
         urllib.request.urlopen(url, context=context, timeout=10)
     assert denied.value.code == 403
+
+
+def _arm_get(emu: Emulator, path: str) -> tuple[int, dict[str, str]]:
+    request = urllib.request.Request(
+        f"{emu.server.base_url}{path}?api-version=2022-09-01",
+        headers={"Authorization": f"Bearer {emu.server.token}"},
+    )
+    context = ssl.create_default_context(cafile=str(emu.server.ca_file))
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as reply:
+            return reply.status, dict(reply.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers)
+
+
+def test_arm_answers_carry_the_remaining_limit_and_a_spent_limit_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from azmanagers.providers.azure._errors import AzureThrottledError
+    from azmanagers.providers.azure.compute import AzureProvider
+
+    emu = start_emulator()
+    try:
+        for key, value in emu.environment().items():
+            monkeypatch.setenv(key, value)
+        path = f"/subscriptions/{SUB_LIMITS}/providers/Microsoft.Compute/skus"
+        header = "x-ms-ratelimit-remaining-subscription-reads"
+        first = _arm_get(emu, path)
+        second = _arm_get(emu, f"/subscriptions/{SUB_LIMITS}/resourceGroups/missing")
+        assert first[0] == 200 and second[0] == 404
+        assert int(first[1][header]) == 11_999 and int(second[1][header]) == 11_998
+        # spend the hour's reads: ARM answers 429 with a long Retry-After; the provider does
+        # not sleep through it but raises at once, naming the wait
+        emu.state.faults.update({"reads_per_hour": 3})
+        assert _arm_get(emu, path)[0] == 200
+        status, headers = _arm_get(emu, path)
+        assert status == 429 and int(headers["Retry-After"]) > 3000 and headers[header] == "0"
+        started = time.monotonic()
+        with pytest.raises(AzureThrottledError, match=r"Azure asks to wait \d+ s"):
+            AzureProvider(SUB_LIMITS, "rg").list_instances("pool")
+        assert time.monotonic() - started < 30
+        assert emu.state.faults.snapshot()["reads_per_hour"] == 3
+    finally:
+        emu.stop()
+
+
+def test_slow_boots_join_late_or_are_replaced_past_their_deadline(
+    emulated_azure: Emulator,
+) -> None:
+    faults = emulated_azure.state.faults
+    faults.update({"slow_boot": 1, "slow_boot_s": 2})
+    cluster = azmanagers.addprocs(
+        "myscaleset", 2, waitfor=True, timeout=DEADLINE_S, join_timeout_s=10
+    )
+    assert cluster.nworkers() == 2 and not cluster.failures  # late, within its deadline
+    assert faults.injected["slow_boot"] == 1
+    slow = f"{cluster.pool}_0"
+    assert "a slow boot (2 s)" in emulated_azure.state.runner.boot_log(slow, 4096)  # type: ignore[union-attr]
+
+    faults.update({"slow_boot": 1, "slow_boot_s": 120})
+    cluster = azmanagers.addprocs("myscaleset", 1, waitfor=True, timeout=DEADLINE_S)
+    assert cluster.nworkers() == 3
+    assert [reason for _, reason, _ in cluster.failures] == ["it did not join within 10 s"]

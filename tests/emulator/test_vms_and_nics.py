@@ -15,7 +15,7 @@ from azmanagers.providers.azure._clients import ArmSettings, resource_client
 from azmanagers.providers.azure.compute import AzureProvider
 from azmanagers.providers.base import BootSpec, InstanceState, VMSpec, resource_tags
 from azmanagers.providers.local import owner_id
-from tests.conftest import processes_under
+from tests.conftest import HAS_AZMANAGERS, processes_under
 
 SUB = "00000000-0000-0000-0000-0000000000dd"
 RG = "azm-vms"
@@ -65,7 +65,7 @@ def vm_spec(name: str, recorder: Path) -> VMSpec:
 def test_a_vm_with_its_nic_boots_and_is_deleted_with_it(emulator: Emulator, tmp_path: Path) -> None:
     recorder = tmp_path / "recorder"
     recorder.write_text(
-        '#!/bin/bash\ncurl_out=$(python3 -c "import json,urllib.request as u;'
+        "#!/bin/bash\n" + HAS_AZMANAGERS + 'curl_out=$(python3 -c "import json,urllib.request as u;'
         "r=u.Request('$AZMANAGERS_IMDS_ENDPOINT/metadata/instance?api-version=2021-02-01',"
         "headers={'Metadata':'true'});print(json.load(u.urlopen(r))['compute']['name'])\")\n"
         'echo "booted as $curl_out with $*"\nexec sleep 600\n'

@@ -178,11 +178,114 @@ def test_spec_python_with_a_space_in_its_path_is_used(tmp_path: Path, recorder: 
 
 def test_the_agent_exit_status_is_the_script_exit_status(tmp_path: Path) -> None:
     failing = tmp_path / "failing-python"
-    failing.write_text('#!/bin/bash\necho "agent args: $*"\nexit 7\n')
+    failing.write_text(
+        '#!/bin/bash\n[ "$1" = -c ] && exit 0  # has azmanagers\necho "agent args: $*"\nexit 7\n'
+    )
     failing.chmod(0o755)
     result, _ = run_script(render(spec()), tmp_path / "instance", failing)
     assert result.returncode == 7
     assert "agent args: -m azmanagers.agent worker --payload" in result.stdout
+
+
+# -- a stock image: the script installs azmanagers into a virtualenv ---------------------
+
+STOCK_PYTHON = r"""#!/bin/bash
+# A stock image's python3: no azmanagers; '-m venv DIR' makes DIR/bin/python (FAKE_VENV_PYTHON).
+if [ "$1" = -c ]; then exit 1; fi
+if [ "$1 $2" = "-m venv" ]; then
+    [ -n "${FAIL_VENV:-}" ] && { echo "No module named venv"; exit 1; }
+    for last; do :; done
+    mkdir -p "$last/bin" && cp "$FAKE_VENV_PYTHON" "$last/bin/python" && exit 0
+fi
+exit 9
+"""
+
+VENV_PYTHON = r"""#!/bin/bash
+# The bootstrap virtualenv's python: has azmanagers once pip has installed it.
+here="$(dirname "$0")"
+if [ "$1" = -c ]; then
+    [ -f "$here/installed" ] && [ "$(cat "$here/installed")" = "${!#}" ] && exit 0
+    exit 1
+fi
+if [ "$1 $2 $3" = "-m pip install" ]; then
+    printf '%s\n' "$@" > "$here/pip-args"
+    [ -n "${FAIL_PIP:-}" ] && { echo "ERROR: no matching distribution"; exit 1; }
+    echo "${INSTALLS_VERSION:-0.1.0}" > "$here/installed"
+    exit 0
+fi
+printf '%s\n' "$@" > "$here/agent-args"
+"""
+
+
+@pytest.fixture
+def stock_image(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A stock interpreter without azmanagers, and the environment its fakes need."""
+    folder = tmp_path / "image"
+    folder.mkdir()
+    stock, venv = folder / "python3", folder / "venv-python"
+    stock.write_text(STOCK_PYTHON)
+    venv.write_text(VENV_PYTHON)
+    stock.chmod(0o755)
+    venv.chmod(0o755)
+    return stock, {"FAKE_VENV_PYTHON": str(venv)}
+
+
+def test_a_stock_image_installs_the_callers_version_into_a_virtualenv(
+    tmp_path: Path, stock_image: tuple[Path, dict[str, str]]
+) -> None:
+    from azmanagers import __version__
+
+    stock, env = stock_image
+    instance_dir = tmp_path / "instance"
+    pip_args = ("--index-url", "https://user:secret@pkgs.example/simple", "--pre")
+    script = render(spec(bootstrap_pip_args=pip_args))
+    result, _ = run_script(script, instance_dir, stock, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    venv_bin = instance_dir / f"venv-{__version__}" / "bin"
+    pip_call = (venv_bin / "pip-args").read_text().splitlines()
+    assert pip_call[:3] == ["-m", "pip", "install"]
+    assert pip_call[-4:] == [*pip_args, f"azmanagers=={__version__}"]
+    agent = (venv_bin / "agent-args").read_text().splitlines()
+    assert agent[:3] == ["-m", "azmanagers.agent", "worker"]
+    assert "installing it into" in result.stdout
+    assert f"starting agent with {venv_bin / 'python'}" in result.stdout
+    assert "secret" not in result.stdout + result.stderr  # an index token is never echoed
+    # A second boot on the same disk reuses the virtualenv: no second install.
+    (venv_bin / "pip-args").unlink()
+    result, _ = run_script(script, instance_dir, stock, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (venv_bin / "pip-args").exists()
+    assert "installing" not in result.stdout
+
+
+def test_a_chosen_requirement_is_installed(
+    tmp_path: Path, stock_image: tuple[Path, dict[str, str]]
+) -> None:
+    stock, env = stock_image
+    wheel = "/mnt/wheels/azmanagers-0.1.0-py3-none-any.whl"
+    script = render(spec(bootstrap_requirement=wheel))
+    result, _ = run_script(script, tmp_path / "instance", stock, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pip_args = next((tmp_path / "instance").glob("venv-*/bin/pip-args")).read_text()
+    assert pip_args.splitlines()[-1] == wheel
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ({"FAIL_PIP": "1"}, "pip could not install azmanagers"),
+        ({"FAIL_VENV": "1"}, "cannot make a virtualenv"),
+        ({"INSTALLS_VERSION": "0.0.9"}, "installed a different version"),
+    ],
+)
+def test_a_failed_bootstrap_stops_the_boot_with_the_reason(
+    tmp_path: Path, stock_image: tuple[Path, dict[str, str]], fault: dict[str, str], message: str
+) -> None:
+    stock, env = stock_image
+    result, _ = run_script(render(spec()), tmp_path / "instance", stock, {**env, **fault})
+    assert result.returncode == 3
+    assert message in result.stdout
+    assert not list((tmp_path / "instance").glob("venv-*/bin/agent-args"))
 
 
 # -- validation -------------------------------------------------------------------------

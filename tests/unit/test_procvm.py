@@ -29,14 +29,17 @@ from azmanagers.providers.base import (
     resource_tags,
 )
 from azmanagers.providers.local import LocalProvider, is_expired, owner_alive, owner_id
+from tests.conftest import HAS_AZMANAGERS
 
 DEADLINE_S = 10.0
 DEAD_OWNER = f"999999:1.00@{socket.gethostname()}"
 
 # The stand-in agent: records its arguments, environment and pid, then exits with
 # AZM_TEST_STATUS or sleeps with a child (one that ignores SIGTERM on instance AZM_TEST_STUBBORN).
-AGENT = """#!/bin/bash
-out="$AZM_TEST_OUT/$AZMANAGERS_INSTANCE_ID"
+AGENT = (
+    "#!/bin/bash\n"
+    + HAS_AZMANAGERS
+    + """out="$AZM_TEST_OUT/$AZMANAGERS_INSTANCE_ID"
 mkdir -p "$out"
 printf '%s\\n' "$@" > "$out/args"
 env > "$out/env"
@@ -55,6 +58,7 @@ case "${AZM_TEST_MODE:-sleep}" in
     wait ;;
 esac
 """
+)
 
 
 @pytest.fixture

@@ -210,3 +210,22 @@ def test_nthreads_zero_error_names_its_source(monkeypatch: pytest.MonkeyPatch, s
 def test_azure_templates_let_the_vm_choose_its_worker_address() -> None:
     assert settle({"provider": "azure"}).worker_host is None
     assert settle({"provider": "local"}).worker_host == "127.0.0.1"
+
+
+def test_azure_templates_wait_minutes_for_a_vm_to_join() -> None:
+    assert settle({"provider": "azure"}).join_timeout_s == 600.0
+    assert settle({"provider": "azure", "join_timeout_s": 900}).join_timeout_s == 900.0
+    assert settle({"provider": "local"}).join_timeout_s == 120.0
+
+
+def test_bootstrap_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert settle().bootstrap_requirement == ""
+    assert settle().pip_args() == ()
+    monkeypatch.setenv("AZMANAGERS_BOOTSTRAP_PIP_ARGS", "--index-url 'https://h/a b' --pre")
+    resolved = settle({"bootstrap_requirement": "azmanagers @ https://h/azmanagers.whl"})
+    assert resolved.pip_args() == ("--index-url", "https://h/a b", "--pre")
+    assert resolved.bootstrap_requirement == "azmanagers @ https://h/azmanagers.whl"
+    assert "https://h/a b" not in repr(resolved)  # an index URL may hold a token
+    monkeypatch.setenv("AZMANAGERS_BOOTSTRAP_PIP_ARGS", "--index-url 'unclosed")
+    with pytest.raises(ConfigError, match=r"AZMANAGERS_BOOTSTRAP_PIP_ARGS.*shell quoting"):
+        settle()

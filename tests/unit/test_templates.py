@@ -226,6 +226,26 @@ def test_build_sstemplate_bad_values() -> None:
         _ss(datadisks=[{"diskSizeGB": -5}])
 
 
+def test_build_templates_from_a_market_image() -> None:
+    urn = "Canonical:ubuntu-24_04-lts:server:latest"
+    expected = {
+        "publisher": "Canonical",
+        "offer": "ubuntu-24_04-lts",
+        "sku": "server",
+        "version": "latest",
+    }
+    scaleset = _ss(imagegallery=None, imagename=None, image=urn)
+    assert _vmp(scaleset)["storageProfile"]["imageReference"] == expected
+    vm = _vm(imagegallery=None, imagename=None, image=urn)
+    assert vm["value"]["properties"]["storageProfile"]["imageReference"] == expected
+    with pytest.raises(ConfigError, match="not both"):
+        _ss(image=urn)
+    with pytest.raises(ConfigError, match="publisher:offer:sku:version"):
+        _ss(imagegallery=None, imagename=None, image="Canonical:ubuntu")
+    with pytest.raises(ConfigError, match="image='publisher:offer:sku:version'"):
+        _vm(imagegallery=None)
+
+
 def test_build_vmtemplate_shape_and_nic_id_fix() -> None:
     template = _vm(resourcegroup_vnet="net-rg", datadisks=[{}, {}], tags={"a": "b"})
     assert set(template) == {"subscriptionid", "resourcegroup", "tempdisk", "value"}

@@ -23,6 +23,9 @@ from azmanagers.config.template_schema import (
 )
 from azmanagers.errors import ConfigError
 
+EXAMPLE_MARKET_IMAGE = "Canonical:ubuntu-24_04-lts:server:latest"
+"""A stock image: instances install azmanagers at boot (an image with it boots faster)."""
+
 # Building templates
 # ---------------------------------------------------------------------------------------------
 
@@ -89,10 +92,47 @@ def _data_disks(
     return disks, ultra
 
 
-def _storage_profile(image: str, osdisksize: int, disks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Return a storageProfile for a gallery image, an OS disk and data disks."""
+def _image_reference(
+    function: str,
+    *,
+    image: str | None,
+    gallery: str | None,
+    imagename: str | None,
+    subscriptionid: str,
+    resourcegroup: str,
+) -> dict[str, str]:
+    """Return an imageReference: a market image from its URN, or a gallery image by id."""
+    if image is not None:
+        if gallery is not None or imagename is not None:
+            raise ConfigError(
+                f"{function}: give either image=... (a market image) or imagegallery=... and "
+                "imagename=... (a gallery image), not both."
+            )
+        parts = image.split(":") if isinstance(image, str) else []
+        if len(parts) != 4 or not all(part.strip() for part in parts):
+            raise ConfigError(
+                f"{function}: image must be a market image URN 'publisher:offer:sku:version', "
+                f"e.g. {EXAMPLE_MARKET_IMAGE!r}; got {image!r}."
+            )
+        publisher, offer, sku, version = parts
+        return {"publisher": publisher, "offer": offer, "sku": sku, "version": version}
+    if not (isinstance(gallery, str) and gallery.strip()) or not (
+        isinstance(imagename, str) and imagename.strip()
+    ):
+        raise ConfigError(
+            f"{function}: give the image: imagegallery=... and imagename=... (a gallery image), "
+            f"or image='publisher:offer:sku:version' (a market image, e.g. "
+            f"{EXAMPLE_MARKET_IMAGE!r}); got imagegallery={gallery!r}, imagename={imagename!r}."
+        )
+    return {"id": _image_id(subscriptionid, resourcegroup, str(gallery), str(imagename))}
+
+
+def _storage_profile(
+    image: dict[str, str], osdisksize: int, disks: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Return a storageProfile for an image, an OS disk and data disks."""
     return {
-        "imageReference": {"id": image},
+        "imageReference": image,
         "osDisk": {
             "caching": "ReadWrite",
             "managedDisk": {"storageAccountType": DEFAULT_OSDISK_STORAGE},
@@ -119,6 +159,7 @@ def build_sstemplate(
     subnet: str | None = None,
     imagegallery: str | None = None,
     imagename: str | None = None,
+    image: str | None = None,
     skuname: str | None = None,
     subscriptionid_image: str | None = None,
     resourcegroup_vnet: str | None = None,
@@ -141,7 +182,11 @@ def build_sstemplate(
     vnet, subnet : str
         Required: virtual network and subnet of the instances.
     imagegallery, imagename : str
-        Required: the Azure compute gallery and image the instances boot.
+        The Azure compute gallery and image the instances boot (or give ``image``).
+    image : str, optional
+        Instead of a gallery image, a market image URN ``publisher:offer:sku:version``
+        (e.g. ``"{EXAMPLE}"``). On an image without azmanagers the boot script installs
+        the caller's version into a virtualenv, which adds a minute or two to each boot.
     skuname : str
         Required: the VM size, e.g. ``Standard_D2s_v3``.
     subscriptionid_image : str, optional
@@ -182,8 +227,6 @@ def build_sstemplate(
         resourcegroup=resourcegroup,
         vnet=vnet,
         subnet=subnet,
-        imagegallery=imagegallery,
-        imagename=imagename,
         skuname=skuname,
     )
     _positive_int(function, "osdisksize", osdisksize)
@@ -204,7 +247,14 @@ def build_sstemplate(
             "upgradePolicy": {"mode": "Manual"},
             "virtualMachineProfile": {
                 "storageProfile": _storage_profile(
-                    _image_id(sub_image, rg_image, str(imagegallery), str(imagename)),
+                    _image_reference(
+                        function,
+                        image=image,
+                        gallery=imagegallery,
+                        imagename=imagename,
+                        subscriptionid=sub_image,
+                        resourcegroup=rg_image,
+                    ),
                     osdisksize,
                     disks,
                 ),
@@ -257,6 +307,7 @@ def build_vmtemplate(
     resourcegroup: str | None = None,
     imagegallery: str | None = None,
     imagename: str | None = None,
+    image: str | None = None,
     vmsize: str | None = None,
     nicname: str = DEFAULT_NIC_NAME,
     subscriptionid_image: str | None = None,
@@ -279,7 +330,11 @@ def build_vmtemplate(
     subscriptionid, admin_username, location, resourcegroup : str
         Required: subscription (a GUID), user on the VM, Azure region, resource group.
     imagegallery, imagename : str
-        Required: the Azure compute gallery and image the VM boots.
+        The Azure compute gallery and image the VM boots (or give ``image``).
+    image : str, optional
+        Instead of a gallery image, a market image URN ``publisher:offer:sku:version``
+        (e.g. ``"{EXAMPLE}"``). On an image without azmanagers the boot script installs
+        the caller's version into a virtualenv, which adds a minute or two to each boot.
     vmsize : str
         Required: the VM size, e.g. ``Standard_D8s_v3``.
     nicname : str, optional
@@ -318,8 +373,6 @@ def build_vmtemplate(
         admin_username=admin_username,
         location=location,
         resourcegroup=resourcegroup,
-        imagegallery=imagegallery,
-        imagename=imagename,
         vmsize=vmsize,
         nicname=nicname,
     )
@@ -335,7 +388,14 @@ def build_vmtemplate(
             "additionalCapabilities": {"ultraSSDEnabled": ultra},
             "hardwareProfile": {"vmSize": vmsize},
             "storageProfile": _storage_profile(
-                _image_id(sub_image, rg_image, str(imagegallery), str(imagename)),
+                _image_reference(
+                    function,
+                    image=image,
+                    gallery=imagegallery,
+                    imagename=imagename,
+                    subscriptionid=sub_image,
+                    resourcegroup=rg_image,
+                ),
                 osdisksize,
                 disks,
             ),

@@ -43,11 +43,19 @@ class Emulator:
 
 
 def sample_scaleset_template(
-    name: str, subscription: str, resource_group: str, location: str = "southcentralus"
+    name: str,
+    subscription: str,
+    resource_group: str,
+    location: str = "southcentralus",
+    *,
+    image: str | None = None,
 ) -> dict[str, object]:
     """Return a scale-set template for trying the emulator (its network and image are made up).
 
     The emulator checks the shape of the request, not whether the network or image exist.
+    A gallery image stands for one with azmanagers installed; a market image URN
+    (``image="Canonical:ubuntu-24_04-lts:server:latest"``) for a stock image, whose VMs
+    install azmanagers at boot.
     """
     from azmanagers.config.template_builders import build_sstemplate
 
@@ -59,8 +67,9 @@ def sample_scaleset_template(
         resourcegroup=resource_group,
         vnet="vnet",
         subnet="subnet",
-        imagegallery="gallery",
-        imagename="image",
+        imagegallery=None if image else "gallery",
+        imagename=None if image else "image",
+        image=image,
         skuname="Standard_D2s_v3",
     )
 

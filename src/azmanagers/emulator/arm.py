@@ -17,7 +17,7 @@ from typing import Any
 
 from azmanagers.emulator.catalog import SKUS, SKUS_BY_NAME, sku_document, usage_document
 from azmanagers.emulator.faults import NEVER_JOIN_SCRIPT, Faults
-from azmanagers.emulator.instances import ProcessRunner, VMIdentity
+from azmanagers.emulator.instances import ProcessRunner, VMIdentity, is_market_image
 from azmanagers.emulator.server import ArmError, Request, Response, Router
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
@@ -176,6 +176,7 @@ def _scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
             vm.provisioning_state = "Failed"
             vm.power_state = "stopped"
         elif state.runner is not None:
+            profile = scaleset.body.get("properties", {}).get("virtualMachineProfile", {})
             state.runner.start(
                 VMIdentity(
                     name=vm.name,
@@ -184,13 +185,14 @@ def _scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
                     resource_group=scaleset.rg,
                     scaleset=scaleset.name,
                     location=str(scaleset.body.get("location", "")),
-                    priority=str(
-                        scaleset.body.get("properties", {})
-                        .get("virtualMachineProfile", {})
-                        .get("priority", "Regular")
-                    ),
+                    priority=str(profile.get("priority", "Regular")),
+                    stock_image=is_market_image(profile),
                 ),
-                NEVER_JOIN_SCRIPT if fault == "never_join" else _custom_data(scaleset),
+                NEVER_JOIN_SCRIPT
+                if fault == "never_join"
+                else state.faults.slowed(_custom_data(scaleset))
+                if fault == "slow_boot"
+                else _custom_data(scaleset),
             )
     while len(scaleset.vms) > capacity:
         newest = max(scaleset.vms, key=int)
@@ -411,6 +413,10 @@ def build_router(state: ArmState) -> Router:
         expand = req.query.get("$expand", "").lower() == "instanceview"
         with state.lock:
             scaleset = state.scaleset(req.match["sub"], req.match["rg"], req.match["name"])
+            if expand and state.runner is not None:
+                for vm in scaleset.vms.values():
+                    if vm.power_state == "running":
+                        vm.power_state = state.runner.power_state(vm.name)
             value = [_vm_view(scaleset, vm, expand) for _, vm in sorted(scaleset.vms.items())]
         return Response(200, {"value": value})
 

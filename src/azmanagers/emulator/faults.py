@@ -7,11 +7,14 @@ import threading
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from azmanagers.emulator.ratelimits import DEFAULT_LIMITS, RateLimits
 from azmanagers.emulator.server import ArmError
 
 NEVER_JOIN_SCRIPT = (
     "#!/bin/bash\necho 'emulator: this VM boots but never starts its agent'\nexec sleep 86400\n"
 )
+
+_NOT_KNOBS = ("injected", "limits", "_lock", "_rng")
 
 
 @dataclass
@@ -30,8 +33,14 @@ class Faults:
         The next this-many new VMs end in provisioning state Failed (and never boot).
     never_join
         The next this-many new VMs boot a script that never starts the agent.
+    slow_boot, slow_boot_s
+        The next ``slow_boot`` new VMs wait ``slow_boot_s`` seconds before their custom
+        data runs (a slow allocation or image pull).
     family_cores_limit, regional_cores_limit
         The vCPU quota of every VM family, and of the region, that usages report.
+    limits
+        ARM's per-hour subscription limits; set them with ``reads_per_hour``,
+        ``writes_per_hour`` and ``deletes_per_hour`` (a 429 once spent).
     """
 
     throttle_rate: float = 0.0
@@ -39,10 +48,13 @@ class Faults:
     retry_after_s: int = 1
     fail_provisioning: int = 0
     never_join: int = 0
+    slow_boot: int = 0
+    slow_boot_s: float = 30.0
     family_cores_limit: int = 350
     regional_cores_limit: int = 1000
     seed: int = 1
     injected: dict[str, int] = field(default_factory=dict)
+    limits: RateLimits = field(default_factory=RateLimits, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _rng: random.Random = field(default_factory=random.Random, repr=False)
 
@@ -51,11 +63,15 @@ class Faults:
 
     def update(self, values: dict[str, Any]) -> dict[str, Any]:
         """Set fault knobs from a JSON object; return the current settings."""
-        allowed = {
-            f.name: f for f in fields(self) if not f.name.startswith("_") and f.name != "injected"
-        }
+        allowed = {f.name: f for f in fields(self) if f.name not in _NOT_KNOBS}
         with self._lock:
             for key, value in values.items():
+                kind_of_limit = key.removesuffix("_per_hour")
+                if key.endswith("_per_hour") and kind_of_limit in DEFAULT_LIMITS:
+                    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                        raise ArmError(400, "InvalidParameter", f"{key} must be a whole number")
+                    self.limits.set_limit(kind_of_limit, value)
+                    continue
                 if key not in allowed:
                     raise ArmError(
                         400, "InvalidParameter", f"unknown fault {key!r}; known: {sorted(allowed)}"
@@ -70,15 +86,18 @@ class Faults:
 
     def snapshot(self) -> dict[str, Any]:
         """Return the knobs and how many faults of each kind were injected."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_KNOBS}
         out["injected"] = dict(self.injected)
+        out.update({f"{kind}_per_hour": n for kind, n in self.limits.limits.items()})
         return out
 
     def _count(self, kind: str) -> None:
         self.injected[kind] = self.injected.get(kind, 0) + 1
 
-    def maybe_fail_request(self) -> None:
-        """Raise a 429 or 503 ArmError, at the configured rates."""
+    def maybe_fail_request(self, method: str) -> dict[str, str]:
+        """Count the request against ARM's limits and return its rate-limit header; raise a
+        429 when they are spent, or a 429 or 503 at the configured rates."""
+        headers = self.limits.admit(method)
         with self._lock:
             roll = self._rng.random()
             if roll < self.throttle_rate:
@@ -95,9 +114,10 @@ class Faults:
             if roll < self.throttle_rate + self.error_rate:
                 self._count("server_error")
                 raise ArmError(503, "ServiceUnavailable", "The service is temporarily unavailable.")
+        return headers
 
     def take_vm_fault(self) -> str | None:
-        """For a new VM: 'fail', 'never_join' or None."""
+        """For a new VM: 'fail', 'never_join', 'slow_boot' or None."""
         with self._lock:
             if self.fail_provisioning > 0:
                 self.fail_provisioning -= 1
@@ -107,4 +127,15 @@ class Faults:
                 self.never_join -= 1
                 self._count("never_join")
                 return "never_join"
+            if self.slow_boot > 0:
+                self.slow_boot -= 1
+                self._count("slow_boot")
+                return "slow_boot"
             return None
+
+    def slowed(self, custom_data: str) -> str:
+        """Return ``custom_data`` behind a wait of ``slow_boot_s`` seconds."""
+        delay = f"{self.slow_boot_s:g}"
+        return (
+            f"#!/bin/bash\necho 'emulator: a slow boot ({delay} s)'\nsleep {delay}\n{custom_data}"
+        )

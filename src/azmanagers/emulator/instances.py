@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from azmanagers.emulator import stock_image
 from azmanagers.providers import procvm
 
 
@@ -26,6 +27,15 @@ class VMIdentity:
     location: str
     priority: str = "Regular"
     events: list[dict[str, Any]] = field(default_factory=list)
+    stock_image: bool = False
+    """Booted from a market image: azmanagers is not installed (see ``stock_image``)."""
+
+
+def is_market_image(profile: Any) -> bool:
+    """Tell whether a VM profile boots a market image (publisher, offer, sku), not a gallery one."""
+    storage = profile.get("storageProfile") if isinstance(profile, dict) else None
+    ref = storage.get("imageReference") if isinstance(storage, dict) else None
+    return isinstance(ref, dict) and "publisher" in ref and "id" not in ref
 
 
 class ImdsServer:
@@ -130,10 +140,16 @@ class ProcessRunner:
         """Boot a VM: run its custom data in its own folder and process group."""
         instance_dir = self.folder / identity.name
         endpoint = self.imds.register(identity)
-        env = procvm.instance_environment(
-            instance_dir if instance_dir.exists() else _make(instance_dir),
+        extra = {
+            "AZMANAGERS_IMDS_ENDPOINT": endpoint,
             # all emulated VMs share this machine: their workers listen on loopback
-            {"AZMANAGERS_IMDS_ENDPOINT": endpoint, "AZMANAGERS_WORKER_HOST": "127.0.0.1"},
+            "AZMANAGERS_WORKER_HOST": "127.0.0.1",
+        }
+        if identity.stock_image:
+            with self._lock:
+                extra.update(stock_image.prepare(self.folder / "stock-image").environment())
+        env = procvm.instance_environment(
+            instance_dir if instance_dir.exists() else _make(instance_dir), extra
         )
         proc = procvm.start(instance_dir, custom_data, env)
         with self._lock:
@@ -160,6 +176,15 @@ class ProcessRunner:
         thread.start()
         with self._lock:
             self._stoppers.append(thread)
+
+    def power_state(self, name: str) -> str:
+        """Return a VM's power state: "stopped" once its boot script failed, else "running".
+
+        On a real VM a failed boot script powers the VM off (so the cluster sees it in its
+        one list call); here the script's non-zero exit status stands for that.
+        """
+        status = procvm.exit_status(self.folder / name)
+        return "stopped" if status not in (None, 0) else "running"
 
     def boot_log(self, name: str, tail_bytes: int) -> str:
         """Return the end of a VM's boot log (what a serial console would show)."""

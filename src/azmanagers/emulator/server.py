@@ -112,7 +112,7 @@ class EmulatorServer:
         *,
         token: str | None = None,
         folder: Path | None = None,
-        before_route: Callable[[], None] | None = None,
+        before_route: Callable[[str], dict[str, str]] | None = None,
         admin: Router | None = None,
     ) -> None:
         self.router = router
@@ -245,13 +245,21 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
                     "MissingApiVersionParameter",
                     "The api-version query parameter (?api-version=) is required for all requests.",
                 )
+            extra: dict[str, str] = {}
             if server.before_route is not None:
-                server.before_route()  # fault injection: throttling, server errors
+                # rate limits and fault injection: headers to add, or a 429/503 raised
+                extra = server.before_route(self.command)
             found = server.router.find(self.command, path)
             if found is None:
-                raise ArmError(404, "InvalidResourceType", f"No route for {path}.")
+                raise ArmError(404, "InvalidResourceType", f"No route for {path}.", extra)
             handler, match = found
-            return handler(Request(self.command, path, query, body, match, server.base_url))
+            try:
+                response = handler(Request(self.command, path, query, body, match, server.base_url))
+            except ArmError as err:
+                err.headers = {**extra, **err.headers}
+                raise
+            response.headers = {**extra, **response.headers}
+            return response
 
         do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = _serve
 

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from azmanagers.emulator.arm import ArmState
-from azmanagers.emulator.instances import VMIdentity
+from azmanagers.emulator.instances import VMIdentity, is_market_image
 from azmanagers.emulator.server import ArmError, Request, Response, Router
 
 _RG = r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
@@ -112,6 +112,7 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
                         resource_group=rg,
                         scaleset="",
                         location=str(body["location"]),
+                        stock_image=is_market_image(props),
                     ),
                     base64.b64decode(encoded).decode() if encoded else "#!/bin/bash\n",
                 )
@@ -125,10 +126,12 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
             raise ArmError(404, "ResourceNotFound", f"VM {req.match['name']} was not found.")
         view = copy.deepcopy(vm["body"])
         if req.query.get("$expand", "").lower() == "instanceview":
+            runner = state.runner
+            power = "running" if runner is None else runner.power_state(req.match["name"])
             view["properties"]["instanceView"] = {
                 "statuses": [
                     {"code": "ProvisioningState/succeeded"},
-                    {"code": "PowerState/running"},
+                    {"code": f"PowerState/{power}"},
                 ]
             }
         return Response(200, view)

@@ -43,12 +43,20 @@ class BootSpec:
         Environment variables exported before the agent starts.
     python
         The interpreter the agent runs with on the instance.
+    bootstrap_requirement
+        What pip installs into a virtualenv when that interpreter lacks the caller's
+        azmanagers version (a stock image): by default ``azmanagers==<caller's version>``;
+        a wheel URL or path works too.
+    bootstrap_pip_args
+        Extra pip arguments for that install (``--index-url``, ``--find-links``, ...).
     """
 
     role: str
     payload: Mapping[str, object] = field(repr=False)  # holds the cluster's TLS key
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     python: str = "python3"
+    bootstrap_requirement: str = ""
+    bootstrap_pip_args: tuple[str, ...] = field(default=(), repr=False)  # may hold an index token
 
 
 @dataclass(frozen=True)

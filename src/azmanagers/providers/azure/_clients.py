@@ -18,7 +18,25 @@ DEFAULT_ARM_ENDPOINT = "https://management.azure.com"
 RETRY_TOTAL = 6
 """Retries of one request (429 with Retry-After, 5xx, connection errors) before we give up."""
 RETRY_BACKOFF_MAX_S = 30
+RETRY_AFTER_MAX_S = 60
+"""A 429 asking us to wait longer than this is not slept through: it reaches the caller."""
 POLLING_INTERVAL_S = 5
+
+
+def retry_policy() -> Any:
+    """Return azure-core's retry policy, bounded: RETRY_TOTAL retries, and no sleeping
+    through a Retry-After over RETRY_AFTER_MAX_S (a spent hourly ARM limit would otherwise
+    block the caller for up to an hour without a word)."""
+    from azure.core.pipeline.policies import RetryPolicy
+
+    class BoundedRetryPolicy(RetryPolicy):  # type: ignore[type-arg]
+        def is_retry(self, settings: Any, response: Any) -> bool:
+            wait_s = self.get_retry_after(response)
+            if wait_s is not None and wait_s > RETRY_AFTER_MAX_S:
+                return False
+            return bool(super().is_retry(settings, response))
+
+    return BoundedRetryPolicy(retry_total=RETRY_TOTAL, retry_backoff_max=RETRY_BACKOFF_MAX_S)
 
 
 @dataclass(frozen=True)
@@ -59,8 +77,7 @@ class ArmSettings:
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments every management client gets (endpoint, CA, retry, polling)."""
         options: dict[str, Any] = {
-            "retry_total": RETRY_TOTAL,
-            "retry_backoff_max": RETRY_BACKOFF_MAX_S,
+            "retry_policy": retry_policy(),
             "polling_interval": self.polling_interval_s,
         }
         if self.ca_file is not None:

@@ -27,6 +27,10 @@ class AzureQuotaError(ProviderError):
     """Not enough quota for the request."""
 
 
+class AzureThrottledError(ProviderError):
+    """ARM refused the request for longer than we retry (a spent request limit)."""
+
+
 _QUOTA_CODES = {"OperationNotAllowed", "QuotaExceeded", "SkuNotAvailable"}
 
 
@@ -46,6 +50,15 @@ def mapped(action: str) -> Iterator[None]:
         code = getattr(exc.error, "code", None) if exc.error is not None else None
         if code in _QUOTA_CODES:
             raise AzureQuotaError(f"{action}: {_detail(exc)}") from exc
+        if exc.status_code == 429:
+            response = getattr(exc, "response", None)
+            wait = response.headers.get("Retry-After") if response is not None else None
+            after = f" Azure asks to wait {wait} s;" if wait else ""
+            raise AzureThrottledError(
+                f"{action}: Azure is throttling requests ({_detail(exc)}).{after} try again "
+                "later, or lower the request rate (fewer clusters or a longer "
+                "reconcile_interval_s)."
+            ) from exc
         raise ProviderError(f"{action}: HTTP {exc.status_code} {_detail(exc)}") from exc
     except ServiceRequestError as exc:
         raise ProviderError(f"{action}: cannot reach Azure ({exc}).") from exc
