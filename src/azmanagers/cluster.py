@@ -22,6 +22,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol.pickle import dumps as pickle_dumps
 from distributed.scheduler import Scheduler
 
+from azmanagers import scheduler_guard
 from azmanagers.agent import LOG_TOPIC
 from azmanagers.agent.logforward import LogForwardPlugin
 from azmanagers.errors import (
@@ -193,6 +194,8 @@ class AzCluster(Cluster):
             dashboard_address=f"{self.settings.scheduler_host}:0",
             validate=False,
         )
+        if not self.settings.workers_can_submit:
+            scheduler_guard.guard(self.scheduler, self.credentials.client_common_name())
         self.scheduler.add_plugin(_SchedulerHooks(self))
         await self.scheduler.register_worker_plugin(
             None, pickle_dumps(LogForwardPlugin()), LogForwardPlugin.name, idempotent=True

@@ -35,6 +35,9 @@ class ClusterSettings:
     """The most to pay per VM hour on spot; -1: up to the regular price."""
     replace_evicted: bool = True
     """Replace evicted spot instances (else the cluster shrinks by them)."""
+    workers_can_submit: bool = False
+    """Let tasks act as clients (get_client, Lock, Queue); a worker can then run code in the
+    caller's process, so only for workers you trust like the caller's own machine."""
     bootstrap_requirement: str = ""
     """What a stock image pip-installs (default: azmanagers==<this version>)."""
     bootstrap_pip_args: str = field(default="", repr=False)  # may hold an index token
@@ -53,6 +56,7 @@ _ENV_PREFIX = "AZMANAGERS_"
 _AT_LEAST_ONE = ("nthreads", "max_instances")
 _FROM_ENV = (
     "spot",
+    "workers_can_submit",
     "bootstrap_requirement",
     "bootstrap_pip_args",
     "max_instances",

@@ -36,6 +36,11 @@ class ClusterCredentials:
     worker: KeyPair = field(repr=False)
     client: KeyPair = field(repr=False)
 
+    def client_common_name(self) -> str:
+        """Return the common name of the caller's client certificate."""
+        cert = x509.load_pem_x509_certificate(self.client.cert.encode())
+        return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
     def worker_payload(self) -> dict[str, str]:
         """Return what a worker needs: the CA certificate and the worker key pair."""
         return {"ca": self.ca, "cert": self.worker.cert, "key": self.worker.key}

@@ -109,3 +109,75 @@ def test_boot_payload_carries_only_the_cluster_credentials(azm_home: Path) -> No
         assert "caller-secret" not in text
     finally:
         del os.environ["AZURE_CLIENT_SECRET"]
+
+
+def _worker_security(cluster: azmanagers.AzCluster, folder: Path) -> distributed.Security:
+    """A Security holding what a worker VM holds: the CA and the worker key pair."""
+    creds = cluster.credentials
+    (folder / "ca.pem").write_text(creds.ca)
+    (folder / "w.pem").write_text(creds.worker.cert)
+    (folder / "w.key").write_text(creds.worker.key)
+    return distributed.Security(
+        tls_ca_file=str(folder / "ca.pem"),
+        tls_client_cert=str(folder / "w.pem"),
+        tls_client_key=str(folder / "w.key"),
+        require_encryption=True,
+    )
+
+
+def _scheduler_pid() -> int:
+    return os.getpid()
+
+
+def test_a_worker_certificate_cannot_act_as_a_client_or_run_code_on_the_scheduler(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    import cloudpickle
+    from distributed.core import rpc
+
+    cluster = azmanagers.addprocs("local", 1, waitfor=True, timeout=60)
+    security = _worker_security(cluster, tmp_path)
+    with pytest.raises(Exception, match="refused 'register-client' from a worker's certificate"):
+        distributed.Client(cluster.scheduler_address, security=security, timeout=20)
+
+    async def as_worker(op: str, **kwargs: object) -> object:
+        comm = rpc(
+            cluster.scheduler_address, connection_args=security.get_connection_args("client")
+        )
+        try:
+            return await getattr(comm, op)(**kwargs)
+        finally:
+            await comm.close_rpc()
+
+    ran = tmp_path / "ran-on-scheduler"
+    attack = cloudpickle.dumps(lambda: ran.write_text("pwned"))
+    for op, kwargs in [
+        ("run_function", {"function": attack}),
+        ("register_scheduler_plugin", {"plugin": attack, "name": "x", "idempotent": False}),
+        ("connection_stream", {}),
+    ]:
+        with pytest.raises(Exception, match=f"refused '{op}'"):
+            asyncio.run(as_worker(op, **kwargs))
+    assert not ran.exists()
+    # the worker protocol still works for that certificate, and the caller keeps all of it
+    assert asyncio.run(as_worker("identity"))["type"] == "Scheduler"  # type: ignore[index]
+    client = distributed.default_client()
+    assert client.run_on_scheduler(_scheduler_pid) == os.getpid()
+    assert client.submit(sum, [1, 2, 3]).result() == 6
+
+
+def test_tasks_cannot_submit_tasks_unless_the_cluster_allows_it() -> None:
+    def _submit_from_a_task() -> int:  # defined here: pickled by value for the workers
+        with distributed.worker_client() as inner:
+            return int(inner.submit(abs, -5).result())
+
+    azmanagers.addprocs("local", 1, waitfor=True, timeout=60)
+    client = distributed.default_client()
+    with pytest.raises(Exception, match="workers_can_submit=True"):
+        client.submit(_submit_from_a_task, pure=False).result(timeout=60)
+    azmanagers.rmprocs()
+    azmanagers.addprocs("local", 1, waitfor=True, timeout=60, workers_can_submit=True)
+    client = distributed.default_client()
+    assert client.submit(_submit_from_a_task, pure=False).result(timeout=60) == 5

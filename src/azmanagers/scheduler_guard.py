@@ -1,0 +1,160 @@
+"""Who may ask what of a cluster's scheduler: workers the worker protocol, the caller all of it.
+
+Dask lets any certificate its CA signed act as a client, and a client may run code in the
+scheduler's process (``run_on_scheduler``, scheduler plugins, graphs unpickled there). The
+scheduler runs in the caller's process, so a worker VM (running code the caller shipped, on
+a network the caller does not control) could reach the caller's machine. This guard checks
+the peer's certificate on every request: only the caller's client certificate may do more
+than a worker needs. ``workers_can_submit=True`` turns it off (tasks that call
+``get_client()``, or use Dask's Lock, Queue, Variable or Event, need that).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+WORKER_OPS = frozenset(
+    {
+        "register-worker",
+        "heartbeat_worker",
+        "unregister",
+        "retire_workers",  # a worker retiring itself (spot eviction, close_gracefully)
+        "get_metadata",  # the agent's liveness watchdog
+        "identity",
+        "versions",
+        "who_has",
+        "log_event",
+        "register_nanny",
+    }
+)
+"""Requests a worker or nanny makes of the scheduler over its own connections."""
+WORKER_OP_PREFIXES = ("shuffle",)  # P2P shuffle: workers coordinate through the scheduler
+WORKER_STREAM_OPS = frozenset(
+    {
+        "task-finished",
+        "task-erred",
+        "release-worker-data",
+        "reschedule",
+        "long-running",
+        "add-keys",
+        "request-refresh-who-has",
+        "steal-response",
+        "keep-alive",
+        "log-event",
+        "worker-status-change",
+        "shuffle-fail",
+    }
+)
+"""Messages a worker sends on its batched stream to the scheduler."""
+REFUSAL = (
+    "azmanagers refused '{op}' from a worker's certificate: only the caller may submit work "
+    "to, or run code on, the scheduler. To let tasks submit tasks (get_client, worker_client, "
+    "Lock, Queue, Variable, Event), start the cluster with workers_can_submit=True; a worker "
+    "can then run code in the caller's process."
+)
+
+
+class WorkerRefusedError(PermissionError):
+    """A worker's certificate asked for something only the caller may do."""
+
+
+def peer_common_name(comm: Any) -> str | None:
+    """Return the common name of the peer's TLS certificate, or None without one."""
+    extra = getattr(comm, "extra_info", None) or {}
+    cert = extra.get("peercert") or {}
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def _expects_comm(handler: Callable[..., Any]) -> bool:
+    """Dask passes the comm to handlers whose first parameter is named ``comm``."""
+    try:
+        params = inspect.signature(handler).parameters
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and next(iter(params)) == "comm"
+
+
+def _caller_only(op: str, handler: Callable[..., Any], caller: str) -> Callable[..., Any]:
+    wants_comm = _expects_comm(handler)
+
+    async def guarded(comm: Any, **kwargs: Any) -> Any:
+        if peer_common_name(comm) != caller:
+            logger.warning(
+                "refused %r from %s (not the caller's certificate)", op, comm.peer_address
+            )
+            message = REFUSAL.format(op=op)
+            if op == "register-client":  # a Client reads one stream-start message, no reply
+                await comm.write([{"op": "stream-start", "error": message}])
+                await comm.close()
+                return None
+            raise WorkerRefusedError(message)
+        result = handler(comm, **kwargs) if wants_comm else handler(**kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    guarded.__name__ = getattr(handler, "__name__", op)
+    return guarded
+
+
+def _not_from_worker_streams(op: str, handler: Callable[..., Any]) -> Callable[..., Any]:
+    def refused(kwargs: dict[str, Any]) -> bool:
+        if "worker" in kwargs:  # it came on a worker's stream: Dask adds worker=<address>
+            logger.warning("refused %r on the stream of worker %s", op, kwargs["worker"])
+            return True
+        return False
+
+    if inspect.iscoroutinefunction(handler):
+
+        async def guarded_async(**kwargs: Any) -> Any:
+            return None if refused(kwargs) else await handler(**kwargs)
+
+        return guarded_async
+
+    def guarded(**kwargs: Any) -> Any:
+        return None if refused(kwargs) else handler(**kwargs)
+
+    return guarded
+
+
+class _GuardedHandlers(dict[str, Any]):
+    """The scheduler's request handlers; those beyond the worker protocol check the peer."""
+
+    def __init__(self, handlers: dict[str, Any], caller: str) -> None:
+        super().__init__(handlers)
+        self.caller = caller
+
+    def __getitem__(self, op: str) -> Any:
+        handler = super().__getitem__(op)
+        if op in WORKER_OPS or op.startswith(WORKER_OP_PREFIXES):
+            return handler
+        return _caller_only(op, handler, self.caller)
+
+
+class _GuardedStreamHandlers(dict[str, Any]):
+    """The scheduler's stream handlers; a worker's stream carries worker messages only."""
+
+    def __getitem__(self, op: str) -> Any:
+        handler = super().__getitem__(op)
+        if op in WORKER_STREAM_OPS:
+            return handler
+        return _not_from_worker_streams(op, handler)
+
+
+def guard(scheduler: Any, caller_common_name: str) -> None:
+    """Restrict ``scheduler`` so that only ``caller_common_name``'s certificate is a client.
+
+    Handlers added later (scheduler plugins, extensions) are guarded too: the check happens
+    when a request is dispatched.
+    """
+    scheduler.handlers = _GuardedHandlers(scheduler.handlers, caller_common_name)
+    scheduler.stream_handlers = _GuardedStreamHandlers(scheduler.stream_handlers)
