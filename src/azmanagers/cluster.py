@@ -167,6 +167,7 @@ class AzCluster(Cluster):
         self.reconcile_cycles = 0
         """How many reconcile cycles have completed."""
         self._reconcile_task: asyncio.Task[None] | None = None
+        self._pending_checks: set[asyncio.Future[None]] = set()
         self._wake = asyncio.Event()
         self._tags = resource_tags(name, owner_id(), settings.ttl_s)
         self._tags_renewed = time.monotonic()
@@ -280,11 +281,31 @@ class AzCluster(Cluster):
         _check_count(n, allow_zero=True)
         self._check_open()
         self._check_limit(n)
+        if _on_running_loop() and n > self._target:
+            # adapt() scales from the event loop: check the quota (ARM calls) in a thread,
+            # then record the target; the loop (heartbeats, tasks) never waits for Azure
+            task = asyncio.ensure_future(self._scale_after_check(n))
+            self._pending_checks.add(task)
+            task.add_done_callback(self._pending_checks.discard)
+            return
         self.provider.check_capacity(self.template, n - self._target)
+        self._set_target(n)
+
+    def _set_target(self, n: int) -> None:
         with self._lock:
             self._target = n
             self._error = None  # a new intent: earlier failures no longer speak for it
         self._poke()
+
+    async def _scale_after_check(self, n: int) -> None:
+        """Check the quota for growing to ``n`` off the loop, then make ``n`` the target."""
+        try:
+            await asyncio.to_thread(self.provider.check_capacity, self.template, n - self._target)
+        except AzManagersError as exc:
+            logger.warning("cluster %s: not scaling to %d workers: %s", self.name, n, exc)
+            self._set_error(exc)
+            return
+        self._set_target(n)
 
     def grow(self, n: int) -> int:
         """Raise the target by ``n`` (atomically) and return the new target."""
@@ -714,6 +735,15 @@ def _dashboard_available() -> bool:
 
 def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.rstrip().splitlines()) or "    (empty)"
+
+
+def _on_running_loop() -> bool:
+    """Tell whether the caller runs on an event loop (Dask's adaptive scaling does)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _check_count(n: object, *, allow_zero: bool = False) -> None:

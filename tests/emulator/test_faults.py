@@ -234,3 +234,23 @@ def test_slow_boots_join_late_or_are_replaced_past_their_deadline(
     cluster = azmanagers.addprocs("myscaleset", 1, waitfor=True, timeout=DEADLINE_S)
     assert cluster.nworkers() == 3
     assert [reason for _, reason, _ in cluster.failures] == ["it did not join within 10 s"]
+
+
+def test_scaling_from_the_event_loop_checks_quota_off_the_loop(
+    emulated_azure: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dask's adaptive scaling calls scale() on the event loop: quota is checked in a
+    thread, then the target is set; short quota leaves the target and says why."""
+    emulated_azure.state.faults.update({"family_cores_limit": 4})  # two Standard_D2s_v3
+    cluster = azmanagers.addprocs("myscaleset", 1, waitfor=True, timeout=DEADLINE_S)
+    cluster.loop.add_callback(cluster.scale, 2)
+    deadline = time.monotonic() + 30
+    while cluster.target != 2:
+        assert time.monotonic() < deadline, "a scale made on the loop never took effect"
+        time.sleep(0.05)
+    cluster.loop.add_callback(cluster.scale, 5)
+    while "not scaling to 5 workers" not in caplog.text:
+        assert time.monotonic() < deadline, "a short quota on the loop was not reported"
+        time.sleep(0.05)
+    assert cluster.target == 2
+    assert "standardDSv3Family" in caplog.text
