@@ -37,7 +37,7 @@ _STOP_FUNCTION = (
     # End the boot with a status. On an Azure VM (waagent present; never a process-VM) a
     # failure powers the VM off: its power state tells the cluster in its one list call.
     "azm_stop() {",
-    '  if [ "$1" != 0 ] && [ -z "${AZMANAGERS_INSTANCE_DIR:-}" ] && [ -d /var/lib/waagent ] &&'
+    '  if [ "$1" != 0 ] && [ -z "$AZM_PROCESS_VM" ] && [ -d /var/lib/waagent ] &&'
     ' [ "$(id -u)" = 0 ]; then',
     '    echo "azmanagers: the boot failed (status $1); powering off"',
     "    poweroff",
@@ -82,11 +82,11 @@ def _bootstrap_lines(spec: BootSpec) -> list[str]:
         ' $AZM_VENV (an image with it preinstalled boots faster)"',
         '    if ! "$AZM_PYTHON" -m venv "$AZM_VENV"; then',
         # a real VM only: a process-VM (AZMANAGERS_INSTANCE_DIR set) never touches packages
-        '      if [ -z "${AZMANAGERS_INSTANCE_DIR:-}" ] && [ "$(id -u)" = 0 ] &&'
+        '      if [ -z "$AZM_PROCESS_VM" ] && [ "$(id -u)" = 0 ] &&'
         " command -v apt-get >/dev/null; then",
         '        echo "azmanagers: installing python3-venv"',
-        "        apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -q install -y"
-        " python3-venv",
+        "        apt-get -q -o DPkg::Lock::Timeout=300 update && DEBIAN_FRONTEND=noninteractive"
+        " apt-get -q -o DPkg::Lock::Timeout=300 install -y python3-venv",
         "      fi",
         '      "$AZM_PYTHON" -m venv --clear "$AZM_VENV" || {',
         '        echo "azmanagers: cannot make a virtualenv with $AZM_PYTHON; use an image with'
@@ -130,6 +130,9 @@ def render(spec: BootSpec) -> str:
         "umask 077",
         'AZM_DIR="${AZMANAGERS_INSTANCE_DIR:-/var/lib/azmanagers}"',
         'mkdir -p "$AZM_DIR"',
+        # fixed before the exports below: a caller's env cannot make a process-VM a real VM
+        'AZM_PROCESS_VM="${AZMANAGERS_INSTANCE_DIR:+1}"',
+        "readonly AZM_PROCESS_VM",
         'echo "azmanagers: boot $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"',
         *_STOP_FUNCTION,
         *exports,
@@ -142,7 +145,7 @@ def render(spec: BootSpec) -> str:
         'echo "azmanagers: starting agent with $AZM_PYTHON"',
         f'AZM_AGENT=(-m azmanagers.agent {spec.role} --payload "$AZM_DIR/payload.json.gz")',
         # A process-VM ends with its agent; a real VM powers off when its agent fails.
-        'if [ -n "${AZMANAGERS_INSTANCE_DIR:-}" ]; then exec "$AZM_PYTHON" "${AZM_AGENT[@]}"; fi',
+        'if [ -n "$AZM_PROCESS_VM" ]; then exec "$AZM_PYTHON" "${AZM_AGENT[@]}"; fi',
         '"$AZM_PYTHON" "${AZM_AGENT[@]}"',
         'azm_stop "$?"',
         "",

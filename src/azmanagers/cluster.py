@@ -168,6 +168,7 @@ class AzCluster(Cluster):
         """How many reconcile cycles have completed."""
         self._reconcile_task: asyncio.Task[None] | None = None
         self._pending_checks: set[asyncio.Future[None]] = set()
+        self._scale_seq = 0
         self._wake = asyncio.Event()
         self._tags = resource_tags(name, owner_id(), settings.ttl_s)
         self._tags_renewed = time.monotonic()
@@ -281,10 +282,13 @@ class AzCluster(Cluster):
         _check_count(n, allow_zero=True)
         self._check_open()
         self._check_limit(n)
+        with self._lock:
+            self._scale_seq += 1
+            seq = self._scale_seq
         if _on_running_loop() and n > self._target:
             # adapt() scales from the event loop: check the quota (ARM calls) in a thread,
             # then record the target; the loop (heartbeats, tasks) never waits for Azure
-            task = asyncio.ensure_future(self._scale_after_check(n))
+            task = asyncio.ensure_future(self._scale_after_check(n, seq))
             self._pending_checks.add(task)
             task.add_done_callback(self._pending_checks.discard)
             return
@@ -297,14 +301,18 @@ class AzCluster(Cluster):
             self._error = None  # a new intent: earlier failures no longer speak for it
         self._poke()
 
-    async def _scale_after_check(self, n: int) -> None:
-        """Check the quota for growing to ``n`` off the loop, then make ``n`` the target."""
+    async def _scale_after_check(self, n: int, seq: int) -> None:
+        """Check the quota for growing to ``n`` off the loop, then make ``n`` the target
+        (unless a newer ``scale`` came in meanwhile)."""
         try:
             await asyncio.to_thread(self.provider.check_capacity, self.template, n - self._target)
         except AzManagersError as exc:
             logger.warning("cluster %s: not scaling to %d workers: %s", self.name, n, exc)
             self._set_error(exc)
             return
+        with self._lock:
+            if seq != self._scale_seq:
+                return
         self._set_target(n)
 
     def grow(self, n: int) -> int:

@@ -47,7 +47,6 @@ WORKER_STREAM_OPS = frozenset(
         "keep-alive",
         "log-event",
         "worker-status-change",
-        "shuffle-fail",
     }
 )
 """Messages a worker sends on its batched stream to the scheduler."""
@@ -103,6 +102,14 @@ def _caller_only(op: str, handler: Callable[..., Any], caller: str) -> Callable[
         return result
 
     guarded.__name__ = getattr(handler, "__name__", op)
+    # Dask passes optional arguments (serializers) only to handlers that name them
+    try:
+        params = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    rest = [p for p in params if p.name != "comm"]
+    comm_param = inspect.Parameter("comm", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    guarded.__signature__ = inspect.Signature([comm_param, *rest])  # type: ignore[attr-defined]
     return guarded
 
 

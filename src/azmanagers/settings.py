@@ -38,7 +38,7 @@ class ClusterSettings:
     workers_can_submit: bool = False
     """Let tasks act as clients (get_client, Lock, Queue); a worker can then run code in the
     caller's process, so only for workers you trust like the caller's own machine."""
-    bootstrap_requirement: str = ""
+    bootstrap_requirement: str = field(default="", repr=False)  # a URL may hold a token
     """What a stock image pip-installs (default: azmanagers==<this version>)."""
     bootstrap_pip_args: str = field(default="", repr=False)  # may hold an index token
     """Extra pip arguments for that install, shell-quoted (e.g. "--index-url URL")."""
@@ -134,6 +134,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return value
     elif isinstance(value, kind):
         return value
+    if name.startswith("bootstrap_"):  # may hold an index token: never show the value
+        raise ConfigError(f"{name} from {source} must be a string, got a {type(value).__name__}.")
     raise ConfigError(f"{name} from {source} has the wrong type: {value!r}.")
 
 

@@ -383,3 +383,23 @@ def test_decode_rejects_a_payload_that_is_not_an_object(value: object) -> None:
     data = gzip.compress(json.dumps(value).encode())
     with pytest.raises(ConfigError, match="not a JSON object"):
         decode_payload(data)
+
+
+def test_a_callers_env_cannot_make_a_process_vm_run_apt_get(
+    tmp_path: Path, stock_image: tuple[Path, dict[str, str]]
+) -> None:
+    stock, env = stock_image
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for tool in ("apt-get", "id", "poweroff"):
+        stub = stubs / tool
+        stub.write_text(f'#!/bin/bash\necho 0\ntouch "{tmp_path}/ran-{tool}"\n')
+        stub.chmod(0o755)
+    script = render(spec(env={"AZMANAGERS_INSTANCE_DIR": ""}))
+    path = f"{stubs}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    result, _ = run_script(
+        script, tmp_path / "instance", stock, {**env, "FAIL_VENV": "1", "PATH": path}
+    )
+    assert result.returncode == 3
+    assert not (tmp_path / "ran-apt-get").exists()
+    assert not (tmp_path / "ran-poweroff").exists()

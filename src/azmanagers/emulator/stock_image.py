@@ -9,6 +9,7 @@ image already holds azmanagers' dependencies (seen through ``PYTHONPATH``); the 
 from __future__ import annotations
 
 import os
+import shlex
 import site
 import sys
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ def prepare(folder: Path) -> StockImage:
     python.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     partial = python.with_suffix(".partial")
     # -S: no site-packages of this machine (they hold azmanagers); PYTHONPATH gives the rest.
-    partial.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    partial.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -S "$@"\n')
     partial.chmod(0o755)
     os.replace(partial, python)
     return StockImage(python, packages)

@@ -55,7 +55,7 @@ class BootSpec:
     payload: Mapping[str, object] = field(repr=False)  # holds the cluster's TLS key
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
     python: str = "python3"
-    bootstrap_requirement: str = ""
+    bootstrap_requirement: str = field(default="", repr=False)  # a URL may hold a token
     bootstrap_pip_args: tuple[str, ...] = field(default=(), repr=False)  # may hold an index token
 
 

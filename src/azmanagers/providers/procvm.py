@@ -71,6 +71,7 @@ def start(instance_dir: Path, custom_data: str, env: Mapping[str, str]) -> subpr
     process (not only the parent) can tell a failed boot from a clean stop.
     """
     instance_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (instance_dir / EXIT_STATUS_NAME).unlink(missing_ok=True)  # a reused name: a new boot
     script = instance_dir / BOOT_SCRIPT_NAME
     fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
