@@ -128,11 +128,31 @@ def _image_reference(
 
 
 def _storage_profile(
-    image: dict[str, str], osdisksize: int, disks: list[dict[str, Any]]
-) -> dict[str, Any]:
-    """Return a storageProfile for an image, an OS disk and data disks."""
+    function: str,
+    *,
+    image: str | None,
+    gallery: str | None,
+    imagename: str | None,
+    subscriptionid: str,
+    resourcegroup: str,
+    osdisksize: int,
+    datadisks: Sequence[Mapping[str, Any]] | None,
+) -> tuple[dict[str, Any], bool]:
+    """Return a storageProfile (image, OS disk, data disks) and whether a disk is Ultra SSD.
+
+    ``subscriptionid`` and ``resourcegroup`` are those of the gallery, for a gallery image.
+    """
+    disks, ultra = _data_disks(function, datadisks)
+    reference = _image_reference(
+        function,
+        image=image,
+        gallery=gallery,
+        imagename=imagename,
+        subscriptionid=subscriptionid,
+        resourcegroup=resourcegroup,
+    )
     return {
-        "imageReference": image,
+        "imageReference": reference,
         "osDisk": {
             "caching": "ReadWrite",
             "managedDisk": {"storageAccountType": DEFAULT_OSDISK_STORAGE},
@@ -140,7 +160,7 @@ def _storage_profile(
             "diskSizeGB": osdisksize,
         },
         "dataDisks": disks,
-    }
+    }, ultra
 
 
 def _linux_configuration() -> dict[str, Any]:
@@ -233,9 +253,16 @@ def build_sstemplate(
     # _required has checked these; str() only narrows the types for mypy.
     sub, rg = str(subscriptionid), str(resourcegroup)
     rg_vnet = resourcegroup_vnet or rg
-    rg_image = resourcegroup_image or rg
-    sub_image = subscriptionid_image or sub
-    disks, ultra = _data_disks(function, datadisks)
+    storage, ultra = _storage_profile(
+        function,
+        image=image,
+        gallery=imagegallery,
+        imagename=imagename,
+        subscriptionid=subscriptionid_image or sub,
+        resourcegroup=resourcegroup_image or rg,
+        osdisksize=osdisksize,
+        datadisks=datadisks,
+    )
     computer = _computer_name(name)
     value: dict[str, Any] = {
         "sku": {"tier": skutier, "capacity": DEFAULT_SCALESET_CAPACITY, "name": skuname},
@@ -246,18 +273,7 @@ def build_sstemplate(
             "additionalCapabilities": {"ultraSSDEnabled": ultra},
             "upgradePolicy": {"mode": "Manual"},
             "virtualMachineProfile": {
-                "storageProfile": _storage_profile(
-                    _image_reference(
-                        function,
-                        image=image,
-                        gallery=imagegallery,
-                        imagename=imagename,
-                        subscriptionid=sub_image,
-                        resourcegroup=rg_image,
-                    ),
-                    osdisksize,
-                    disks,
-                ),
+                "storageProfile": storage,
                 "osProfile": {
                     "computerNamePrefix": computer,
                     "adminUsername": admin_username,
@@ -379,26 +395,22 @@ def build_vmtemplate(
     _positive_int(function, "osdisksize", osdisksize)
     sub, rg = str(subscriptionid), str(resourcegroup)
     rg_vnet = resourcegroup_vnet or rg
-    rg_image = resourcegroup_image or rg
-    sub_image = subscriptionid_image or sub
-    disks, ultra = _data_disks(function, datadisks)
+    storage, ultra = _storage_profile(
+        function,
+        image=image,
+        gallery=imagegallery,
+        imagename=imagename,
+        subscriptionid=subscriptionid_image or sub,
+        resourcegroup=resourcegroup_image or rg,
+        osdisksize=osdisksize,
+        datadisks=datadisks,
+    )
     value: dict[str, Any] = {
         "location": location,
         "properties": {
             "additionalCapabilities": {"ultraSSDEnabled": ultra},
             "hardwareProfile": {"vmSize": vmsize},
-            "storageProfile": _storage_profile(
-                _image_reference(
-                    function,
-                    image=image,
-                    gallery=imagegallery,
-                    imagename=imagename,
-                    subscriptionid=sub_image,
-                    resourcegroup=rg_image,
-                ),
-                osdisksize,
-                disks,
-            ),
+            "storageProfile": storage,
             "osProfile": {
                 "computerName": _computer_name(name),
                 "adminUsername": admin_username,
