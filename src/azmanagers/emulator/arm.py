@@ -177,6 +177,9 @@ def _scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
             vm.power_state = "stopped"
         elif state.runner is not None:
             profile = scaleset.body.get("properties", {}).get("virtualMachineProfile", {})
+            script = NEVER_JOIN_SCRIPT if fault == "never_join" else _custom_data(scaleset)
+            if fault == "slow_boot":
+                script = state.faults.slowed(script)
             state.runner.start(
                 VMIdentity(
                     name=vm.name,
@@ -188,11 +191,7 @@ def _scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
                     priority=str(profile.get("priority", "Regular")),
                     stock_image=is_market_image(profile),
                 ),
-                NEVER_JOIN_SCRIPT
-                if fault == "never_join"
-                else state.faults.slowed(_custom_data(scaleset))
-                if fault == "slow_boot"
-                else _custom_data(scaleset),
+                script,
             )
     while len(scaleset.vms) > capacity:
         newest = max(scaleset.vms, key=int)
