@@ -5,8 +5,10 @@ scheduler's process (``run_on_scheduler``, scheduler plugins, graphs unpickled t
 scheduler runs in the caller's process, so a worker VM (running code the caller shipped, on
 a network the caller does not control) could reach the caller's machine. This guard checks
 the peer's certificate on every request: only the caller's client certificate may do more
-than a worker needs. ``workers_can_submit=True`` turns it off (tasks that call
-``get_client()``, or use Dask's Lock, Queue, Variable or Event, need that).
+than a worker needs, and a worker may register, unregister or retire only a worker on the
+address it connects from (all workers share one certificate). ``workers_can_submit=True``
+turns the guard off (tasks that call ``get_client()``, or use Dask's Lock, Queue, Variable
+or Event, need that).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ WORKER_OPS = frozenset(
     }
 )
 """Requests a worker or nanny makes of the scheduler over its own connections."""
+OWN_WORKER_OPS = frozenset({"register-worker", "unregister", "retire_workers"})
+"""Worker requests that name a worker: allowed for a worker on the peer's own address."""
 WORKER_OP_PREFIXES = ("shuffle",)  # P2P shuffle: workers coordinate through the scheduler
 WORKER_STREAM_OPS = frozenset(
     {
@@ -50,6 +54,10 @@ WORKER_STREAM_OPS = frozenset(
     }
 )
 """Messages a worker sends on its batched stream to the scheduler."""
+OTHERS_REFUSAL = (
+    "azmanagers refused '{op}' from a worker's certificate for {detail}: a worker may "
+    "register, unregister or retire only itself (a worker on the address it connects from)"
+)
 REFUSAL = (
     "azmanagers refused '{op}' from a worker's certificate: only the caller may submit work "
     "to, or run code on, the scheduler. To let tasks submit tasks (get_client, worker_client, "
@@ -82,15 +90,16 @@ def _expects_comm(handler: Callable[..., Any]) -> bool:
     return bool(params) and next(iter(params)) == "comm"
 
 
-def _caller_only(op: str, handler: Callable[..., Any], caller: str) -> Callable[..., Any]:
+def _checked(
+    op: str, handler: Callable[..., Any], refusal: Callable[[Any, dict[str, Any]], str | None]
+) -> Callable[..., Any]:
+    """Wrap a request handler so that ``refusal(comm, kwargs)`` may refuse the request."""
     wants_comm = _expects_comm(handler)
 
     async def guarded(comm: Any, **kwargs: Any) -> Any:
-        if peer_common_name(comm) != caller:
-            logger.warning(
-                "refused %r from %s (not the caller's certificate)", op, comm.peer_address
-            )
-            message = REFUSAL.format(op=op)
+        message = refusal(comm, kwargs)
+        if message is not None:
+            logger.warning("refused %r from %s: %s", op, comm.peer_address, message)
             if op == "register-client":  # a Client reads one stream-start message, no reply
                 await comm.write([{"op": "stream-start", "error": message}])
                 await comm.close()
@@ -111,6 +120,56 @@ def _caller_only(op: str, handler: Callable[..., Any], caller: str) -> Callable[
     comm_param = inspect.Parameter("comm", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     guarded.__signature__ = inspect.Signature([comm_param, *rest])  # type: ignore[attr-defined]
     return guarded
+
+
+class _CallerOnly:
+    """Only the caller's certificate may make this request."""
+
+    def __init__(self, op: str, caller: str) -> None:
+        self.op, self.caller = op, caller
+
+    def __call__(self, comm: Any, kwargs: dict[str, Any]) -> str | None:
+        return None if peer_common_name(comm) == self.caller else REFUSAL.format(op=self.op)
+
+
+def _host(address: str) -> str:
+    from distributed.comm.addressing import get_address_host
+
+    return str(get_address_host(address))
+
+
+class _OwnWorkerOnly:
+    """A worker's certificate may register, unregister or retire only workers on its own host.
+
+    All workers of a cluster share one certificate, so the peer's address is what tells them
+    apart: on Azure every instance has an address of its own.
+    """
+
+    def __init__(self, op: str, scheduler: Any, caller: str) -> None:
+        self.op, self.scheduler, self.caller = op, scheduler, caller
+
+    def targets(self, kwargs: dict[str, Any]) -> list[str] | None:
+        """The worker addresses the request acts on; None when it lets the scheduler choose."""
+        if self.op in ("register-worker", "unregister"):
+            return [self.scheduler.coerce_address(kwargs.get("address", ""))]
+        if kwargs.get("workers"):
+            return [str(address) for address in kwargs["workers"]]
+        if kwargs.get("names"):
+            names = set(kwargs["names"])
+            return [ws.address for ws in self.scheduler.workers.values() if ws.name in names]
+        return None
+
+    def __call__(self, comm: Any, kwargs: dict[str, Any]) -> str | None:
+        if peer_common_name(comm) == self.caller:
+            return None
+        targets = self.targets(kwargs)
+        if targets is None:
+            return OTHERS_REFUSAL.format(op=self.op, detail="workers the scheduler would choose")
+        peer = _host(comm.peer_address)
+        others = sorted(address for address in targets if _host(address) != peer)
+        if others:
+            return OTHERS_REFUSAL.format(op=self.op, detail=", ".join(others))
+        return None
 
 
 def _not_from_worker_streams(op: str, handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -136,15 +195,17 @@ def _not_from_worker_streams(op: str, handler: Callable[..., Any]) -> Callable[.
 class _GuardedHandlers(dict[str, Any]):
     """The scheduler's request handlers; those beyond the worker protocol check the peer."""
 
-    def __init__(self, handlers: dict[str, Any], caller: str) -> None:
+    def __init__(self, handlers: dict[str, Any], scheduler: Any, caller: str) -> None:
         super().__init__(handlers)
-        self.caller = caller
+        self.scheduler, self.caller = scheduler, caller
 
     def __getitem__(self, op: str) -> Any:
         handler = super().__getitem__(op)
+        if op in OWN_WORKER_OPS:
+            return _checked(op, handler, _OwnWorkerOnly(op, self.scheduler, self.caller))
         if op in WORKER_OPS or op.startswith(WORKER_OP_PREFIXES):
             return handler
-        return _caller_only(op, handler, self.caller)
+        return _checked(op, handler, _CallerOnly(op, self.caller))
 
 
 class _GuardedStreamHandlers(dict[str, Any]):
@@ -163,5 +224,5 @@ def guard(scheduler: Any, caller_common_name: str) -> None:
     Handlers added later (scheduler plugins, extensions) are guarded too: the check happens
     when a request is dispatched.
     """
-    scheduler.handlers = _GuardedHandlers(scheduler.handlers, caller_common_name)
+    scheduler.handlers = _GuardedHandlers(scheduler.handlers, scheduler, caller_common_name)
     scheduler.stream_handlers = _GuardedStreamHandlers(scheduler.stream_handlers)

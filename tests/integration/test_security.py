@@ -181,3 +181,52 @@ def test_tasks_cannot_submit_tasks_unless_the_cluster_allows_it() -> None:
     azmanagers.addprocs("local", 1, waitfor=True, timeout=60, workers_can_submit=True)
     client = distributed.default_client()
     assert client.submit(_submit_from_a_task, pure=False).result(timeout=60) == 5
+
+
+async def _request_from(source_ip: str, address: str, security: distributed.Security, msg: dict):  # type: ignore[type-arg]
+    """Send one request to the scheduler over a worker-certificate TLS comm from ``source_ip``."""
+    from distributed.comm.tcp import TLS
+    from tornado.tcpclient import TCPClient
+
+    host, port = _host_port(address)
+    context = security.get_connection_args("client")["ssl_context"]
+    stream = await TCPClient().connect(host, port, ssl_options=context, source_ip=source_ip)
+    local = f"tls://{source_ip}:{stream.socket.getsockname()[1]}"
+    comm = TLS(stream, local, address, deserialize=True)
+    try:
+        info = comm.handshake_info()
+        await comm.write(info)
+        remote = await comm.read()
+        comm.handshake_options = comm.handshake_configuration(info, remote)
+        await comm.write({**msg, "reply": True})
+        return await comm.read()
+    finally:
+        comm.abort()
+
+
+def test_a_worker_certificate_acts_only_on_workers_at_its_own_address(tmp_path: Path) -> None:
+    """All workers share one certificate: the peer's address tells a worker from its neighbours."""
+    import asyncio
+
+    cluster = azmanagers.addprocs("local", 1, waitfor=True, timeout=60)
+    security = _worker_security(cluster, tmp_path)
+    client = distributed.default_client()
+    (victim,) = client.scheduler_info()["workers"]
+    victim_name = client.scheduler_info()["workers"][victim]["name"]
+    impostor = "tls://127.0.0.1:1"
+    for msg in [
+        {"op": "retire_workers", "workers": [victim], "close_workers": True},
+        {"op": "retire_workers", "names": [victim_name], "close_workers": True},
+        {"op": "retire_workers", "n": 1},  # letting the scheduler pick is refused too
+        {"op": "unregister", "address": victim, "stimulus_id": "attack"},
+        {"op": "register-worker", "address": impostor, "nthreads": 1, "stimulus_id": "x"},
+    ]:
+        reply = asyncio.run(_request_from("127.0.0.2", cluster.scheduler_address, security, msg))
+        assert reply.get("status") == "uncaught-error", (msg, reply)
+        assert "may register, unregister or retire only itself" in str(reply["exception"]), reply
+    assert list(client.scheduler_info()["workers"]) == [victim]
+    assert client.submit(sum, [1, 2]).result(timeout=30) == 3
+    # from the victim's own address, the same certificate may retire it (a spot eviction)
+    msg = {"op": "retire_workers", "workers": [victim], "close_workers": True, "remove": True}
+    reply = asyncio.run(_request_from("127.0.0.1", cluster.scheduler_address, security, msg))
+    assert victim in reply, reply
