@@ -219,8 +219,7 @@ class AzCluster(Cluster):
             tags=self._tags,
             template=self.template,
             max_instances=self.settings.max_instances,
-            spot=self.settings.spot,
-            max_price=self.settings.max_price,
+            priority=self.settings.priority(),
         )
         await asyncio.to_thread(self.provider.create_pool, spec)
         self._reconcile_task = asyncio.ensure_future(self._reconcile_loop())
@@ -292,8 +291,14 @@ class AzCluster(Cluster):
             self._pending_checks.add(task)
             task.add_done_callback(self._pending_checks.discard)
             return
-        self.provider.check_capacity(self.template, n - self._target)
+        self._check_capacity(n - self._target)
         self._set_target(n)
+
+    def _check_capacity(self, add: int) -> None:
+        """Ask the provider whether ``add`` more instances fit the quota (raises if not)."""
+        self.provider.check_capacity(
+            self.template, add, current=self._target, priority=self.settings.priority()
+        )
 
     def _set_target(self, n: int) -> None:
         with self._lock:
@@ -305,7 +310,7 @@ class AzCluster(Cluster):
         """Check the quota for growing to ``n`` off the loop, then make ``n`` the target
         (unless a newer ``scale`` came in meanwhile)."""
         try:
-            await asyncio.to_thread(self.provider.check_capacity, self.template, n - self._target)
+            await asyncio.to_thread(self._check_capacity, n - self._target)
         except AzManagersError as exc:
             logger.warning("cluster %s: not scaling to %d workers: %s", self.name, n, exc)
             self._set_error(exc)
@@ -320,7 +325,7 @@ class AzCluster(Cluster):
         _check_count(n)
         self._check_open()
         self._check_limit(self._target + n)
-        self.provider.check_capacity(self.template, n)
+        self._check_capacity(n)
         with self._lock:
             self._check_limit(self._target + n)
             self._target += n

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from azmanagers.errors import ConfigError
+from azmanagers.providers.base import Priority
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class ClusterSettings:
     """The most to pay per VM hour on spot; -1: up to the regular price."""
     replace_evicted: bool = True
     """Replace evicted spot instances (else the cluster shrinks by them)."""
+    spot_base_regular_priority_count: int = 0
+    """With spot: this many instances are regular before any is spot (a priority mix)."""
+    spot_regular_percentage_above_base: float = 0.0
+    """With spot: this percentage of the instances beyond the base are regular (a mix)."""
     workers_can_submit: bool = False
     """Let tasks act as clients (get_client, Lock, Queue); a worker can then run code in the
     caller's process, so only for workers you trust like the caller's own machine."""
@@ -42,6 +47,15 @@ class ClusterSettings:
     """What a stock image pip-installs (default: azmanagers==<this version>)."""
     bootstrap_pip_args: str = field(default="", repr=False)  # may hold an index token
     """Extra pip arguments for that install, shell-quoted (e.g. "--index-url URL")."""
+
+    def priority(self) -> Priority:
+        """Return the instances' priority: regular, spot, or a mix of both."""
+        return Priority(
+            spot=self.spot,
+            max_price=self.max_price,
+            regular_base=self.spot_base_regular_priority_count,
+            regular_percentage_above_base=self.spot_regular_percentage_above_base,
+        )
 
     def pip_args(self) -> tuple[str, ...]:
         """Return ``bootstrap_pip_args`` split into arguments."""
@@ -56,6 +70,8 @@ _ENV_PREFIX = "AZMANAGERS_"
 _AT_LEAST_ONE = ("nthreads", "max_instances")
 _FROM_ENV = (
     "spot",
+    "spot_base_regular_priority_count",
+    "spot_regular_percentage_above_base",
     "workers_can_submit",
     "bootstrap_requirement",
     "bootstrap_pip_args",
@@ -90,6 +106,17 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         raise ConfigError(
             f"max_price from {source} must be -1 (up to the regular price) or a positive "
             f"price per hour, got {value!r}."
+        )
+    if name == "spot_regular_percentage_above_base":
+        try:
+            percentage = float(value)
+        except (TypeError, ValueError):
+            percentage = -1.0
+        if 0.0 <= percentage <= 100.0 and not isinstance(value, bool):
+            return percentage
+        raise ConfigError(
+            f"spot_regular_percentage_above_base from {source} must be a percentage from 0 "
+            f"to 100, got {value!r}."
         )
     if name == "memory_limit":
         if isinstance(value, (int, str)) and not isinstance(value, bool):
@@ -162,4 +189,13 @@ def resolve(
             raise ConfigError(f"unknown setting {key!r}.{extra} Known: {', '.join(sorted(names))}.")
         if value is not None or key == "worker_host":  # worker_host=None: choose it there
             values[key] = _coerce(key, value, "the keyword argument")
-    return replace(ClusterSettings(), **values)
+    settings = replace(ClusterSettings(), **values)
+    if not settings.spot and (
+        settings.spot_base_regular_priority_count or settings.spot_regular_percentage_above_base
+    ):
+        raise ConfigError(
+            "spot_base_regular_priority_count and spot_regular_percentage_above_base set a mix "
+            "of regular and spot instances: they need spot=True (without spot, every instance "
+            "is regular)."
+        )
+    return settings

@@ -102,7 +102,7 @@ def test_not_enough_quota_fails_at_once_and_leaves_nothing(emulated_azure: Emula
         azmanagers.addprocs("myscaleset", 3, waitfor=True, timeout=DEADLINE_S)
     assert time.monotonic() - started < 30  # no waiting for capacity that cannot come
     message = str(info.value)
-    assert "3 x Standard_D2s_v3" in message
+    assert "3 regular x Standard_D2s_v3" in message
     assert "family standardDSv3Family needs 6 vCPUs but 4 of 4 are free" in message
     assert "Usage + quotas" in message
     assert api.clusters() == {}

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from azmanagers.emulator import flexible
 from azmanagers.emulator.catalog import SKUS, SKUS_BY_NAME, sku_document, usage_document
 from azmanagers.emulator.faults import NEVER_JOIN_SCRIPT, Faults
 from azmanagers.emulator.instances import ProcessRunner, VMIdentity, is_market_image
@@ -35,6 +36,9 @@ class ScaleSetVM:
     created_at: float
     provisioning_state: str = "Succeeded"
     power_state: str = "running"
+    priority: str = "Regular"
+    seq: int = 0
+    """Creation order: shrinking by capacity removes the newest first."""
 
 
 @dataclass
@@ -46,7 +50,21 @@ class ScaleSet:
     name: str
     body: dict[str, Any]
     vms: dict[str, ScaleSetVM] = field(default_factory=dict)
+    """By instance id: a number in Uniform mode, the VM's name in Flexible mode."""
     next_instance: int = 0
+
+    @property
+    def flexible(self) -> bool:
+        """True in Flexible orchestration mode (a regular/spot mix needs it)."""
+        return flexible.is_flexible(self.body)
+
+    @property
+    def id(self) -> str:
+        """The scale set's ARM resource id."""
+        return (
+            f"/subscriptions/{self.sub}/resourceGroups/{self.rg}/providers/{COMPUTE}"
+            f"/virtualMachineScaleSets/{self.name}"
+        )
 
 
 @dataclass
@@ -69,7 +87,14 @@ class ArmState:
         not_before = time.time() + notice_s
         with self.lock:
             for name in names:
-                self._find_vm(name)  # raises for an unknown VM
+                _, vm = self._find_vm(name)  # raises for an unknown VM
+                if vm.priority != "Spot":
+                    raise ArmError(
+                        409,
+                        "OperationNotAllowed",
+                        f"VM {name} is not a spot VM: only spot VMs are evicted.",
+                    )
+            for name in names:
                 identity = self.runner.identities.get(name) if self.runner else None
                 if identity is not None:
                     identity.events.append(
@@ -101,6 +126,7 @@ class ArmState:
                 scaleset.body["sku"]["capacity"] = len(scaleset.vms)
 
     def _find_vm(self, name: str) -> tuple[ScaleSet, ScaleSetVM]:
+        """Return the scale set and the VM named ``name`` (any scale set, either mode)."""
         for scaleset in self.scalesets.values():
             for vm in scaleset.vms.values():
                 if vm.name == name:
@@ -165,18 +191,24 @@ def _custom_data(scaleset: ScaleSet) -> str:
 
 def _scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
     """Add or remove instances (newest first) until there are ``capacity``."""
+    profile = scaleset.body.get("properties", {}).get("virtualMachineProfile", {})
     while len(scaleset.vms) < capacity:
         index = scaleset.next_instance
         scaleset.next_instance += 1
-        iid = str(index)
-        vm = ScaleSetVM(iid, f"{scaleset.name}_{index}", time.time())
+        if scaleset.flexible:
+            name = iid = flexible.vm_name(scaleset)
+            priority = flexible.next_priority(scaleset)
+        else:
+            iid, name = str(index), f"{scaleset.name}_{index}"
+            spot = str(profile.get("priority", "Regular")).lower() == "spot"
+            priority = "Spot" if spot else "Regular"
+        vm = ScaleSetVM(iid, name, time.time(), priority=priority, seq=index)
         scaleset.vms[iid] = vm
         fault = state.faults.take_vm_fault()
         if fault == "fail":
             vm.provisioning_state = "Failed"
             vm.power_state = "stopped"
         elif state.runner is not None:
-            profile = scaleset.body.get("properties", {}).get("virtualMachineProfile", {})
             script = NEVER_JOIN_SCRIPT if fault == "never_join" else _custom_data(scaleset)
             if fault == "slow_boot":
                 script = state.faults.slowed(script)
@@ -188,14 +220,14 @@ def _scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
                     resource_group=scaleset.rg,
                     scaleset=scaleset.name,
                     location=str(scaleset.body.get("location", "")),
-                    priority=str(profile.get("priority", "Regular")),
+                    priority=vm.priority,
                     stock_image=is_market_image(profile),
                 ),
                 script,
             )
     while len(scaleset.vms) > capacity:
-        newest = max(scaleset.vms, key=int)
-        _remove(state, scaleset, newest)
+        newest = max(scaleset.vms.values(), key=lambda vm: vm.seq)
+        _remove(state, scaleset, newest.instance_id)
     scaleset.body["sku"]["capacity"] = capacity
 
 
@@ -217,18 +249,17 @@ def _capacity(body: Any) -> int:
 
 def _vmss_view(scaleset: ScaleSet, state: str = "Succeeded") -> dict[str, Any]:
     body = copy.deepcopy(scaleset.body)
-    body["id"] = (
-        f"/subscriptions/{scaleset.sub}/resourceGroups/{scaleset.rg}/providers/{COMPUTE}"
-        f"/virtualMachineScaleSets/{scaleset.name}"
-    )
+    body["id"] = scaleset.id
     body["name"] = scaleset.name
     body["type"] = f"{COMPUTE}/virtualMachineScaleSets"
     body.setdefault("properties", {})["provisioningState"] = state
     return body
 
 
-def _vm_view(scaleset: ScaleSet, vm: ScaleSetVM, expand: bool) -> dict[str, Any]:
-    vmss_id = _vmss_view(scaleset)["id"]
+def vm_view(state: ArmState, scaleset: ScaleSet, vm: ScaleSetVM, expand: bool) -> dict[str, Any]:
+    """A scale set's VM as ARM shows it: a scale-set VM (Uniform) or a VM (Flexible)."""
+    if expand and state.runner is not None and vm.power_state == "running":
+        vm.power_state = state.runner.power_state(vm.name)
     props: dict[str, Any] = {
         "provisioningState": vm.provisioning_state,
         "latestModelApplied": True,
@@ -243,8 +274,19 @@ def _vm_view(scaleset: ScaleSet, vm: ScaleSetVM, expand: bool) -> dict[str, Any]
                 {"code": f"PowerState/{vm.power_state}"},
             ]
         }
+    if scaleset.flexible:
+        props["priority"] = vm.priority
+        props["virtualMachineScaleSet"] = {"id": scaleset.id}
+        return {
+            "id": f"/subscriptions/{scaleset.sub}/resourceGroups/{scaleset.rg}/providers/"
+            f"{COMPUTE}/virtualMachines/{vm.name}",
+            "name": vm.name,
+            "type": f"{COMPUTE}/virtualMachines",
+            "location": scaleset.body.get("location", ""),
+            "properties": props,
+        }
     return {
-        "id": f"{vmss_id}/virtualMachines/{vm.instance_id}",
+        "id": f"{scaleset.id}/virtualMachines/{vm.instance_id}",
         "name": vm.name,
         "instanceId": vm.instance_id,
         "type": f"{COMPUTE}/virtualMachineScaleSets/virtualMachines",
@@ -252,6 +294,17 @@ def _vm_view(scaleset: ScaleSet, vm: ScaleSetVM, expand: bool) -> dict[str, Any]
         "tags": scaleset.body.get("tags", {}),
         "properties": props,
     }
+
+
+def _uniform_only(scaleset: ScaleSet, what: str) -> None:
+    if scaleset.flexible:
+        raise ArmError(
+            400,
+            "OperationNotAllowed",
+            f"{what} is not supported for scale set {scaleset.name} in orchestrationMode "
+            "Flexible: use the virtualMachines API (list it with $filter="
+            "'virtualMachineScaleSet/id' eq '<scale set id>').",
+        )
 
 
 _FILTER = re.compile(
@@ -280,6 +333,12 @@ def _tag_filter(text: str) -> tuple[str | None, str | None]:
     if match is None:
         raise ArmError(400, "InvalidFilterInQueryString", f"Unsupported $filter: {text!r}.")
     return match["name"], match["value"]
+
+
+def boot_log_links(state: ArmState, req: Request, vm_name: str) -> Response:
+    """The answer to retrieveBootDiagnosticsData: a signed (SAS-style) serial log URL."""
+    url = f"{req.base_url}/azmanagers-blob/serial/{vm_name}?sig={_blob_signature(state, vm_name)}"
+    return Response(200, {"consoleScreenshotBlobUri": None, "serialConsoleLogBlobUri": url})
 
 
 def build_admin_router(state: ArmState) -> Router:
@@ -353,10 +412,17 @@ def build_router(state: ArmState) -> Router:
         if not isinstance(body, dict) or not body.get("location"):
             raise ArmError(400, "LocationRequired", "The location property is required.")
         capacity = _capacity(body)
+        flexible.validate(body)
         with state.lock:
             state.group(sub, rg)
             key = (sub.lower(), rg.lower(), name.lower())
             existing = state.scalesets.get(key)
+            if existing is not None and existing.flexible != flexible.is_flexible(body):
+                raise ArmError(
+                    409,
+                    "PropertyChangeNotAllowed",
+                    "Changing property 'orchestrationMode' is not allowed.",
+                )
             scaleset = existing or ScaleSet(sub, rg, name, {})
             scaleset.body = copy.deepcopy(body)
             _scale_to(state, scaleset, capacity)
@@ -412,11 +478,8 @@ def build_router(state: ArmState) -> Router:
         expand = req.query.get("$expand", "").lower() == "instanceview"
         with state.lock:
             scaleset = state.scaleset(req.match["sub"], req.match["rg"], req.match["name"])
-            if expand and state.runner is not None:
-                for vm in scaleset.vms.values():
-                    if vm.power_state == "running":
-                        vm.power_state = state.runner.power_state(vm.name)
-            value = [_vm_view(scaleset, vm, expand) for _, vm in sorted(scaleset.vms.items())]
+            _uniform_only(scaleset, "Listing scale-set VMs")
+            value = [vm_view(state, scaleset, vm, expand) for _, vm in sorted(scaleset.vms.items())]
         return Response(200, {"value": value})
 
     def delete_instances(req: Request) -> Response:
@@ -440,13 +503,11 @@ def build_router(state: ArmState) -> Router:
     def boot_diagnostics(req: Request) -> Response:
         with state.lock:
             scaleset = state.scaleset(req.match["sub"], req.match["rg"], req.match["name"])
+            _uniform_only(scaleset, "A scale-set VM's boot diagnostics")
             vm = scaleset.vms.get(req.match["iid"])
             if vm is None:
                 raise ArmError(404, "NotFound", f"Instance {req.match['iid']} not found.")
-        url = (
-            f"{req.base_url}/azmanagers-blob/serial/{vm.name}?sig={_blob_signature(state, vm.name)}"
-        )
-        return Response(200, {"consoleScreenshotBlobUri": None, "serialConsoleLogBlobUri": url})
+        return boot_log_links(state, req, vm.name)
 
     def get_operation(req: Request) -> Response:
         with state.lock:
@@ -496,17 +557,26 @@ def build_router(state: ArmState) -> Router:
     def list_usages(req: Request) -> Response:
         sub, location = req.match["sub"].lower(), req.match["loc"].lower()
         used: dict[str, int] = {}
+        spot_used = 0
         with state.lock:
             for (s_sub, _, _), scaleset in state.scalesets.items():
                 if s_sub != sub or str(scaleset.body.get("location", "")).lower() != location:
                     continue
                 sku = SKUS_BY_NAME.get(str(scaleset.body["sku"].get("name", "")).lower())
-                if sku is not None:
-                    used[sku.family] = used.get(sku.family, 0) + sku.vcpus * len(scaleset.vms)
+                if sku is None:
+                    continue
+                spot = sum(1 for vm in scaleset.vms.values() if vm.priority == "Spot")
+                regular = len(scaleset.vms) - spot
+                used[sku.family] = used.get(sku.family, 0) + sku.vcpus * regular
+                spot_used += sku.vcpus * spot
             family_limit = state.faults.family_cores_limit
             regional_limit = state.faults.regional_cores_limit
+            spot_limit = state.faults.spot_cores_limit
         value = [
-            usage_document("cores", "Total Regional vCPUs", sum(used.values()), regional_limit)
+            usage_document("cores", "Total Regional vCPUs", sum(used.values()), regional_limit),
+            usage_document(
+                "lowPriorityCores", "Total Regional Low-priority vCPUs", spot_used, spot_limit
+            ),
         ]
         for family in sorted({s.family for s in SKUS}):
             value.append(usage_document(family, family, used.get(family, 0), family_limit))

@@ -36,8 +36,9 @@ class Faults:
     slow_boot, slow_boot_s
         The next ``slow_boot`` new VMs wait ``slow_boot_s`` seconds before their custom
         data runs (a slow allocation or image pull).
-    family_cores_limit, regional_cores_limit
-        The vCPU quota of every VM family, and of the region, that usages report.
+    family_cores_limit, regional_cores_limit, spot_cores_limit
+        The vCPU quota of every VM family, of the region, and of the region's spot VMs
+        (``lowPriorityCores``: spot VMs count there only), that usages report.
     limits
         ARM's per-hour subscription limits; set them with ``reads_per_hour``,
         ``writes_per_hour`` and ``deletes_per_hour`` (a 429 once spent).
@@ -52,6 +53,7 @@ class Faults:
     slow_boot_s: float = 30.0
     family_cores_limit: int = 350
     regional_cores_limit: int = 1000
+    spot_cores_limit: int = 1000
     seed: int = 1
     injected: dict[str, int] = field(default_factory=dict)
     limits: RateLimits = field(default_factory=RateLimits, repr=False)

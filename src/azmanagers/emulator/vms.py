@@ -8,7 +8,8 @@ import time
 import uuid
 from typing import Any
 
-from azmanagers.emulator.arm import ArmState
+from azmanagers.emulator import flexible
+from azmanagers.emulator.arm import ArmState, ScaleSet, ScaleSetVM, boot_log_links, vm_view
 from azmanagers.emulator.instances import VMIdentity, is_market_image
 from azmanagers.emulator.server import ArmError, Request, Response, Router
 
@@ -120,12 +121,14 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
         return Response(200 if existed else 201, view, headers)
 
     def get_vm(req: Request) -> Response:
+        expand = req.query.get("$expand", "").lower() == "instanceview"
         with state.lock:
             vm = state.vms.get(_key(req))
-        if vm is None:
-            raise ArmError(404, "ResourceNotFound", f"VM {req.match['name']} was not found.")
+            if vm is None:
+                scaleset, member = _flexible_vm(state, req)
+                return Response(200, vm_view(state, scaleset, member, expand))
         view = copy.deepcopy(vm["body"])
-        if req.query.get("$expand", "").lower() == "instanceview":
+        if expand:
             runner = state.runner
             power = "running" if runner is None else runner.power_state(req.match["name"])
             view["properties"]["instanceView"] = {
@@ -138,15 +141,54 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
 
     def list_vms(req: Request) -> Response:
         sub, rg = req.match["sub"].lower(), req.match["rg"].lower()
+        expand = req.query.get("$expand", "").lower() == "instanceview"
+        text = req.query.get("$filter", "")
+        if expand and not text:
+            raise ArmError(
+                400,
+                "InvalidParameter",
+                "$expand=instanceView needs a $filter on virtualMachineScaleSet/id.",
+            )
         with state.lock:
-            value = [v["body"] for (s, r, _), v in sorted(state.vms.items()) if (s, r) == (sub, rg)]
+            state.group(req.match["sub"], req.match["rg"])
+            if text:
+                wanted = flexible.parse_filter(text).lower()
+                members = [
+                    (scaleset, vm)
+                    for scaleset in _flexible_sets(state, sub, rg)
+                    if scaleset.id.lower() == wanted
+                    for vm in scaleset.vms.values()
+                ]
+                value = [vm_view(state, ss, vm, expand) for ss, vm in members]
+            else:
+                value = [
+                    v["body"] for (s, r, _), v in sorted(state.vms.items()) if (s, r) == (sub, rg)
+                ]
+                for scaleset in _flexible_sets(state, sub, rg):
+                    value += [vm_view(state, scaleset, vm, False) for vm in scaleset.vms.values()]
         return Response(200, {"value": value})
+
+    def boot_diagnostics(req: Request) -> Response:
+        with state.lock:
+            if _key(req) not in state.vms:
+                _flexible_vm(state, req)  # raises 404 for a VM that is neither
+        return boot_log_links(state, req, req.match["name"])
 
     def delete_vm(req: Request) -> Response:
         with state.lock:
             vm = state.vms.pop(_key(req), None)
-        if vm is None:
-            return Response(204)
+            if vm is None:
+                try:
+                    scaleset, member = _flexible_vm(state, req)
+                except ArmError:
+                    return Response(204)
+                # deleting a Flexible scale set's VM lowers its capacity by one
+                scaleset.vms.pop(member.instance_id)
+                scaleset.body["sku"]["capacity"] = len(scaleset.vms)
+                if state.runner is not None:
+                    state.runner.stop(member.name)
+                location = scaleset.body["location"]
+                return Response(202, None, state.operation(req, req.match["sub"], location))
         if state.runner is not None:
             state.runner.stop(req.match["name"])
         return Response(202, None, state.operation(req, req.match["sub"], vm["body"]["location"]))
@@ -158,6 +200,26 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
     router.add("PUT", _VM, put_vm)
     router.add("GET", _VM, get_vm)
     router.add("DELETE", _VM, delete_vm)
+    router.add("POST", _VM + r"/retrieveBootDiagnosticsData", boot_diagnostics)
+
+
+def _flexible_sets(state: ArmState, sub: str, rg: str) -> list[ScaleSet]:
+    """The Flexible scale sets of a resource group (lower-case ``sub`` and ``rg``)."""
+    return [
+        scaleset
+        for (s_sub, s_rg, _), scaleset in sorted(state.scalesets.items())
+        if (s_sub, s_rg) == (sub, rg) and scaleset.flexible
+    ]
+
+
+def _flexible_vm(state: ArmState, req: Request) -> tuple[ScaleSet, ScaleSetVM]:
+    """The Flexible scale-set VM the request names, or a 404."""
+    sub, rg, name = _key(req)
+    for scaleset in _flexible_sets(state, sub, rg):
+        for vm in scaleset.vms.values():
+            if vm.name.lower() == name:
+                return scaleset, vm
+    raise ArmError(404, "ResourceNotFound", f"VM {req.match['name']} was not found.")
 
 
 def _uses_nic(vm_body: dict[str, Any], nic: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,38 @@ class BootSpec:
 
 
 @dataclass(frozen=True)
+class Priority:
+    """Regular or spot VMs, or a mix of both (Azure's priority mix policy).
+
+    With ``spot`` and no mix every instance is spot. A mix keeps ``regular_base`` regular
+    instances first, then makes ``regular_percentage_above_base`` percent of the rest
+    regular (rounded up) and the others spot.
+    """
+
+    spot: bool = False
+    max_price: float = -1.0
+    regular_base: int = 0
+    regular_percentage_above_base: float = 0.0
+
+    @property
+    def mixed(self) -> bool:
+        """True when some instances are regular and some spot."""
+        return self.spot and (self.regular_base > 0 or self.regular_percentage_above_base > 0)
+
+    def regular_count(self, total: int) -> int:
+        """How many of ``total`` instances are regular."""
+        if not self.spot:
+            return total
+        above = max(total - self.regular_base, 0)
+        return min(total, self.regular_base) + math.ceil(
+            above * self.regular_percentage_above_base / 100
+        )
+
+
+REGULAR = Priority()
+
+
+@dataclass(frozen=True)
 class PoolSpec:
     """A pool of like instances (an Azure scale set; a folder of process-VMs locally)."""
 
@@ -68,8 +101,7 @@ class PoolSpec:
     tags: Mapping[str, str]
     template: Mapping[str, object] = field(default_factory=dict)
     max_instances: int = 16
-    spot: bool = False
-    max_price: float = -1.0
+    priority: Priority = REGULAR
 
 
 @dataclass(frozen=True)
@@ -139,8 +171,19 @@ class Provider(Protocol):
         """Create an empty pool (capacity 0); returns once the pool exists."""
         ...
 
-    def check_capacity(self, template: Mapping[str, object], add: int) -> None:
-        """Raise a ProviderError at once when ``add`` more instances would exceed a quota."""
+    def check_capacity(
+        self,
+        template: Mapping[str, object],
+        add: int,
+        *,
+        current: int = 0,
+        priority: Priority = REGULAR,
+    ) -> None:
+        """Raise a ProviderError at once when ``add`` more instances would exceed a quota.
+
+        ``current`` instances exist already; with a priority mix it decides how many of
+        the new ones are regular (family quota) and how many spot (spot quota).
+        """
         ...
 
     def scale_pool(self, pool: str, capacity: int) -> None:

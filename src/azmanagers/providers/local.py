@@ -17,6 +17,7 @@ from azmanagers.config.paths import atomic_write_json, atomic_write_text, read_j
 from azmanagers.errors import ProviderError
 from azmanagers.providers import procvm
 from azmanagers.providers.base import (
+    REGULAR,
     TAG_CLUSTER,
     TAG_EXPIRES,
     TAG_OWNER,
@@ -24,6 +25,7 @@ from azmanagers.providers.base import (
     InstanceState,
     OwnedResource,
     PoolSpec,
+    Priority,
 )
 
 _POOL_FILE = "pool.json"
@@ -108,9 +110,11 @@ class LocalProvider:
                 },
             )
 
-    def check_capacity(self, template: object, add: int) -> None:
+    def check_capacity(
+        self, template: object, add: int, *, current: int = 0, priority: Priority = REGULAR
+    ) -> None:
         """No quota locally beyond the template's max_instances (the cluster checks that)."""
-        del template, add
+        del template, add, current, priority
 
     def set_pool_tags(self, pool: str, tags: dict[str, str]) -> None:
         """Replace the pool's tags (used to renew ``azmanagers-expires``)."""

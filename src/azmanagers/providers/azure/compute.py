@@ -11,6 +11,7 @@ from typing import Any
 
 from azmanagers import boot
 from azmanagers.errors import ConfigError, ProviderError
+from azmanagers.providers.azure import flexible
 from azmanagers.providers.azure._clients import (
     ArmSettings,
     compute_client,
@@ -19,12 +20,14 @@ from azmanagers.providers.azure._clients import (
 )
 from azmanagers.providers.azure._errors import AzureNotFoundError, AzureQuotaError, mapped
 from azmanagers.providers.base import (
+    REGULAR,
     TAG_CLUSTER,
     TAG_OWNER,
     Instance,
     InstanceState,
     OwnedResource,
     PoolSpec,
+    Priority,
     VMInfo,
     VMSpec,
 )
@@ -76,6 +79,8 @@ class AzureProvider:
 
     Calls that change capacity send one request and return without waiting for the
     operation (the reconciler watches the result); listing is one paged call per pool.
+    A regular/spot mix makes the scale set Flexible (see ``flexible``); the provider
+    remembers each pool's mode, reading it once for a pool it did not create.
 
     Parameters
     ----------
@@ -102,13 +107,15 @@ class AzureProvider:
         self._resources: Any = None
         self._network: Any = None
         self._skus: dict[tuple[str, str], tuple[str, int]] = {}
+        self._flexible: dict[str, bool] = {}
 
     # -- pools ---------------------------------------------------------------------------
     def create_pool(self, spec: PoolSpec) -> None:
         """Create the scale set (capacity 0) with the boot script as custom data."""
         try:
             with mapped(f"looking up scale set {spec.name}"):
-                self._compute.virtual_machine_scale_sets.get(self.resource_group, spec.name)
+                found = self._compute.virtual_machine_scale_sets.get(self.resource_group, spec.name)
+            self._flexible[spec.name] = flexible.is_flexible(found.orchestration_mode)
             return  # it exists: creating is idempotent
         except AzureNotFoundError:
             pass
@@ -117,6 +124,15 @@ class AzureProvider:
             self._compute.virtual_machine_scale_sets.begin_create_or_update(
                 self.resource_group, spec.name, body
             ).result()
+        self._flexible[spec.name] = spec.priority.mixed
+
+    def _is_flexible(self, pool: str) -> bool:
+        """Whether the pool is a Flexible scale set (read once for a pool made elsewhere)."""
+        if pool not in self._flexible:
+            with mapped(f"looking up scale set {pool}"):
+                found = self._compute.virtual_machine_scale_sets.get(self.resource_group, pool)
+            self._flexible[pool] = flexible.is_flexible(found.orchestration_mode)
+        return self._flexible[pool]
 
     def _scaleset_body(self, spec: PoolSpec) -> dict[str, Any]:
         template = spec.template.get("value") if isinstance(spec.template, Mapping) else None
@@ -132,10 +148,12 @@ class AzureProvider:
         os_profile = profile.setdefault("osProfile", {})
         os_profile["customData"] = base64.b64encode(boot.render(spec.boot).encode()).decode()
         os_profile.setdefault("computerNamePrefix", spec.name[:9])
-        if spec.spot:
+        if spec.priority.spot:
             profile["priority"] = "Spot"
             profile["evictionPolicy"] = "Delete"
-            profile["billingProfile"] = {"maxPrice": spec.max_price}
+            profile["billingProfile"] = {"maxPrice": spec.priority.max_price}
+        if spec.priority.mixed:
+            flexible.make_flexible(body, spec.priority)
         return body
 
     def set_pool_tags(self, pool: str, tags: dict[str, str]) -> None:
@@ -153,25 +171,30 @@ class AzureProvider:
             )
 
     def delete_instances(self, pool: str, instance_ids: Sequence[str]) -> None:
-        """Delete these VMs (by name) in one batched call; returns at once."""
-        ids = sorted({_instance_number(pool, name) for name in instance_ids}, key=int)
-        if not ids:
+        """Delete these VMs (by name) in one batched call; returns at once.
+
+        A Uniform scale set names its instances by number, a Flexible one by VM name.
+        """
+        names = sorted({_check_instance_name(pool, name) for name in instance_ids})
+        if not names:
             return
+        by_name = self._is_flexible(pool)
+        ids = names if by_name else sorted((_instance_number(pool, n) for n in names), key=int)
         try:
-            self._delete_numbers(pool, ids)
+            self._delete_ids(pool, ids)
         except AzureNotFoundError:
             # Some are gone already (repeating a delete is safe): delete those that remain.
             remaining = {i.id for i in self.list_instances(pool)}
-            left = [n for n in ids if f"{pool}_{n}" in remaining]
+            left = [i for i in ids if (i if by_name else f"{pool}_{i}") in remaining]
             if left:
-                self._delete_numbers(pool, left)
+                self._delete_ids(pool, left)
 
-    def _delete_numbers(self, pool: str, numbers: list[str]) -> None:
-        with mapped(f"deleting {len(numbers)} instances of scale set {pool}"):
+    def _delete_ids(self, pool: str, ids: list[str]) -> None:
+        with mapped(f"deleting {len(ids)} instances of scale set {pool}"):
             self._compute.virtual_machine_scale_sets.begin_delete_instances(
                 self.resource_group,
                 pool,
-                {"instanceIds": numbers},
+                {"instanceIds": ids},
                 force_deletion=True,
                 polling=False,
             )
@@ -179,12 +202,19 @@ class AzureProvider:
     def list_instances(self, pool: str) -> list[Instance]:
         """Return the scale set's VMs with their instance view: one paged call."""
         try:
+            flex = self._is_flexible(pool)
             with mapped(f"listing the instances of scale set {pool}"):
-                vms = list(
-                    self._compute.virtual_machine_scale_set_vms.list(
+                if flex:
+                    found = self._compute.virtual_machines.list(
+                        self.resource_group,
+                        filter=flexible.vm_filter(self.subscription, self.resource_group, pool),
+                        expand="instanceView",
+                    )
+                else:
+                    found = self._compute.virtual_machine_scale_set_vms.list(
                         self.resource_group, pool, expand="instanceView"
                     )
-                )
+                vms = list(found)
         except AzureNotFoundError:
             return []
         out = []
@@ -214,7 +244,8 @@ class AzureProvider:
                 if wait:
                     poller.result()
         except AzureNotFoundError:
-            return
+            pass
+        self._flexible.pop(pool, None)
 
     def instance_log(self, pool: str, instance_id: str, *, tail_bytes: int = 4096) -> str:
         """Return the end of the VM's serial console log (boot diagnostics), '' if none.
@@ -223,11 +254,20 @@ class AzureProvider:
         storage). The log is fetched from its short-lived SAS URL, with no bearer token.
         """
         try:
-            number = _instance_number(pool, instance_id)
+            name = _check_instance_name(pool, instance_id)
             with mapped(f"reading the boot log of {instance_id}"):
-                result = self._compute.virtual_machine_scale_set_vms.retrieve_boot_diagnostics_data(
-                    self.resource_group, pool, number, sas_uri_expiration_time_in_minutes=5
-                )
+                if self._is_flexible(pool):
+                    result = self._compute.virtual_machines.retrieve_boot_diagnostics_data(
+                        self.resource_group, name, sas_uri_expiration_time_in_minutes=5
+                    )
+                else:
+                    vms = self._compute.virtual_machine_scale_set_vms
+                    result = vms.retrieve_boot_diagnostics_data(
+                        self.resource_group,
+                        pool,
+                        _instance_number(pool, name),
+                        sas_uri_expiration_time_in_minutes=5,
+                    )
         except (ConfigError, ProviderError):
             return ""
         url = getattr(result, "serial_console_log_blob_uri", None)
@@ -321,11 +361,19 @@ class AzureProvider:
         return self._network
 
     # -- quota -------------------------------------------------------------------------
-    def check_capacity(self, template: Mapping[str, Any], add: int) -> None:
+    def check_capacity(
+        self,
+        template: Mapping[str, Any],
+        add: int,
+        *,
+        current: int = 0,
+        priority: Priority = REGULAR,
+    ) -> None:
         """Raise AzureQuotaError at once when ``add`` more VMs would not fit the quota.
 
         Looks up the VM size's family and vCPUs (once per size) and the region's usages
-        (one call), and compares the need with what is free in the family and the region.
+        (one call). Regular VMs count against the family's and the region's vCPUs, spot
+        VMs against the region's spot vCPUs; a mix splits ``add`` between them.
         """
         if add <= 0:
             return
@@ -339,16 +387,21 @@ class AzureProvider:
         family, vcpus = self._sku(location, sku_name)
         with mapped(f"reading the quota usages of {location}"):
             usages = {str(u.name.value): u for u in self._compute.usage.list(location)}
-        need = add * vcpus
-        for key, label in ((family, f"family {family}"), ("cores", "the region's vCPUs")):
+        regular, spot = flexible.split(priority, current, add)
+        checks = [
+            (family, f"family {family}", regular, "regular"),
+            ("cores", "the region's vCPUs", regular, "regular"),
+            (flexible.SPOT_QUOTA, "the region's spot vCPUs", spot, "spot"),
+        ]
+        for key, label, count, kind in checks:
             usage = usages.get(key)
-            if usage is None:
+            if usage is None or count <= 0:
                 continue
-            free = int(usage.limit) - int(usage.current_value)
+            need, free = count * vcpus, int(usage.limit) - int(usage.current_value)
             if need > free:
                 raise AzureQuotaError(
-                    f"not enough quota in {location} for {add} x {sku_name}: {label} needs "
-                    f"{need} vCPUs but {max(free, 0)} of {usage.limit} are free "
+                    f"not enough quota in {location} for {count} {kind} x {sku_name}: {label} "
+                    f"needs {need} vCPUs but {max(free, 0)} of {usage.limit} are free "
                     f"({usage.current_value} in use). Ask for more quota (Azure portal: "
                     "Subscriptions > Usage + quotas), pick another VM size, or add fewer "
                     "workers."
@@ -427,8 +480,17 @@ def _download_tail(url: str, tail_bytes: int, ca_file: str | None) -> str:
     return data[-tail_bytes:].decode("utf-8", errors="replace")
 
 
-def _instance_number(pool: str, name: str) -> str:
-    prefix = f"{pool}_"
-    if not name.startswith(prefix) or not name[len(prefix) :].isdigit():
+def _check_instance_name(pool: str, name: str) -> str:
+    """Return ``name`` if it names a VM of scale set ``pool`` (``<pool>_<suffix>``)."""
+    suffix = name[len(pool) + 1 :] if name.startswith(f"{pool}_") else ""
+    if not suffix.isalnum() or not suffix.isascii():
         raise ConfigError(f"{name!r} is not an instance of scale set {pool!r}.")
-    return name[len(prefix) :]
+    return name
+
+
+def _instance_number(pool: str, name: str) -> str:
+    """Return a Uniform scale set's instance number from the VM name ``<pool>_<number>``."""
+    number = _check_instance_name(pool, name)[len(pool) + 1 :]
+    if not number.isdigit():
+        raise ConfigError(f"{name!r} is not an instance of the Uniform scale set {pool!r}.")
+    return number
