@@ -10,7 +10,8 @@ Set, in the environment that runs pytest:
 - credentials for ``DefaultAzureCredential`` (``az login``, a managed identity, or a service
   principal in ``AZURE_CLIENT_ID`` / ``AZURE_TENANT_ID`` / ``AZURE_CLIENT_SECRET``).
 
-The tests create a scale set, join two workers, compute, and tear everything down.
+The tests create a scale set (one Uniform, one Flexible with a regular/spot mix), join two
+workers, compute, and tear everything down.
 """
 
 from __future__ import annotations
@@ -58,6 +59,33 @@ def test_two_workers_join_compute_and_leave_nothing(real_azure: None) -> None:
     try:
         client = distributed.default_client()
         assert sum(client.gather(client.map(pow, range(4), [2] * 4))) == 14
+    finally:
+        azmanagers.rmprocs()
+    assert not [r for r in azmanagers.gc(dry_run=True) if r.cluster == cluster.name]
+
+
+def test_a_regular_spot_mix_joins_and_is_deleted_by_name(real_azure: None) -> None:
+    """A Flexible scale set with a priority mix: the one base VM is regular, the other spot."""
+    import distributed
+
+    import azmanagers
+
+    cluster = azmanagers.addprocs(
+        str(TEMPLATE),
+        2,
+        waitfor=True,
+        timeout=1200,
+        scheduler_host=SCHEDULER_HOST,
+        worker_host=None,
+        join_timeout_s=900,
+        spot=True,
+        spot_base_regular_priority_count=1,
+    )
+    try:
+        client = distributed.default_client()
+        assert client.submit(sum, [1, 2, 3]).result(timeout=120) == 6
+        azmanagers.rmprocs([sorted(azmanagers.workers())[0]])  # a batched delete by VM name
+        assert cluster.nworkers() == 1
     finally:
         azmanagers.rmprocs()
     assert not [r for r in azmanagers.gc(dry_run=True) if r.cluster == cluster.name]
