@@ -8,7 +8,10 @@
     │   └── ProviderUnavailableError   the template asks for a provider this install lacks
     ├── InstanceFailedError       an instance failed to boot or join, past its replacements
     ├── WaitTimeoutError          a bounded wait ran out (says how far it got)
-    └── ClusterClosedError        the cluster was used after ``close()``
+    ├── ClusterClosedError        the cluster was used after ``close()``
+    └── DetachedServiceError      a detached VM's service refused or could not be reached
+        ├── JobNotFoundError      no such job on that VM
+        └── JobFailedError        the job raised, exited non-zero, or was killed
 """
 
 from __future__ import annotations
@@ -45,3 +48,20 @@ class WaitTimeoutError(AzManagersError, TimeoutError):
 
 class ClusterClosedError(AzManagersError):
     """The cluster was used after it was closed."""
+
+
+class DetachedServiceError(AzManagersError):
+    """A detached VM's service could not be reached, or refused a request."""
+
+
+class JobNotFoundError(DetachedServiceError, LookupError):
+    """The detached VM has no job with that id."""
+
+
+class JobFailedError(DetachedServiceError):
+    """A detached job failed; ``remote_traceback`` holds the traceback from the VM."""
+
+    def __init__(self, message: str, *, error_type: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.remote_traceback = remote_traceback

@@ -72,8 +72,12 @@ def _issue(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_name: x509.Name,
     hosts: list[str],
+    *,
+    key: ec.EllipticCurvePrivateKey | None = None,
 ) -> KeyPair:
-    key = ec.generate_private_key(ec.SECP256R1())
+    """Issue a certificate for ``common_name`` signed by ``ca_key`` (self-signed when
+    ``key`` is ``ca_key``)."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     alt_names: list[x509.GeneralName] = []
     for host in hosts:
@@ -146,3 +150,16 @@ def make_cluster_credentials(cluster: str, hosts: list[str] | None = None) -> Cl
         worker=_issue(f"{cluster} worker", ca_key, ca_name, hosts),
         client=_issue(f"{cluster} client", ca_key, ca_name, hosts),
     )
+
+
+def make_self_signed(common_name: str, hosts: list[str] | None = None) -> KeyPair:
+    """Create a self-signed server key pair (a detached VM's): clients pin its fingerprint."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return _issue(common_name, key, name, hosts or ["127.0.0.1", "localhost"], key=key)
+
+
+def fingerprint(cert_pem: str) -> str:
+    """Return the SHA-256 fingerprint of a PEM certificate, as lower-case hex."""
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    return cert.fingerprint(hashes.SHA256()).hex()
