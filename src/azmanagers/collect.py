@@ -6,7 +6,13 @@ import logging
 from dataclasses import dataclass
 
 from azmanagers.errors import AzManagersError, ProviderError
-from azmanagers.providers.base import TAG_CLUSTER, OwnedResource, Provider
+from azmanagers.providers.base import (
+    DETACHED_OWNER,
+    TAG_CLUSTER,
+    TAG_OWNER,
+    OwnedResource,
+    Provider,
+)
 from azmanagers.providers.local import LocalProvider, is_expired
 
 logger = logging.getLogger("azmanagers.gc")
@@ -24,7 +30,8 @@ class Collected:
 
 
 def _reason(resource: OwnedResource) -> str | None:
-    if not resource.owner_alive:
+    detached = resource.tags.get(TAG_OWNER) == DETACHED_OWNER  # meant to outlive its caller
+    if not resource.owner_alive and not detached:
         return "its owner process is gone"
     if is_expired(resource):
         return "its azmanagers-expires tag has passed"

@@ -276,6 +276,7 @@ def config_from_payload(payload: dict[str, Any], state_dir: Path) -> ServiceConf
         key_file=key_file,
         host=str(payload.get("host") or "0.0.0.0"),
         port=int(payload.get("port", 0)),
+        self_delete=str(payload.get("self_delete", "")),
     )
 
 

@@ -35,6 +35,8 @@ MAX_READ_BYTES = 4 * 1024 * 1024
 """The most of a job's output one read returns."""
 POLL_S = 0.1
 KILL_GRACE_S = 5.0
+SELF_DELETE_GRACE_S = float(os.environ.get("AZMANAGERS_SELF_DELETE_GRACE_S", "30"))
+"""After a persist=False job ends, the VM waits this long (for its result to be read)."""
 JOB_ID = re.compile(r"^[0-9a-f]{16}$")
 _PASSED_ENV = (
     "PATH",
@@ -71,6 +73,8 @@ class ServiceConfig:
     port: int = 0
     max_request_bytes: int = 64 * 1024 * 1024
     """The largest request body (a job with its arguments and variable bundle)."""
+    self_delete: str = ""
+    """How this VM deletes itself after a ``persist=False`` job: ``local`` or '' (it cannot)."""
 
 
 @dataclass
@@ -198,7 +202,7 @@ class JobService:
             else:
                 code = None
             del self.running[job_id]
-            self._finish_from_outcome(job_id, code)
+            self._after(self._finish_from_outcome(job_id, code))
 
     def _finish_from_outcome(self, job_id: str, exit_code: int | None) -> JobRecord:
         outcome_file = self.jobs_dir / job_id / jobrun.OUTCOME_FILE
@@ -262,7 +266,42 @@ class JobService:
         killed = self.store.finish(job_id, "killed", error_message="killed on request")
         if run is not None:
             _kill_group(run)
+        self._after(killed)
         return killed
+
+    def _after(self, record: JobRecord) -> None:
+        """A ``persist=False`` job ended: have the VM delete itself after a grace period."""
+        if record.persist or record.status not in FINISHED:
+            return
+        if self.config.self_delete != "local":
+            logger.warning(
+                "job %s asked for its VM to be deleted, but this VM cannot delete itself", record.id
+            )
+            return
+        instance_dir = os.environ.get("AZMANAGERS_INSTANCE_DIR", "")
+        if not instance_dir:
+            logger.warning("job %s: no AZMANAGERS_INSTANCE_DIR, cannot delete this VM", record.id)
+            return
+        logger.info(
+            "job %s ended and was not to persist: deleting this VM in %g s",
+            record.id,
+            SELF_DELETE_GRACE_S,
+        )
+        env = {k: v for k, v in os.environ.items() if k != "AZMANAGERS_INSTANCE_DIR"}
+        subprocess.Popen(  # outside the VM's processes, so that stopping them spares it
+            [
+                sys.executable,
+                "-m",
+                "azmanagers.agent.selfdelete",
+                instance_dir,
+                str(SELF_DELETE_GRACE_S),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
 
     def read(self, job_id: str, stream: str, offset: int, limit: int) -> tuple[bytes, int]:
         """Return up to ``limit`` bytes of a job's stdout or stderr from ``offset``, and the

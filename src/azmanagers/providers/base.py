@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 TAG_CLUSTER = "azmanagers-cluster"
 TAG_OWNER = "azmanagers-owner"
 TAG_EXPIRES = "azmanagers-expires"
+DETACHED_OWNER = "detached"
+"""The owner tag of a detached VM: it outlives its caller by design (gc goes by its expiry)."""
 
 
 class InstanceState(enum.Enum):
@@ -208,6 +210,18 @@ class Provider(Protocol):
 
     def instance_log(self, pool: str, instance_id: str, *, tail_bytes: int = 4096) -> str:
         """Return the end of an instance's boot log ('' when there is none)."""
+        ...
+
+    def create_vm(self, spec: VMSpec) -> VMInfo:
+        """Create a stand-alone VM running ``spec.boot``; return once it exists (booting)."""
+        ...
+
+    def get_vm(self, name: str) -> VMInfo | None:
+        """Return the VM with its state and address, or None when it does not exist."""
+        ...
+
+    def delete_vm(self, name: str) -> None:
+        """Delete the VM (and what was made for it); return when gone; safe to repeat."""
         ...
 
     def list_owned_resources(self, *, cluster: str | None = None) -> list[OwnedResource]:

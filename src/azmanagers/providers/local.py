@@ -26,7 +26,10 @@ from azmanagers.providers.base import (
     OwnedResource,
     PoolSpec,
     Priority,
+    VMInfo,
+    VMSpec,
 )
+from azmanagers.providers.local_vms import LocalVMs
 
 _POOL_FILE = "pool.json"
 _INSTANCE_FILE = "instance.json"
@@ -74,6 +77,7 @@ class LocalProvider:
         # Plain threads, not an executor: deletion must also work at interpreter exit,
         # when executors refuse new work.
         self._stopping: dict[str, threading.Thread] = {}
+        self.vms = LocalVMs(self.root)
 
     # -- paths -------------------------------------------------------------------------
     def _pool_dir(self, pool: str) -> Path:
@@ -304,9 +308,22 @@ class LocalProvider:
         kept = self._pool_dir(pool) / "logs" / f"{instance_id}.log"
         return procvm.tail(live if live.exists() else kept, tail_bytes)
 
+    # -- stand-alone VMs ---------------------------------------------------------------
+    def create_vm(self, spec: VMSpec) -> VMInfo:
+        """Start a process-VM running the VM's boot script; return it (address 127.0.0.1)."""
+        return self.vms.create(spec)
+
+    def get_vm(self, name: str) -> VMInfo | None:
+        """Return the VM with its state, or None when it does not exist."""
+        return self.vms.get(name)
+
+    def delete_vm(self, name: str) -> None:
+        """Stop the VM's processes (its jobs too) and remove its folder."""
+        self.vms.delete(name)
+
     # -- ownership -----------------------------------------------------------------------
     def list_owned_resources(self, *, cluster: str | None = None) -> list[OwnedResource]:
-        """Return our pools found by their tags (exact match on the cluster tag)."""
+        """Return our pools and VMs found by their tags (exact match on the cluster tag)."""
         pools_dir = self.root / "pools"
         out = []
         for entry in sorted(pools_dir.iterdir()) if pools_dir.exists() else []:
@@ -326,11 +343,17 @@ class LocalProvider:
                     owner_alive=owner_alive(tags[TAG_OWNER]),
                 )
             )
+        for name, tags in self.vms.owned():
+            if cluster is None or tags[TAG_CLUSTER] == cluster:
+                out.append(OwnedResource("vm", name, tags, owner_alive(tags[TAG_OWNER])))
         return out
 
     def delete_owned_resource(self, resource: OwnedResource) -> None:
-        """Delete a pool found by ``list_owned_resources``."""
-        self.delete_pool(resource.name, wait=True)
+        """Delete a pool or VM found by ``list_owned_resources``."""
+        if resource.kind == "vm":
+            self.delete_vm(resource.name)
+        else:
+            self.delete_pool(resource.name, wait=True)
 
 
 def is_expired(resource: OwnedResource, now: float | None = None) -> bool:

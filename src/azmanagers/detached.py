@@ -1,0 +1,322 @@
+"""Detached jobs: run a function or a code string on a VM, independent of this process.
+
+::
+
+    vm = addproc("local")                      # a VM running the detached service
+    job = detachat(vm, train, data_path, epochs=3)
+    job.status(); job.read(); job.wait(timeout=600); job.result(); job.kill()
+    DetachedJob.attach(vm.name, job.id)        # later, from another process
+    rmproc(vm)
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import os
+import pickle
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from azmanagers.detached_vms import DetachedVM, create_vm, delete_vm, load_vm
+from azmanagers.errors import ConfigError, JobFailedError, WaitTimeoutError
+
+MAX_JOB_BYTES = 64 * 1024 * 1024
+"""The largest job (function, arguments and variable bundle) the service takes."""
+WAIT_STEP_S = 30.0
+"""One wait request blocks at most this long; longer waits ask again."""
+_BUNDLE_ENV = "AZMANAGERS_VARIABLE_BUNDLE"
+_bundle: dict[str, Any] = {}
+_job_bundle: dict[str, Any] | None = None
+
+
+def addproc(
+    template: str = "local",
+    *,
+    name: str | None = None,
+    nic_template: str | None = None,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> DetachedVM:
+    """Create a VM from ``template`` running the detached service; return when it answers.
+
+    Parameters
+    ----------
+    template
+        A VM template name (``"local"`` is built in: a process-VM on this machine).
+    name
+        The VM's name (default: ``azm-`` and 6 hex digits).
+    nic_template
+        For an Azure VM: the NIC template (default: the first saved one).
+    timeout
+        Seconds to wait for the service (default 60 locally, 900 on Azure).
+    env
+        Environment variables of the VM's service.
+
+    Raises
+    ------
+    ConfigError, ProviderError, WaitTimeoutError, DetachedServiceError
+    """
+    return create_vm(template, name=name, nic_template=nic_template, timeout=timeout, env=env)
+
+
+def rmproc(vm: DetachedVM | str) -> None:
+    """Delete a detached VM (its running jobs end with it) and forget it."""
+    delete_vm(vm)
+
+
+def variablebundle(*keys: str, **values: Any) -> Any:
+    """Ship values with the following jobs, or read one inside a job.
+
+    ``variablebundle(session=s, table=t)`` adds values that every later ``detachat`` ships;
+    ``variablebundle("table")`` returns a value: in a detached job, from the bundle it was
+    sent with; elsewhere, from the values added so far. ``variablebundle()`` returns a copy
+    of the whole bundle.
+    """
+    if values and keys:
+        raise ConfigError("variablebundle takes names to read or values to add, not both.")
+    if values:
+        _bundle.update(values)
+        return None
+    bundle = _current_bundle()
+    if not keys:
+        return dict(bundle)
+    if len(keys) > 1:
+        return tuple(variablebundle(k) for k in keys)
+    try:
+        return bundle[keys[0]]
+    except KeyError:
+        raise KeyError(
+            f"{keys[0]!r} is not in the variable bundle (it has: {', '.join(sorted(bundle))})"
+        ) from None
+
+
+def _current_bundle() -> dict[str, Any]:
+    global _job_bundle
+    path = os.environ.get(_BUNDLE_ENV)
+    if path is None:
+        return _bundle
+    if _job_bundle is None:
+        import cloudpickle
+
+        with open(path, "rb") as handle:
+            _job_bundle = dict(cloudpickle.load(handle))
+    return _job_bundle
+
+
+def detachat(
+    vm: DetachedVM | str,
+    function_or_code: Callable[..., Any] | str,
+    *args: Any,
+    env: Mapping[str, str] | None = None,
+    job_name: str = "",
+    **kwargs: Any,
+) -> DetachedJob:
+    """Run ``function_or_code`` on ``vm``; return its job at once.
+
+    A function is called with ``args`` and ``kwargs`` (all cloudpickled, so lambdas and
+    local functions work); a string is run as a Python script. ``env`` sets environment
+    variables of the job; ``env`` and ``job_name`` are taken by this call, not passed on.
+    """
+    return _submit(vm, function_or_code, args, kwargs, env=env, job_name=job_name)
+
+
+def _submit(
+    vm: DetachedVM | str,
+    function_or_code: Callable[..., Any] | str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    job_name: str = "",
+    persist: bool = True,
+) -> DetachedJob:
+    record = load_vm(vm) if isinstance(vm, str) else vm
+    body: dict[str, Any] = {"name": job_name or _describe(function_or_code), "persist": persist}
+    if isinstance(function_or_code, str):
+        body["code"] = function_or_code
+    elif callable(function_or_code):
+        body["call"] = _pickled((function_or_code, args, kwargs), "the function and its arguments")
+    else:
+        raise ConfigError(
+            f"detachat runs a function or a code string, not a {type(function_or_code).__name__}."
+        )
+    if isinstance(function_or_code, str) and (args or kwargs):
+        raise ConfigError("a code string takes no arguments; use variablebundle() for values.")
+    if _bundle:
+        body["bundle"] = _pickled(dict(_bundle), "the variable bundle")
+    if env:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+            raise ConfigError("env must map variable names to string values.")
+        body["env"] = dict(env)
+    size = sum(len(str(v)) for v in body.values())
+    if size > MAX_JOB_BYTES:
+        raise ConfigError(
+            f"the job is {size / 2**20:.0f} MiB; a detached job takes at most "
+            f"{MAX_JOB_BYTES // 2**20} MiB. Pass big inputs as files (Blob storage, or a path "
+            "on the VM), not as arguments."
+        )
+    reply = record.client().request("POST", "/v1/jobs", body=body, timeout_s=120.0)
+    return DetachedJob(record, str(reply["id"]))
+
+
+def _describe(thing: object) -> str:
+    if isinstance(thing, str):
+        first = thing.strip().splitlines()[0] if thing.strip() else ""
+        return first[:80]
+    return str(getattr(thing, "__qualname__", type(thing).__name__))[:200]
+
+
+def _pickled(value: object, what: str) -> str:
+    import cloudpickle
+
+    try:
+        data = cloudpickle.dumps(value)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{what} cannot be pickled ({exc}); pass plain values.") from exc
+    return base64.b64encode(data).decode()
+
+
+def detach(
+    vm_template: str = "local", *, persist: bool = True, **addproc_options: Any
+) -> Callable[[Callable[..., Any]], Callable[..., DetachedJob]]:
+    """Decorate a function so that calling it makes a VM and runs the call there.
+
+    With ``persist=False`` the VM deletes itself ``SELF_DELETE_GRACE_S`` (30 s) after the
+    job ends: its output and result go with it, so read them in that time (``job.result()``
+    waits for the job, then reads at once). Locally only for now: an Azure VM would need a
+    managed identity allowed to delete it.
+    """
+
+    def decorate(function: Callable[..., Any]) -> Callable[..., DetachedJob]:
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> DetachedJob:
+            vm = addproc(vm_template, **addproc_options)
+            if not persist and vm.provider != "local":
+                rmproc(vm)
+                raise ConfigError(
+                    "persist=False (a VM that deletes itself) works on the local provider only "
+                    "for now: an Azure VM would need a managed identity allowed to delete it. "
+                    "Use persist=True and rmproc() the VM when done."
+                )
+            return _submit(vm, function, args, kwargs, persist=persist)
+
+        return run
+
+    return decorate
+
+
+class DetachedJob:
+    """A job on a detached VM. Its state lives on the VM: any process may attach to it."""
+
+    def __init__(self, vm: DetachedVM, job_id: str) -> None:
+        self.vm = vm
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"DetachedJob(vm={self.vm.name!r}, id={self.id!r})"
+
+    @classmethod
+    def attach(cls, vm_name: str, job_id: str) -> DetachedJob:
+        """Return the job ``job_id`` of the recorded VM ``vm_name`` (checks that it exists)."""
+        job = cls(load_vm(vm_name), job_id)
+        job.info()
+        return job
+
+    def info(self) -> dict[str, Any]:
+        """The job's record: status, times, pid, exit code, error type and message."""
+        return dict(self.vm.client().request("GET", f"/v1/jobs/{self.id}"))
+
+    def status(self) -> str:
+        """``queued``, ``running``, ``succeeded``, ``failed`` or ``killed``."""
+        return str(self.info()["status"])
+
+    def read(self, stdio: str = "stdout", offset: int = 0) -> str:
+        """Return the job's stdout (or ``stdio="stderr"``) so far, from byte ``offset``."""
+        data, _ = self._read_bytes(stdio, offset)
+        return data.decode(errors="replace")
+
+    def _read_bytes(self, stdio: str, offset: int) -> tuple[bytes, int]:
+        if stdio not in ("stdout", "stderr"):
+            raise ConfigError(f"stdio must be 'stdout' or 'stderr', got {stdio!r}.")
+        chunks = []
+        while True:
+            data, headers = self.vm.client().request(
+                "GET", f"/v1/jobs/{self.id}/{stdio}", query={"offset": offset}, raw=True
+            )
+            chunks.append(data)
+            offset = int(headers.get("x-azm-next-offset", offset + len(data)))
+            if not data or offset >= int(headers.get("x-azm-size", offset)):
+                return b"".join(chunks), offset
+
+    def follow(self, stdio: str = "stdout", poll_s: float = 0.5) -> Iterator[str]:
+        """Yield the job's output as it comes, until the job has finished."""
+        offset = 0
+        while True:
+            finished = self.info()["status"] in ("succeeded", "failed", "killed")
+            data, offset = self._read_bytes(stdio, offset)
+            if data:
+                yield data.decode(errors="replace")
+            if finished:
+                return
+            time.sleep(poll_s)
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until the job finishes (or ``timeout`` seconds pass); return its status.
+
+        Raises ``WaitTimeoutError`` when the job is still running at ``timeout``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = WAIT_STEP_S
+            if deadline is not None:
+                left = min(WAIT_STEP_S, deadline - time.monotonic())
+            record = self.vm.client().request(
+                "POST",
+                f"/v1/jobs/{self.id}/wait",
+                query={"timeout": max(left, 0.0)},
+                timeout_s=max(left, 0.0) + 30.0,
+            )
+            status = str(record["status"])
+            if status in ("succeeded", "failed", "killed"):
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(
+                    f"job {self.id} on VM {self.vm.name} is still {status} after {timeout:g} s"
+                )
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job; return its function's value (None for a code string).
+
+        Raises ``JobFailedError`` (with the VM's traceback) when it failed or was killed.
+        """
+        self.wait(timeout)
+        reply = self.vm.client().request("GET", f"/v1/jobs/{self.id}/result")
+        job = reply["job"]
+        if job["status"] == "succeeded":
+            if reply.get("result") is None:
+                return None
+            import cloudpickle
+
+            return cloudpickle.loads(base64.b64decode(reply["result"]))
+        error = reply.get("error") or {}
+        remote = str(error.get("traceback", ""))
+        detail = f"{error.get('type')}: {error.get('message')}" if error.get("type") else ""
+        raise JobFailedError(
+            f"job {self.id} on VM {self.vm.name} {job['status']}"
+            + (f": {detail}" if detail else "")
+            + (f"\n--- traceback on the VM ---\n{remote}" if remote else ""),
+            error_type=str(error.get("type", "")),
+            remote_traceback=remote,
+        )
+
+    def kill(self) -> str:
+        """Stop the job's processes; return its status."""
+        return str(self.vm.client().request("POST", f"/v1/jobs/{self.id}/kill")["status"])
+
+
+def list_jobs(vm: DetachedVM | str) -> list[dict[str, Any]]:
+    """Every job of a VM, oldest first, as records."""
+    record = load_vm(vm) if isinstance(vm, str) else vm
+    return list(record.client().request("GET", "/v1/jobs")["jobs"])

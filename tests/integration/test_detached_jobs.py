@@ -1,0 +1,108 @@
+"""Detached VMs and jobs on the local provider, end to end: addproc, detachat, attach, rmproc."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import azmanagers
+from azmanagers import DetachedJob, JobFailedError
+from azmanagers.detached_vms import records_dir
+
+pytestmark = pytest.mark.integration
+DEADLINE_S = 60.0
+
+
+def test_a_function_runs_on_a_local_vm_and_another_process_attaches(azm_home: Path) -> None:
+    def _train(path: str, epochs: int = 1) -> dict[str, object]:  # local: pickled by value
+        import time as _time
+
+        for epoch in range(epochs):
+            print(f"epoch {epoch}", flush=True)
+            _time.sleep(0.2)
+        return {"path": path, "epochs": epochs, "table": azmanagers.variablebundle("table")}
+
+    vm = azmanagers.addproc("local", name="trainer")
+    try:
+        record = records_dir() / "trainer.json"
+        assert stat.S_IMODE(record.stat().st_mode) == 0o600
+        assert vm.token not in repr(vm) and vm.ping()
+        azmanagers.variablebundle(table=[1, 2, 3])
+        job = azmanagers.detachat(vm, _train, "/data", epochs=3)
+        assert job.status() in ("queued", "running", "succeeded")
+        assert job.result(timeout=DEADLINE_S) == {"path": "/data", "epochs": 3, "table": [1, 2, 3]}
+        assert job.read() == "epoch 0\nepoch 1\nepoch 2\n"
+        assert job.read(stdio="stderr") == ""
+
+        # later, another process (same user, same AZMANAGERS_HOME) picks the job up
+        script = textwrap.dedent(
+            f"""
+            from azmanagers import DetachedJob
+            job = DetachedJob.attach("trainer", "{job.id}")
+            print(job.status(), job.result()["epochs"])
+            """
+        )
+        env = {**os.environ, "AZMANAGERS_HOME": str(azm_home)}
+        out = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert out.stdout.strip() == "succeeded 3", out.stderr
+    finally:
+        azmanagers.rmproc(vm)
+    assert not (records_dir() / "trainer.json").exists()
+    with pytest.raises(azmanagers.ConfigError, match="no detached VM named 'trainer'"):
+        DetachedJob.attach("trainer", job.id)
+
+
+def test_code_strings_failures_tailing_and_kill(azm_home: Path) -> None:
+    vm = azmanagers.addproc()
+    try:
+        failing = azmanagers.detachat(vm, "x = 1\nraise RuntimeError('bad input: x=%d' % x)\n")
+        with pytest.raises(JobFailedError, match=r"builtins.RuntimeError: bad input: x=1") as info:
+            failing.result(timeout=DEADLINE_S)
+        assert "raise RuntimeError" in info.value.remote_traceback
+
+        env_job = azmanagers.detachat(
+            vm, "import os\nprint(os.environ['GREETING'])\n", env={"GREETING": "hello"}
+        )
+        assert env_job.result(timeout=DEADLINE_S) is None
+        assert env_job.read() == "hello\n"
+
+        code = "import time\nfor i in range(600):\n    print(i, flush=True)\n    time.sleep(0.1)\n"
+        long = azmanagers.detachat(vm, code)
+        deadline = time.monotonic() + DEADLINE_S
+        while "3\n" not in long.read():
+            assert time.monotonic() < deadline, "no output while the job runs"
+            time.sleep(0.1)
+        with pytest.raises(azmanagers.WaitTimeoutError, match="still running"):
+            long.wait(timeout=0.5)
+        assert long.kill() == "killed"
+        with pytest.raises(JobFailedError, match="killed"):
+            long.result()
+        statuses = [j["status"] for j in azmanagers.detached.list_jobs(vm)]
+        assert statuses == ["failed", "succeeded", "killed"]
+    finally:
+        azmanagers.rmproc(vm)
+
+
+def test_a_detached_function_that_does_not_persist_deletes_its_vm(azm_home: Path) -> None:
+    @azmanagers.detach("local", persist=False, env={"AZMANAGERS_SELF_DELETE_GRACE_S": "1"})
+    def nightly(n: int) -> int:
+        return n * 2
+
+    job = nightly(21)
+    assert job.result(timeout=DEADLINE_S) == 42
+    folder = azm_home / "state" / "local" / "vms" / job.vm.name
+    deadline = time.monotonic() + DEADLINE_S
+    while folder.exists():
+        assert time.monotonic() < deadline, "the VM did not delete itself"
+        time.sleep(0.2)
+    assert not job.vm.ping()
+    azmanagers.rmproc(job.vm)  # forgetting a VM that deleted itself is fine
