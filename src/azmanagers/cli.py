@@ -118,7 +118,10 @@ def _register() -> None:
     if _registered:
         return
     from azmanagers.cli_config import manifest_app, template_app
+    from azmanagers.cli_detached import job_app, vm_app
 
+    app.add_typer(vm_app, name="vm")
+    app.add_typer(job_app, name="job")
     app.add_typer(manifest_app, name="manifest")
     app.add_typer(template_app, name="template")
     app.add_typer(emulator_app, name="emulator")

@@ -26,6 +26,17 @@ COMMANDS = [
     ["template", "add-vm"],
     ["template", "add-nic"],
     ["template", "remove"],
+    ["vm"],
+    ["vm", "create"],
+    ["vm", "list"],
+    ["vm", "delete"],
+    ["job"],
+    ["job", "run"],
+    ["job", "list"],
+    ["job", "status"],
+    ["job", "logs"],
+    ["job", "wait"],
+    ["job", "kill"],
 ]
 
 
@@ -49,6 +60,9 @@ def test_azm_demo_runs_the_whole_story_and_leaves_nothing(azm_home: Path) -> Non
     assert "worker log ->" in out and "hello from local-" in out
     assert "rmprocs(2): 2 workers left" in out
     assert "cluster closed; 0 instances left" in out
+    assert "detached job" in out and "result 332833500" in out
+    assert "stdout 'summing 1000 squares'" in out
+    assert not list((azm_home / "state" / "local" / "vms").iterdir())
     assert out.count("local-") >= 4  # the table of workers
     assert processes_under(azm_home) == []
     assert not list((azm_home / "state" / "local" / "pools").iterdir())

@@ -106,3 +106,30 @@ def test_a_detached_function_that_does_not_persist_deletes_its_vm(azm_home: Path
         time.sleep(0.2)
     assert not job.vm.ping()
     azmanagers.rmproc(job.vm)  # forgetting a VM that deleted itself is fine
+
+
+def test_the_vm_and_job_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from azmanagers.cli import main
+
+    assert main(["vm", "create", "--name", "clivm"]) == 0
+    try:
+        script = tmp_path / "job.py"
+        script.write_text("import os\nprint('value', os.environ['K'])\n")
+        capsys.readouterr()
+        assert main(["job", "run", str(script), "--vm", "clivm", "--env", "K=42"]) == 0
+        job_id = capsys.readouterr().out.strip()
+        assert main(["job", "wait", job_id, "--vm", "clivm", "--timeout", "60"]) == 0
+        assert main(["job", "logs", job_id, "--vm", "clivm"]) == 0
+        assert capsys.readouterr().out.endswith("value 42\n")
+        assert main(["job", "list", "--vm", "clivm"]) == 0
+        assert f"{job_id}  succeeded" in capsys.readouterr().out
+        assert main(["job", "run", str(script), "--vm", "clivm", "--env", "novalue"]) == 1
+        assert "--env takes KEY=VALUE" in capsys.readouterr().err
+        assert main(["job", "status", "0123456789abcdef", "--vm", "clivm"]) == 1
+        assert "no job" in capsys.readouterr().err
+        assert main(["vm", "list"]) == 0
+        assert "clivm" in capsys.readouterr().out
+    finally:
+        assert main(["vm", "delete", "clivm"]) == 0
+    assert main(["job", "list", "--vm", "clivm"]) == 1
+    assert "no detached VM named 'clivm'" in capsys.readouterr().err
