@@ -7,6 +7,7 @@ can reach it later (``DetachedJob.attach``). The VM itself keeps only the token'
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import secrets
@@ -55,8 +56,9 @@ class DetachedVM:
     created_at: float = 0.0
 
     def client(self) -> ServiceClient:
-        """An HTTPS client of the VM's service."""
-        return ServiceClient(
+        """An HTTPS client of the VM's service (one per VM and process: it keeps its
+        connection alive between requests)."""
+        return _client_for(
             ServiceAddress(self.name, self.host, self.port, self.cert, self.fingerprint, self.token)
         )
 
@@ -70,6 +72,11 @@ class DetachedVM:
     def info(self) -> dict[str, Any]:
         """The VM as its service describes it (name, versions, CPUs, running jobs)."""
         return dict(self.client().request("GET", "/v1/vm"))
+
+
+@functools.lru_cache(maxsize=64)
+def _client_for(address: ServiceAddress) -> ServiceClient:
+    return ServiceClient(address)
 
 
 def records_dir() -> Path:

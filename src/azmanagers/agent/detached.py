@@ -30,7 +30,6 @@ from azmanagers import __version__
 from azmanagers.agent.detached_schema import schema
 from azmanagers.agent.jobservice import (
     MAX_READ_BYTES,
-    POLL_S,
     BadRequest,
     JobService,
     ServiceConfig,
@@ -41,6 +40,8 @@ logger = logging.getLogger("azmanagers.detached")
 
 MAX_WAIT_S = 60.0
 """The longest one wait request blocks; clients wait longer by asking again."""
+ADOPTED_POLL_S = 0.5
+"""How often the service looks at jobs it adopted after a restart (not its children)."""
 DISCARD_FACTOR = 4
 """A too-large body up to this many times the limit is read and dropped before the 413."""
 
@@ -188,15 +189,24 @@ class _Wait(_Handler):
         timeout = min(self.number("timeout", MAX_WAIT_S), MAX_WAIT_S)
         deadline = time.monotonic() + timeout
         record = self.service.record(job_id)
-        while record.status not in FINISHED and time.monotonic() < deadline:
-            await asyncio.sleep(POLL_S)
-            record = self.service.record(job_id)
+        changed: asyncio.Condition = self.settings["changed"]
+        async with changed:  # woken as soon as any job finishes
+            while record.status not in FINISHED:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), left)
+                record = self.service.record(job_id)
         self.send_json(record.public())
 
 
 class _Kill(_Handler):
     async def post(self, job_id: str) -> None:
         record = await asyncio.to_thread(self.service.kill, job_id)
+        changed: asyncio.Condition = self.settings["changed"]
+        async with changed:
+            changed.notify_all()
         self.send_json(record.public())
 
 
@@ -205,8 +215,10 @@ class _Result(_Handler):
         self.send_json(self.service.result(job_id))
 
 
-def make_app(service: JobService) -> tornado.web.Application:
-    """The service's routes over ``service``."""
+def make_app(
+    service: JobService, changed: asyncio.Condition | None = None
+) -> tornado.web.Application:
+    """The service's routes over ``service``; ``changed`` is notified when jobs finish."""
     args = {"service": service}
     job = r"/v1/jobs/([^/]+)"
     return tornado.web.Application(
@@ -223,6 +235,7 @@ def make_app(service: JobService) -> tornado.web.Application:
         ],
         default_handler_class=_NotFound,
         default_handler_args=args,
+        changed=changed or asyncio.Condition(),
     )
 
 
@@ -235,10 +248,18 @@ class _NotFound(_Handler):
 async def serve(config: ServiceConfig, ready: asyncio.Future[int] | None = None) -> None:
     """Run the service until cancelled; ``ready`` gets the port once it listens."""
     service = JobService(config)
+    loop = asyncio.get_running_loop()
+    exited = asyncio.Event()
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(exited.set)
+
+    service.on_exit = wake
+    changed = asyncio.Condition()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(config.cert_file), str(config.key_file))
     server = tornado.httpserver.HTTPServer(
-        make_app(service),
+        make_app(service, changed),
         ssl_options=context,
         max_body_size=config.max_request_bytes,
         idle_connection_timeout=120,
@@ -252,8 +273,14 @@ async def serve(config: ServiceConfig, ready: asyncio.Future[int] | None = None)
         ready.set_result(port)
     try:
         while True:
-            service.poll()
-            await asyncio.sleep(POLL_S)
+            # A job's exit wakes the loop at once; adopted jobs (not our children) are
+            # looked at every ADOPTED_POLL_S.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(exited.wait(), ADOPTED_POLL_S)
+            exited.clear()
+            if service.poll():
+                async with changed:
+                    changed.notify_all()
     finally:
         server.stop()
         service.close()

@@ -19,7 +19,9 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +97,8 @@ class JobService:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(config.state_dir / "jobs.db")
         self.running: dict[str, _Running] = {}
+        self.on_exit: Callable[[], None] | None = None
+        """Called (from a watcher thread) when a job's process exits: wakes the service."""
         self.started_at = time.time()
         self._recover()
 
@@ -180,6 +184,9 @@ class JobService:
             )
         started = _create_time(process.pid) or time.time()
         self.running[record.id] = _Running(process, process.pid, started)
+        threading.Thread(
+            target=self._watch, args=(process,), name=f"azm-job-{record.id}", daemon=True
+        ).start()
         logger.info("job %s started (pid %d)", record.id, process.pid)
         return self.store.update(
             record.id,
@@ -190,8 +197,15 @@ class JobService:
         )
 
     # -- watching ----------------------------------------------------------------------
-    def poll(self) -> None:
-        """Finish the records of jobs whose process has ended."""
+    def _watch(self, process: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(OSError):
+            os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+        if self.on_exit is not None:
+            self.on_exit()
+
+    def poll(self) -> bool:
+        """Finish the records of jobs whose process has ended; True if any did."""
+        changed = False
         for job_id, run in list(self.running.items()):
             if run.process is not None:
                 code = run.process.poll()
@@ -203,6 +217,8 @@ class JobService:
                 code = None
             del self.running[job_id]
             self._after(self._finish_from_outcome(job_id, code))
+            changed = True
+        return changed
 
     def _finish_from_outcome(self, job_id: str, exit_code: int | None) -> JobRecord:
         outcome_file = self.jobs_dir / job_id / jobrun.OUTCOME_FILE
