@@ -161,7 +161,7 @@ def create_vm(
     port = _free_local_port() if local else AZURE_SERVICE_PORT
     payload = {
         "name": name,
-        "host": "127.0.0.1" if local else "0.0.0.0",
+        "host": "127.0.0.1" if local else "",  # on a VM: its own address
         "port": port,
         "tls": {"cert": pair.cert, "key": pair.key},
         "token_sha256": hashlib.sha256(token.encode()).hexdigest(),

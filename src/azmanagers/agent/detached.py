@@ -301,7 +301,8 @@ def config_from_payload(payload: dict[str, Any], state_dir: Path) -> ServiceConf
         token_sha256=str(payload["token_sha256"]),
         cert_file=cert_file,
         key_file=key_file,
-        host=str(payload.get("host") or "0.0.0.0"),
+        # a VM's service listens on its own address (the emulator names one), else on all
+        host=str(payload.get("host") or os.environ.get("AZMANAGERS_VM_ADDRESS") or "0.0.0.0"),
         port=int(payload.get("port", 0)),
         self_delete=str(payload.get("self_delete", "")),
     )

@@ -29,6 +29,8 @@ class VMIdentity:
     events: list[dict[str, Any]] = field(default_factory=list)
     stock_image: bool = False
     """Booted from a market image: azmanagers is not installed (see ``stock_image``)."""
+    address: str = ""
+    """The VM's private address (its NIC's); a loopback address in the emulator."""
 
 
 def is_market_image(profile: Any) -> bool:
@@ -145,6 +147,8 @@ class ProcessRunner:
             # all emulated VMs share this machine: their workers listen on loopback
             "AZMANAGERS_WORKER_HOST": "127.0.0.1",
         }
+        if identity.address:
+            extra["AZMANAGERS_VM_ADDRESS"] = identity.address
         if identity.stock_image:
             with self._lock:
                 extra.update(stock_image.prepare(self.folder / "stock-image").environment())

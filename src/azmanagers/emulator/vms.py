@@ -49,7 +49,10 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
                 name=req.match["name"],
                 type="Microsoft.Network/networkInterfaces",
             )
-            address = f"10.0.{len(state.nics) // 250}.{4 + len(state.nics) % 250}"
+            # VMs that run as processes here get loopback addresses of their own, so that
+            # their services (the detached one on its fixed port) are reachable and apart
+            net = "127.0" if state.runner is not None else "10.0"
+            address = f"{net}.{10 + len(state.nics) // 250}.{4 + len(state.nics) % 250}"
             for config in nic["properties"]["ipConfigurations"]:
                 config.setdefault("properties", {})["privateIPAddress"] = address
             nic["properties"]["provisioningState"] = "Succeeded"
@@ -105,6 +108,8 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
             state.vms[_key(req)] = {"body": view}
             if not existed and state.runner is not None:
                 encoded = (props.get("osProfile") or {}).get("customData") or ""
+                nic = state.nics[(sub.lower(), rg.lower(), nic_name)]
+                configs = nic["properties"]["ipConfigurations"]
                 state.runner.start(
                     VMIdentity(
                         name=req.match["name"],
@@ -114,6 +119,7 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
                         scaleset="",
                         location=str(body["location"]),
                         stock_image=is_market_image(props),
+                        address=str(configs[0]["properties"]["privateIPAddress"]),
                     ),
                     base64.b64decode(encoded).decode() if encoded else "#!/bin/bash\n",
                 )

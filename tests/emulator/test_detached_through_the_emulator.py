@@ -1,0 +1,57 @@
+"""Detached VMs on the azure provider: a VM and its NIC from templates, through the emulator."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import azmanagers
+from azmanagers.emulator import Emulator
+from tests.emulator.conftest import RG, SUB
+
+pytestmark = pytest.mark.integration
+
+
+def _save_templates() -> None:
+    vm = azmanagers.build_vmtemplate(
+        "myvm",
+        subscriptionid=SUB,
+        admin_username="azuser",
+        location="southcentralus",
+        resourcegroup=RG,
+        imagegallery="gallery",
+        imagename="image",
+        vmsize="Standard_D4s_v3",
+    )
+    azmanagers.save_template_vm("myvm", vm)
+    nic = azmanagers.build_nictemplate(
+        "mynic",
+        subscriptionid=SUB,
+        resourcegroup_vnet=RG,
+        vnet="vnet",
+        subnet="subnet",
+        location="southcentralus",
+    )
+    azmanagers.save_template_nic("mynic", nic)
+
+
+def test_a_detached_job_on_an_azure_vm(emulated_azure: Emulator) -> None:
+    _save_templates()
+    vm = azmanagers.addproc("myvm", name="azvm", timeout=90)
+    try:
+        assert vm.provider == "azure" and vm.port == 8081
+        assert vm.host.startswith("127.0.")  # the NIC's address; a loopback one here
+        assert vm.info()["name"] == "azvm"
+        job = azmanagers.detachat(vm, lambda n: sum(range(n)), 10)
+        assert job.result(timeout=60) == 45
+        code = "import time\nprint('working', flush=True)\ntime.sleep(30)\n"
+        slow = azmanagers.detachat(vm, code)
+        deadline = time.monotonic() + 60
+        while "working" not in slow.read():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        azmanagers.rmproc(vm)  # the running job ends with its VM
+    assert emulated_azure.state.vms == {} and emulated_azure.state.nics == {}
+    assert not vm.ping()
