@@ -155,8 +155,8 @@ class _OwnWorkerOnly:
         if kwargs.get("workers"):
             return [str(address) for address in kwargs["workers"]]
         if kwargs.get("names"):
-            names = set(kwargs["names"])
-            return [ws.address for ws in self.scheduler.workers.values() if ws.name in names]
+            names = {str(name) for name in kwargs["names"]}  # as Dask matches them
+            return [ws.address for ws in self.scheduler.workers.values() if str(ws.name) in names]
         return None
 
     def __call__(self, comm: Any, kwargs: dict[str, Any]) -> str | None:
