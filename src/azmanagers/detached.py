@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from azmanagers.detached_vms import DetachedVM, create_vm, delete_vm, load_vm
+from azmanagers.detached_vms import DetachedVM, can_delete_itself, create_vm, delete_vm, load_vm
 from azmanagers.errors import ConfigError, JobFailedError, WaitTimeoutError
 
 MAX_JOB_BYTES = 64 * 1024 * 1024
@@ -185,21 +185,22 @@ def detach(
 
     With ``persist=False`` the VM deletes itself ``SELF_DELETE_GRACE_S`` (30 s) after the
     job ends: its output and result go with it, so read them in that time (``job.result()``
-    waits for the job, then reads at once). Locally only for now: an Azure VM would need a
-    managed identity allowed to delete it.
+    waits for the job, then reads at once). A local VM always can; an Azure VM needs a
+    managed identity (``build_vmtemplate(..., managed_identity=True)``) with a role that
+    lets it delete itself.
     """
 
     def decorate(function: Callable[..., Any]) -> Callable[..., DetachedJob]:
         @functools.wraps(function)
         def run(*args: Any, **kwargs: Any) -> DetachedJob:
-            vm = addproc(vm_template, **addproc_options)
-            if not persist and vm.provider != "local":
-                rmproc(vm)
+            if not persist and not can_delete_itself(vm_template):
                 raise ConfigError(
-                    "persist=False (a VM that deletes itself) works on the local provider only "
-                    "for now: an Azure VM would need a managed identity allowed to delete it. "
-                    "Use persist=True and rmproc() the VM when done."
+                    f"persist=False needs a VM that can delete itself; template {vm_template!r} "
+                    "has no managed identity. Build it with build_vmtemplate(..., "
+                    "managed_identity=True) and give that identity a role allowing it to "
+                    "delete the VM (e.g. Virtual Machine Contributor on the resource group)."
                 )
+            vm = addproc(vm_template, **addproc_options)
             return _submit(vm, function, args, kwargs, persist=persist)
 
         return run

@@ -165,7 +165,7 @@ def create_vm(
         "port": port,
         "tls": {"cert": pair.cert, "key": pair.key},
         "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
-        "self_delete": "local" if local else "",
+        "self_delete": _self_delete_method(local, tmpl),
     }
     tags = {
         TAG_CLUSTER: f"detached-{name}",
@@ -195,6 +195,24 @@ def create_vm(
     limit = timeout or (LOCAL_READY_TIMEOUT_S if local else AZURE_READY_TIMEOUT_S)
     _wait_ready(vm, provider, limit, progress)
     return vm
+
+
+def _self_delete_method(local: bool, template: Mapping[str, Any]) -> str:
+    """How the VM can delete itself: a local process-VM always; an Azure VM through its
+    managed identity (``build_vmtemplate(..., managed_identity=True)``); else not at all."""
+    if local:
+        return "local"
+    identity = (template.get("value") or {}).get("identity") or {}
+    return "azure" if "systemassigned" in str(identity.get("type", "")).lower() else ""
+
+
+def can_delete_itself(template: str) -> bool:
+    """Whether a VM from ``template`` can delete itself after a ``persist=False`` job."""
+    from azmanagers.config.template_schema import template_provider
+    from azmanagers.config.templates import load_template_vm
+
+    tmpl = load_template_vm(template)
+    return bool(_self_delete_method(template_provider(tmpl) == "local", tmpl))
 
 
 def _first_nic_template() -> str:

@@ -13,9 +13,9 @@ from tests.emulator.conftest import RG, SUB
 pytestmark = pytest.mark.integration
 
 
-def _save_templates() -> None:
+def _save_templates(name: str = "myvm", *, managed_identity: bool = False) -> None:
     vm = azmanagers.build_vmtemplate(
-        "myvm",
+        name,
         subscriptionid=SUB,
         admin_username="azuser",
         location="southcentralus",
@@ -23,8 +23,9 @@ def _save_templates() -> None:
         imagegallery="gallery",
         imagename="image",
         vmsize="Standard_D4s_v3",
+        managed_identity=managed_identity,
     )
-    azmanagers.save_template_vm("myvm", vm)
+    azmanagers.save_template_vm(name, vm)
     nic = azmanagers.build_nictemplate(
         "mynic",
         subscriptionid=SUB,
@@ -55,3 +56,30 @@ def test_a_detached_job_on_an_azure_vm(emulated_azure: Emulator) -> None:
         azmanagers.rmproc(vm)  # the running job ends with its VM
     assert emulated_azure.state.vms == {} and emulated_azure.state.nics == {}
     assert not vm.ping()
+
+
+def test_an_azure_vm_with_a_managed_identity_deletes_itself_after_its_job(
+    emulated_azure: Emulator,
+) -> None:
+    _save_templates()
+    with pytest.raises(azmanagers.ConfigError, match="has no managed identity"):
+        azmanagers.detach("myvm", persist=False)(abs)(-1)
+    assert emulated_azure.state.vms == {}  # refused before any VM was made
+
+    _save_templates("selfdeleting", managed_identity=True)
+
+    @azmanagers.detach(
+        "selfdeleting", persist=False, timeout=90, env={"AZMANAGERS_SELF_DELETE_GRACE_S": "1"}
+    )
+    def nightly(n: int) -> int:
+        return n + 1
+
+    job = nightly(41)
+    assert job.result(timeout=60) == 42
+    deadline = time.monotonic() + 60
+    while emulated_azure.state.vms or emulated_azure.state.nics:
+        assert time.monotonic() < deadline, "the VM did not delete itself (through ARM)"
+        time.sleep(0.2)
+    calls = emulated_azure.server.calls_matching("DELETE", f"/virtualMachines/{job.vm.name}")
+    assert calls and calls[0].status in (200, 202)
+    azmanagers.rmproc(job.vm)  # forgetting a VM that is gone already is fine

@@ -289,14 +289,18 @@ class JobService:
         """A ``persist=False`` job ended: have the VM delete itself after a grace period."""
         if record.persist or record.status not in FINISHED:
             return
-        if self.config.self_delete != "local":
+        if self.config.self_delete == "local":
+            instance_dir = os.environ.get("AZMANAGERS_INSTANCE_DIR", "")
+            if not instance_dir:
+                logger.warning("job %s: not a process-VM: cannot delete this VM", record.id)
+                return
+            command = ["local", instance_dir]
+        elif self.config.self_delete == "azure":
+            command = ["azure"]
+        else:
             logger.warning(
                 "job %s asked for its VM to be deleted, but this VM cannot delete itself", record.id
             )
-            return
-        instance_dir = os.environ.get("AZMANAGERS_INSTANCE_DIR", "")
-        if not instance_dir:
-            logger.warning("job %s: no AZMANAGERS_INSTANCE_DIR, cannot delete this VM", record.id)
             return
         logger.info(
             "job %s ended and was not to persist: deleting this VM in %g s",
@@ -304,20 +308,22 @@ class JobService:
             SELF_DELETE_GRACE_S,
         )
         env = {k: v for k, v in os.environ.items() if k != "AZMANAGERS_INSTANCE_DIR"}
-        subprocess.Popen(  # outside the VM's processes, so that stopping them spares it
-            [
-                sys.executable,
-                "-m",
-                "azmanagers.agent.selfdelete",
-                instance_dir,
-                str(SELF_DELETE_GRACE_S),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
+        log = open(self.config.state_dir / "selfdelete.log", "ab")  # noqa: SIM115
+        with log:
+            subprocess.Popen(  # outside the VM's processes, so that stopping them spares it
+                [
+                    sys.executable,
+                    "-m",
+                    "azmanagers.agent.selfdelete",
+                    *command,
+                    str(SELF_DELETE_GRACE_S),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+            )
 
     def read(self, job_id: str, stream: str, offset: int, limit: int) -> tuple[bytes, int]:
         """Return up to ``limit`` bytes of a job's stdout or stderr from ``offset``, and the

@@ -1,21 +1,78 @@
-"""Deletes a local detached VM from outside its processes: ``python -m
-azmanagers.agent.selfdelete VM_FOLDER GRACE_S`` (started by its service after a
-``persist=False`` job)."""
+"""Deletes a detached VM after a ``persist=False`` job, from outside its service.
+
+``python -m azmanagers.agent.selfdelete local VM_FOLDER GRACE_S``: a local process-VM;
+stops its processes and removes its folder.
+
+``python -m azmanagers.agent.selfdelete azure GRACE_S``: an Azure VM; asks IMDS for a token
+of the VM's managed identity and DELETEs the VM through ARM (its NIC and disks go with it:
+delete options). The identity needs a role that allows it (e.g. Virtual Machine
+Contributor on the resource group); no caller credential is ever on the VM.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import ssl
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
+
+ARM_DEFAULT = "https://management.azure.com"
+ARM_RESOURCE = "https://management.azure.com/"
+VM_API_VERSION = "2024-07-01"
+TOKEN_API_VERSION = "2018-02-01"
+REQUEST_TIMEOUT_S = 30.0
+
+
+def _delete_local(folder: Path) -> None:
+    from azmanagers.providers.local_vms import LocalVMs
+
+    LocalVMs(folder.parent.parent).delete(folder.name)
+
+
+def _delete_azure() -> None:
+    from azmanagers.agent import imds
+
+    compute = imds.get("instance", imds.INSTANCE_API_VERSION)["compute"]
+    query = urllib.parse.urlencode({"api-version": TOKEN_API_VERSION, "resource": ARM_RESOURCE})
+    token_request = urllib.request.Request(
+        f"{imds.endpoint()}/metadata/identity/oauth2/token?{query}", headers={"Metadata": "true"}
+    )
+    with urllib.request.urlopen(token_request, timeout=REQUEST_TIMEOUT_S) as reply:
+        token = json.loads(reply.read())["access_token"]
+    arm = os.environ.get("AZMANAGERS_ARM_ENDPOINT", ARM_DEFAULT).rstrip("/")
+    ca = os.environ.get("AZMANAGERS_ARM_CA")
+    context = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
+    url = (
+        f"{arm}/subscriptions/{compute['subscriptionId']}/resourceGroups/"
+        f"{compute['resourceGroupName']}/providers/Microsoft.Compute/virtualMachines/"
+        f"{compute['name']}?api-version={VM_API_VERSION}&forceDeletion=true"
+    )
+    request = urllib.request.Request(
+        url, method="DELETE", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S, context=context) as reply:
+        print(f"azmanagers: deleting this VM ({reply.status})", flush=True)
 
 
 def main(argv: list[str]) -> int:
-    """Wait ``GRACE_S`` seconds, then stop the VM's processes and remove its folder."""
-    from azmanagers.providers.local_vms import LocalVMs
-
-    folder = Path(argv[0]).resolve()
-    time.sleep(float(argv[1]))
-    LocalVMs(folder.parent.parent).delete(folder.name)
+    """Wait the grace period, then delete this VM (see the module docstring)."""
+    mode = argv[0]
+    time.sleep(float(argv[-1]))
+    try:
+        if mode == "local":
+            _delete_local(Path(argv[1]).resolve())
+        elif mode == "azure":
+            _delete_azure()
+        else:
+            print(f"azmanagers selfdelete: unknown mode {mode!r}", file=sys.stderr)
+            return 2
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"azmanagers selfdelete: this VM could not delete itself: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

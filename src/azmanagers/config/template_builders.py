@@ -334,6 +334,7 @@ def build_vmtemplate(
     tempdisk: str = DEFAULT_TEMPDISK,
     tags: Mapping[str, str] | None = None,
     encryption_at_host: bool = False,
+    managed_identity: bool = False,
 ) -> dict[str, Any]:
     """Build an Azure VM template (for detached VMs) in the original AzManagers shape.
 
@@ -370,6 +371,10 @@ def build_vmtemplate(
         ARM tags for the VM.
     encryption_at_host : bool, optional
         Enable encryption at host, by default False.
+    managed_identity : bool, optional
+        Give the VM a system-assigned managed identity, by default False. A detached VM
+        needs one (with a role allowing it to delete itself, e.g. Virtual Machine
+        Contributor on its resource group) to run ``persist=False`` jobs.
 
     Returns
     -------
@@ -430,6 +435,8 @@ def build_vmtemplate(
     }
     if tags:
         value["tags"] = dict(tags)
+    if managed_identity:
+        value["identity"] = {"type": "SystemAssigned"}
     template = {"subscriptionid": sub, "resourcegroup": rg, "tempdisk": tempdisk, "value": value}
     source = f"the template built by {function}"
     return _validate("vm", name, template, source, check_name=False)

@@ -102,4 +102,10 @@ def start_emulator(
         before_route=state.faults.maybe_fail_request,
         admin=build_admin_router(state),
     ).start()
+    if imds is not None and runner is not None:
+        imds.arm_token = server.token
+        runner.arm_environment = {
+            "AZMANAGERS_ARM_ENDPOINT": server.base_url,
+            "AZMANAGERS_ARM_CA": str(server.ca_file),
+        }
     return Emulator(server, state, imds, owned)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from azmanagers.emulator import stock_image
 from azmanagers.providers import procvm
@@ -31,6 +31,8 @@ class VMIdentity:
     """Booted from a market image: azmanagers is not installed (see ``stock_image``)."""
     address: str = ""
     """The VM's private address (its NIC's); a loopback address in the emulator."""
+    managed_identity: bool = False
+    """A system-assigned identity: IMDS hands out an ARM token (the emulator's)."""
 
 
 def is_market_image(profile: Any) -> bool:
@@ -48,6 +50,8 @@ class ImdsServer:
     """
 
     def __init__(self) -> None:
+        self.arm_token = ""
+        """The token IMDS gives a VM with a managed identity (set once ARM listens)."""
         self.vms: dict[str, VMIdentity] = {}
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _imds_handler(self))
@@ -94,6 +98,25 @@ def _imds_handler(server: ImdsServer) -> type[BaseHTTPRequestHandler]:
                 self._reply(404, {"error": "Not found"})
             elif segments[2:] == ["metadata", "instance"]:
                 self._reply(200, _instance_document(identity))
+            elif segments[2:] == ["metadata", "identity", "oauth2", "token"]:
+                if not identity.managed_identity or not server.arm_token:
+                    self._reply(
+                        400,
+                        {
+                            "error": "invalid_request",
+                            "error_description": "Identity not found",
+                        },
+                    )
+                else:
+                    self._reply(
+                        200,
+                        {
+                            "access_token": server.arm_token,
+                            "expires_in": "3600",
+                            "token_type": "Bearer",
+                            "resource": parse_qs(parts.query).get("resource", [""])[0],
+                        },
+                    )
             elif segments[2:] == ["metadata", "scheduledevents"]:
                 self._reply(
                     200, {"DocumentIncarnation": len(identity.events), "Events": identity.events}
@@ -130,7 +153,11 @@ def _instance_document(identity: VMIdentity) -> dict[str, Any]:
 class ProcessRunner:
     """Starts an emulated VM's custom data as a process-VM, and stops it when deleted."""
 
+    arm_environment: dict[str, str]
+    """ARM's endpoint and CA for the VMs (set once ARM listens), as a VM finds Azure's."""
+
     def __init__(self, folder: Path, imds: ImdsServer) -> None:
+        self.arm_environment = {}
         self.folder = folder
         self.imds = imds
         self._running: dict[str, tuple[procvm.ProcessHandle, Any, str]] = {}
@@ -149,6 +176,7 @@ class ProcessRunner:
         }
         if identity.address:
             extra["AZMANAGERS_VM_ADDRESS"] = identity.address
+        extra.update(self.arm_environment)
         if identity.stock_image:
             with self._lock:
                 extra.update(stock_image.prepare(self.folder / "stock-image").environment())

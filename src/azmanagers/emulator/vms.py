@@ -120,6 +120,8 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
                         location=str(body["location"]),
                         stock_image=is_market_image(props),
                         address=str(configs[0]["properties"]["privateIPAddress"]),
+                        managed_identity="systemassigned"
+                        in str((body.get("identity") or {}).get("type", "")).lower(),
                     ),
                     base64.b64decode(encoded).decode() if encoded else "#!/bin/bash\n",
                 )
@@ -183,6 +185,11 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
     def delete_vm(req: Request) -> Response:
         with state.lock:
             vm = state.vms.pop(_key(req), None)
+            if vm is not None:  # NICs attached with deleteOption Delete go with their VM
+                for ref in vm["body"]["properties"]["networkProfile"]["networkInterfaces"]:
+                    if (ref.get("properties") or {}).get("deleteOption") == "Delete":
+                        nic_name = str(ref.get("id", "")).rsplit("/", 1)[-1].lower()
+                        state.nics.pop((_key(req)[0], _key(req)[1], nic_name), None)
             if vm is None:
                 try:
                     scaleset, member = _flexible_vm(state, req)

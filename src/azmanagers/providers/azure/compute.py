@@ -301,8 +301,10 @@ class AzureProvider:
         os_profile = props.setdefault("osProfile", {})
         os_profile["computerName"] = spec.name[:15]
         os_profile["customData"] = base64.b64encode(boot.render(spec.boot).encode()).decode()
-        props["networkProfile"] = {
-            "networkInterfaces": [{"id": nic.id, "properties": {"primary": True}}]
+        props["networkProfile"] = {  # the NIC goes with the VM, also when it deletes itself
+            "networkInterfaces": [
+                {"id": nic.id, "properties": {"primary": True, "deleteOption": "Delete"}}
+            ]
         }
         with mapped(f"creating VM {spec.name}"):
             self._compute.virtual_machines.begin_create_or_update(
