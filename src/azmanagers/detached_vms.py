@@ -39,6 +39,8 @@ AZURE_READY_TIMEOUT_S = 900.0
 DETACHED_TTL_S = 30 * 24 * 3600.0
 """A detached VM's ``azmanagers-expires`` tag by default: gc deletes it 30 days on."""
 _POLL_S = 0.25
+PROVIDER_CHECK_S = 5.0
+"""While waiting for a VM's service, how often to ask the provider whether the VM failed."""
 
 
 @dataclass(frozen=True)
@@ -232,8 +234,12 @@ def _wait_ready(
 ) -> None:
     deadline = time.monotonic() + timeout_s
     started = time.monotonic()
-    said = 0.0
+    said = checked = 0.0
     while not vm.ping():
+        if time.monotonic() - checked < PROVIDER_CHECK_S:  # ARM reads are rate limited
+            time.sleep(_POLL_S)
+            continue
+        checked = time.monotonic()
         info = provider.get_vm(vm.name)
         if info is None or info.state in (InstanceState.FAILED, InstanceState.STOPPED):
             raise DetachedServiceError(

@@ -133,3 +133,11 @@ def test_the_vm_and_job_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert main(["vm", "delete", "clivm"]) == 0
     assert main(["job", "list", "--vm", "clivm"]) == 1
     assert "no detached VM named 'clivm'" in capsys.readouterr().err
+
+
+def test_a_vm_whose_service_never_starts_fails_with_its_boot_log(azm_home: Path) -> None:
+    with pytest.raises(azmanagers.DetachedServiceError, match="stopped before its detached"):
+        azmanagers.addproc(name="broken", env={"AZMANAGERS_PYTHON": "/nonexistent/python3"})
+    assert "broken" in [r.stem for r in records_dir().glob("*.json")]  # kept: rmproc cleans up
+    azmanagers.rmproc("broken")
+    assert not (azm_home / "state" / "local" / "vms" / "broken").exists()
