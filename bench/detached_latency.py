@@ -3,7 +3,7 @@
 On a local detached VM (``addproc("local")``), 50 trivial function jobs are submitted one
 after another; for each we time submit-to-running (the service has started the job's
 process) and submit-to-result (its value is back in this process). The baseline, in the
-same run, starts the same Python subprocess directly (``python -m azmanagers.agent.jobrun``
+same run, starts the same Python subprocess directly (``python -m azmanagers.agent.service.run``
 on a pickled call, then reads the result file): the detached path adds HTTPS, the token,
 the SQLite record and the polling.
 
@@ -43,7 +43,7 @@ def baseline(folder: Path) -> list[float]:
         started = time.perf_counter()
         (job_dir / "call.pkl").write_bytes(cloudpickle.dumps((_trivial, (i,), {})))
         subprocess.run(
-            [sys.executable, "-m", "azmanagers.agent.jobrun", str(job_dir)],
+            [sys.executable, "-m", "azmanagers.agent.service.run", str(job_dir)],
             cwd=job_dir / "work",
             check=True,
         )
@@ -56,7 +56,7 @@ def baseline(folder: Path) -> list[float]:
 def detached() -> tuple[list[float], list[float]]:
     """Per job: seconds from submit to running, and from submit to the result in hand."""
     import azmanagers
-    from azmanagers.detached import DetachedJob
+    from azmanagers.detached.api import DetachedJob
 
     vm = azmanagers.addproc("local")
     to_running, to_result = [], []

@@ -32,7 +32,7 @@ def processes_under(home: Path) -> list[psutil.Process]:
 
 
 def _close_clusters() -> None:
-    from azmanagers import api
+    from azmanagers.cluster import api
 
     for template in list(api.clusters()):
         with contextlib.suppress(Exception):

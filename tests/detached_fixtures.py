@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from azmanagers.boot import encode_payload
-from azmanagers.detached_client import ServiceAddress, ServiceClient
+from azmanagers.detached.client import ServiceAddress, ServiceClient
+from azmanagers.providers.boot import encode_payload
 from azmanagers.tls import fingerprint, make_self_signed
 from tests.conftest import processes_under
 

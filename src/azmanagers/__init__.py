@@ -5,43 +5,43 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from azmanagers._version import __version__ as __version__
 
 _EXPORTS = {
-    "AzCluster": "azmanagers.cluster",
+    "AzCluster": "azmanagers.cluster.core",
     "AzManagersError": "azmanagers.errors",
     "ClusterClosedError": "azmanagers.errors",
     "ConfigError": "azmanagers.errors",
-    "DetachedJob": "azmanagers.detached",
+    "DetachedJob": "azmanagers.detached.api",
     "DetachedServiceError": "azmanagers.errors",
-    "DetachedVM": "azmanagers.detached_vms",
+    "DetachedVM": "azmanagers.detached.vms",
     "InstanceFailedError": "azmanagers.errors",
     "JobFailedError": "azmanagers.errors",
     "JobNotFoundError": "azmanagers.errors",
     "ProviderError": "azmanagers.errors",
     "WaitTimeoutError": "azmanagers.errors",
-    "addproc": "azmanagers.detached",
-    "addprocs": "azmanagers.api",
+    "addproc": "azmanagers.detached.api",
+    "addprocs": "azmanagers.cluster.api",
     "build_nictemplate": "azmanagers.config.templates",
     "build_sstemplate": "azmanagers.config.templates",
     "build_vmtemplate": "azmanagers.config.templates",
-    "clusters": "azmanagers.api",
-    "detach": "azmanagers.detached",
-    "detachat": "azmanagers.detached",
-    "gc": "azmanagers.collect",
+    "clusters": "azmanagers.cluster.api",
+    "detach": "azmanagers.detached.api",
+    "detachat": "azmanagers.detached.api",
+    "gc": "azmanagers.providers.gc",
     "load_manifest": "azmanagers.config.manifest",
     "load_template_nic": "azmanagers.config.templates",
     "load_template_scaleset": "azmanagers.config.templates",
     "load_template_vm": "azmanagers.config.templates",
-    "nworkers": "azmanagers.api",
-    "nworkers_provisioned": "azmanagers.api",
-    "rmproc": "azmanagers.detached",
-    "rmprocs": "azmanagers.api",
+    "nworkers": "azmanagers.cluster.api",
+    "nworkers_provisioned": "azmanagers.cluster.api",
+    "rmproc": "azmanagers.detached.api",
+    "rmprocs": "azmanagers.cluster.api",
     "save_template_nic": "azmanagers.config.templates",
     "save_template_scaleset": "azmanagers.config.templates",
     "save_template_vm": "azmanagers.config.templates",
-    "variablebundle": "azmanagers.detached",
-    "workers": "azmanagers.api",
+    "variablebundle": "azmanagers.detached.api",
+    "workers": "azmanagers.cluster.api",
     "write_manifest": "azmanagers.config.manifest",
 }
 
@@ -84,7 +84,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from azmanagers.api import (
+    from azmanagers.cluster.api import (
         addprocs,
         clusters,
         nworkers,
@@ -92,8 +92,7 @@ if TYPE_CHECKING:
         rmprocs,
         workers,
     )
-    from azmanagers.cluster import AzCluster
-    from azmanagers.collect import gc
+    from azmanagers.cluster.core import AzCluster
     from azmanagers.config.manifest import load_manifest, write_manifest
     from azmanagers.config.templates import (
         build_nictemplate,
@@ -106,7 +105,7 @@ if TYPE_CHECKING:
         save_template_scaleset,
         save_template_vm,
     )
-    from azmanagers.detached import (
+    from azmanagers.detached.api import (
         DetachedJob,
         addproc,
         detach,
@@ -114,7 +113,7 @@ if TYPE_CHECKING:
         rmproc,
         variablebundle,
     )
-    from azmanagers.detached_vms import DetachedVM
+    from azmanagers.detached.vms import DetachedVM
     from azmanagers.errors import (
         AzManagersError,
         ClusterClosedError,
@@ -126,6 +125,7 @@ if TYPE_CHECKING:
         ProviderError,
         WaitTimeoutError,
     )
+    from azmanagers.providers.gc import gc
 
 
 def __getattr__(name: str) -> Any:

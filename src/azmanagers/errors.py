@@ -5,7 +5,11 @@
     AzManagersError
     ├── ConfigError               a bad or missing manifest, template or setting
     ├── ProviderError             a provider call failed (mapped at the provider seam)
-    │   └── ProviderUnavailableError   the template asks for a provider this install lacks
+    │   ├── ProviderUnavailableError   the template asks for a provider this install lacks
+    │   ├── NotFoundError         the resource does not exist
+    │   ├── NotAuthorisedError    the cloud refused our credentials or permissions
+    │   ├── QuotaError            not enough quota (cores, spot cores, SKU) for the request
+    │   └── ThrottledError        the cloud's request limit is spent; ``retry_after_s`` says when
     ├── InstanceFailedError       an instance failed to boot or join, past its replacements
     ├── WaitTimeoutError          a bounded wait ran out (says how far it got)
     ├── ClusterClosedError        the cluster was used after ``close()``
@@ -31,6 +35,26 @@ class ProviderError(AzManagersError):
 
 class ProviderUnavailableError(ProviderError):
     """The requested provider is not available in this installation."""
+
+
+class NotFoundError(ProviderError, LookupError):
+    """The resource does not exist."""
+
+
+class NotAuthorisedError(ProviderError, PermissionError):
+    """The cloud refused our credentials, or they lack a permission."""
+
+
+class QuotaError(ProviderError):
+    """Not enough quota for the request."""
+
+
+class ThrottledError(ProviderError):
+    """The cloud refused the request for now; try again after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class InstanceFailedError(AzManagersError):

@@ -11,15 +11,14 @@ import pytest
 from azmanagers.emulator import sample_scaleset_template
 from azmanagers.errors import ProviderError
 from azmanagers.providers.base import (
-    TAG_CLUSTER,
     BootSpec,
     Instance,
     InstanceState,
     PoolSpec,
     Provider,
-    resource_tags,
 )
-from azmanagers.providers.local import LocalProvider, owner_id
+from azmanagers.providers.local.provider import LocalProvider
+from azmanagers.providers.tags import TAG_CLUSTER, owner_id, resource_tags
 from tests.conftest import HAS_AZMANAGERS
 
 DEADLINE_S = 20.0
@@ -40,7 +39,7 @@ def provider(
     else:
         from azmanagers.emulator import start_emulator
         from azmanagers.providers.azure._clients import ArmSettings, resource_client
-        from azmanagers.providers.azure.compute import AzureProvider
+        from azmanagers.providers.azure.provider import AzureProvider
 
         emulator = start_emulator(run_instances=True, folder=tmp_path / "emulator")
         for key, value in emulator.environment().items():

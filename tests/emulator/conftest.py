@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import azmanagers
-from azmanagers import api
+from azmanagers.cluster import api
 from azmanagers.emulator import Emulator, sample_scaleset_template, start_emulator
 from azmanagers.providers.azure._clients import ArmSettings, resource_client
 from tests.conftest import processes_under

@@ -10,12 +10,11 @@ import pytest
 
 from azmanagers.emulator import sample_scaleset_template, start_emulator
 from azmanagers.emulator.server import EmulatorServer
-from azmanagers.errors import ConfigError, ProviderError
+from azmanagers.errors import ConfigError, NotAuthorisedError, NotFoundError, ProviderError
 from azmanagers.providers.azure._clients import ArmSettings, resource_client
-from azmanagers.providers.azure._errors import AzureAuthError, AzureNotFoundError
-from azmanagers.providers.azure.compute import AzureProvider, instance_state
-from azmanagers.providers.base import BootSpec, InstanceState, PoolSpec, resource_tags
-from azmanagers.providers.local import owner_id
+from azmanagers.providers.azure.provider import AzureProvider, instance_state
+from azmanagers.providers.base import BootSpec, InstanceState, PoolSpec
+from azmanagers.providers.tags import owner_id, resource_tags
 
 SUB = "00000000-0000-0000-0000-0000000000aa"
 RG = "azm-rg"
@@ -106,14 +105,14 @@ def test_errors_are_mapped_at_the_seam(
 ) -> None:
     del emulator
     provider = AzureProvider(SUB, RG)
-    with pytest.raises(AzureNotFoundError, match="scaling scale set nope"):
+    with pytest.raises(NotFoundError, match="scaling scale set nope"):
         provider.scale_pool("nope", 2)
     with pytest.raises(ConfigError, match="not an instance"):
         provider.delete_instances("pool", ["other_1"])
     monkeypatch.setenv("AZMANAGERS_ARM_TOKEN", "not-the-token")
-    with pytest.raises(AzureAuthError, match="az login"):
+    with pytest.raises(NotAuthorisedError, match="az login"):
         AzureProvider(SUB, RG).list_owned_resources()
-    assert issubclass(AzureAuthError, ProviderError)
+    assert issubclass(NotAuthorisedError, ProviderError)
 
 
 def test_arm_settings_refuse_plain_http_and_missing_ca(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -147,8 +146,8 @@ def test_instance_states_map_from_the_instance_view(
 
 
 def test_real_azure_refuses_a_loopback_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
-    from azmanagers.api import _check_reachable_scheduler
-    from azmanagers.settings import ClusterSettings
+    from azmanagers.cluster.api import _check_reachable_scheduler
+    from azmanagers.config.settings import ClusterSettings
 
     monkeypatch.setenv("AZMANAGERS_ARM_ENDPOINT", "https://management.azure.com")
     with pytest.raises(ConfigError, match="scheduler_host="):

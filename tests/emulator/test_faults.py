@@ -93,12 +93,12 @@ def test_a_vm_that_never_joins_is_deleted_at_its_deadline_and_replaced(
 
 
 def test_not_enough_quota_fails_at_once_and_leaves_nothing(emulated_azure: Emulator) -> None:
-    from azmanagers import api
-    from azmanagers.providers.azure._errors import AzureQuotaError
+    from azmanagers.cluster import api
+    from azmanagers.errors import QuotaError
 
     emulated_azure.state.faults.update({"family_cores_limit": 4})
     started = time.monotonic()
-    with pytest.raises(AzureQuotaError) as info:
+    with pytest.raises(QuotaError) as info:
         azmanagers.addprocs("myscaleset", 3, waitfor=True, timeout=DEADLINE_S)
     assert time.monotonic() - started < 30  # no waiting for capacity that cannot come
     message = str(info.value)
@@ -109,7 +109,7 @@ def test_not_enough_quota_fails_at_once_and_leaves_nothing(emulated_azure: Emula
     assert emulated_azure.state.scalesets == {}
     # within the quota it works, and the next step beyond it is refused the same way
     cluster = azmanagers.addprocs("myscaleset", 2, waitfor=True, timeout=DEADLINE_S)
-    with pytest.raises(AzureQuotaError, match="0 of 4 are free"):
+    with pytest.raises(QuotaError, match="0 of 4 are free"):
         azmanagers.addprocs("myscaleset", 1)
     assert cluster.target == 2
 
@@ -189,8 +189,8 @@ def _arm_get(emu: Emulator, path: str) -> tuple[int, dict[str, str]]:
 def test_arm_answers_carry_the_remaining_limit_and_a_spent_limit_is_one_clear_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from azmanagers.providers.azure._errors import AzureThrottledError
-    from azmanagers.providers.azure.compute import AzureProvider
+    from azmanagers.errors import ThrottledError
+    from azmanagers.providers.azure.provider import AzureProvider
 
     emu = start_emulator()
     try:
@@ -209,7 +209,7 @@ def test_arm_answers_carry_the_remaining_limit_and_a_spent_limit_is_one_clear_er
         status, headers = _arm_get(emu, path)
         assert status == 429 and int(headers["Retry-After"]) > 3000 and headers[header] == "0"
         started = time.monotonic()
-        with pytest.raises(AzureThrottledError, match=r"Azure asks to wait \d+ s"):
+        with pytest.raises(ThrottledError, match=r"Azure asks to wait \d+ s"):
             AzureProvider(SUB_LIMITS, "rg").list_instances("pool")
         assert time.monotonic() - started < 30
         assert emu.state.faults.snapshot()["reads_per_hour"] == 3

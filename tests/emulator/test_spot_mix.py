@@ -12,12 +12,16 @@ import pytest
 import azmanagers
 from azmanagers.emulator import Emulator, sample_scaleset_template, start_emulator
 from azmanagers.emulator.server import ArmError, EmulatorServer
-from azmanagers.errors import ConfigError
+from azmanagers.errors import ConfigError, QuotaError
 from azmanagers.providers.azure._clients import ArmSettings, resource_client
-from azmanagers.providers.azure._errors import AzureQuotaError
-from azmanagers.providers.azure.compute import AzureProvider
-from azmanagers.providers.base import BootSpec, InstanceState, PoolSpec, Priority, resource_tags
-from azmanagers.providers.local import owner_id
+from azmanagers.providers.azure.provider import AzureProvider
+from azmanagers.providers.base import (
+    BootSpec,
+    InstanceState,
+    PoolSpec,
+    Priority,
+)
+from azmanagers.providers.tags import owner_id, resource_tags
 
 SUB = "00000000-0000-0000-0000-0000000000aa"
 RG = "azm-rg"
@@ -124,9 +128,9 @@ def test_quota_for_a_mix_counts_regular_and_spot_vcpus_apart(emulator: Emulator)
     emulator.state.faults.update({"spot_cores_limit": 4, "family_cores_limit": 4})
     # 2 vCPUs each: 2 regular and 2 spot fit exactly; all 4 regular or all spot do not
     provider.check_capacity(template, 4, priority=Priority(spot=True, regular_base=2))
-    with pytest.raises(AzureQuotaError, match=r"3 spot x .* spot vCPUs needs 6"):
+    with pytest.raises(QuotaError, match=r"3 spot x .* spot vCPUs needs 6"):
         provider.check_capacity(template, 4, priority=Priority(spot=True, regular_base=1))
-    with pytest.raises(AzureQuotaError, match=r"4 regular x .* needs 8"):
+    with pytest.raises(QuotaError, match=r"4 regular x .* needs 8"):
         provider.check_capacity(template, 4)
     # growing from 2: the base is taken already, so both new ones are spot
     provider.check_capacity(template, 2, current=2, priority=Priority(spot=True, regular_base=2))

@@ -12,9 +12,9 @@ import azmanagers
 from azmanagers.emulator import Emulator, start_emulator
 from azmanagers.errors import ConfigError
 from azmanagers.providers.azure._clients import ArmSettings, resource_client
-from azmanagers.providers.azure.compute import AzureProvider
-from azmanagers.providers.base import BootSpec, InstanceState, VMSpec, resource_tags
-from azmanagers.providers.local import owner_id
+from azmanagers.providers.azure.provider import AzureProvider
+from azmanagers.providers.base import BootSpec, InstanceState, VMSpec
+from azmanagers.providers.tags import owner_id, resource_tags
 from tests.conftest import HAS_AZMANAGERS, processes_under
 
 SUB = "00000000-0000-0000-0000-0000000000dd"

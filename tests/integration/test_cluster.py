@@ -14,7 +14,7 @@ import distributed
 import pytest
 
 import azmanagers
-from azmanagers import api
+from azmanagers.cluster import api
 from azmanagers.errors import ConfigError, InstanceFailedError, WaitTimeoutError
 from tests.conftest import processes_under
 

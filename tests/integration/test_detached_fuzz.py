@@ -9,7 +9,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from azmanagers.agent.detached_schema import schema as service_schema
+from azmanagers.agent.service.schema import schema as service_schema
 from tests.detached_fixtures import Service, running_service
 
 pytestmark = pytest.mark.integration

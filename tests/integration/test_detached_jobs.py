@@ -14,7 +14,7 @@ import pytest
 
 import azmanagers
 from azmanagers import DetachedJob, JobFailedError
-from azmanagers.detached_vms import records_dir
+from azmanagers.detached.vms import records_dir
 
 pytestmark = pytest.mark.integration
 DEADLINE_S = 60.0

@@ -13,7 +13,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from azmanagers.detached_client import ServiceClient
+from azmanagers.detached.client import ServiceClient
 from azmanagers.errors import DetachedServiceError, JobNotFoundError
 from azmanagers.tls import make_self_signed
 from tests.detached_fixtures import DEADLINE_S, Service, running_service

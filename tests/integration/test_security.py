@@ -14,7 +14,7 @@ import distributed
 import pytest
 
 import azmanagers
-from azmanagers.boot import decode_payload
+from azmanagers.providers.boot import decode_payload
 from azmanagers.tls import KeyPair, make_cluster_credentials
 from tests.conftest import processes_under
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from azmanagers.boot import CUSTOM_DATA_MAX_BYTES, decode_payload, encode_payload, render
 from azmanagers.errors import ConfigError
 from azmanagers.providers.base import BootSpec
+from azmanagers.providers.boot import CUSTOM_DATA_MAX_BYTES, decode_payload, encode_payload, render
 
 RUN_TIMEOUT_S = 15.0
 RECORD_NAME = "record.json"
@@ -233,7 +233,7 @@ def stock_image(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 def test_a_stock_image_installs_the_callers_version_into_a_virtualenv(
     tmp_path: Path, stock_image: tuple[Path, dict[str, str]]
 ) -> None:
-    from azmanagers import __version__
+    from azmanagers._version import __version__
 
     stock, env = stock_image
     instance_dir = tmp_path / "instance"

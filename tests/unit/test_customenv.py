@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from azmanagers.customenv import caller_requirements, requirements_for
+from azmanagers.cluster.customenv import caller_requirements, requirements_for
 from azmanagers.errors import ConfigError
 
 PIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*==\S+$")

@@ -13,22 +13,25 @@ from pathlib import Path
 import psutil
 import pytest
 
-from azmanagers import boot
-from azmanagers.collect import gc
 from azmanagers.errors import ProviderError
-from azmanagers.providers import procvm
+from azmanagers.providers import boot, procvm
 from azmanagers.providers.base import (
-    TAG_CLUSTER,
-    TAG_EXPIRES,
-    TAG_OWNER,
     BootSpec,
     Instance,
     InstanceState,
-    OwnedResource,
     PoolSpec,
+)
+from azmanagers.providers.gc import gc
+from azmanagers.providers.local.provider import LocalProvider
+from azmanagers.providers.tags import (
+    TAG_CLUSTER,
+    TAG_EXPIRES,
+    TAG_OWNER,
+    is_expired,
+    owner_alive,
+    owner_id,
     resource_tags,
 )
-from azmanagers.providers.local import LocalProvider, is_expired, owner_alive, owner_id
 from tests.conftest import HAS_AZMANAGERS
 
 DEADLINE_S = 10.0
@@ -425,14 +428,11 @@ def test_owner_alive() -> None:
 
 
 def test_is_expired() -> None:
-    def res(tags: dict[str, str]) -> OwnedResource:
-        return OwnedResource(kind="pool", name="r", tags=tags, owner_alive=True)
-
-    assert is_expired(res({TAG_EXPIRES: str(int(time.time()) - 10)}))
-    assert not is_expired(res({TAG_EXPIRES: str(int(time.time()) + 3600)}))
-    assert is_expired(res({TAG_EXPIRES: "100"}), now=101.0)
-    assert not is_expired(res({}))
-    assert not is_expired(res({TAG_EXPIRES: "soon"}))
+    assert is_expired({TAG_EXPIRES: str(int(time.time()) - 10)})
+    assert not is_expired({TAG_EXPIRES: str(int(time.time()) + 3600)})
+    assert is_expired({TAG_EXPIRES: "100"}, now=101.0)
+    assert not is_expired({})
+    assert not is_expired({TAG_EXPIRES: "soon"})
 
 
 def test_gc_collects_dead_owners_and_expired_pools_only(

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from azmanagers.cluster.policy import Decision, Failure, decide
 from azmanagers.providers.base import Instance, InstanceState
-from azmanagers.reconcile import Decision, Failure, decide
 
 RUNNING = InstanceState.RUNNING
 CREATING = InstanceState.CREATING

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from azmanagers.config.settings import ClusterSettings, resolve
 from azmanagers.errors import ConfigError
-from azmanagers.settings import ClusterSettings, resolve
 
 TEMPLATE = "mytmpl"
 

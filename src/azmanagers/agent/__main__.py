@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.role == "detached":
-        from azmanagers.agent.detached import main as detached_main
+        from azmanagers.agent.service.app import main as detached_main
 
         return detached_main(args.payload)
     from azmanagers.agent.worker import main as worker_main

@@ -28,7 +28,7 @@ REQUEST_TIMEOUT_S = 30.0
 
 
 def _delete_local(folder: Path) -> None:
-    from azmanagers.providers.local_vms import LocalVMs
+    from azmanagers.providers.local.vms import LocalVMs
 
     LocalVMs(folder.parent.parent).delete(folder.name)
 

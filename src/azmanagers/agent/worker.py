@@ -25,7 +25,7 @@ def _say(message: str) -> None:
 
 def load_payload(path: str) -> dict[str, Any]:
     """Read the payload file the boot script wrote (base64 was decoded by the script)."""
-    from azmanagers.boot import decode_payload
+    from azmanagers.providers.boot import decode_payload
 
     data = Path(path).read_bytes()
     try:

@@ -18,12 +18,12 @@ def get_provider(name: str, template: Mapping[str, Any] | None = None) -> Provid
     manifest's when the template leaves them empty.
     """
     if name == "local":
-        from azmanagers.providers.local import LocalProvider
+        from azmanagers.providers.local.provider import LocalProvider
 
         return LocalProvider()
     if name == "azure":
         try:
-            from azmanagers.providers.azure.compute import AzureProvider
+            from azmanagers.providers.azure.provider import AzureProvider
         except ImportError as exc:  # pragma: no cover - the SDKs are dependencies
             raise ProviderUnavailableError(
                 f"the azure provider needs the Azure SDKs ({exc}); pip install azmanagers again."

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import enum
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
-
-TAG_CLUSTER = "azmanagers-cluster"
-TAG_OWNER = "azmanagers-owner"
-TAG_EXPIRES = "azmanagers-expires"
-DETACHED_OWNER = "detached"
-"""The owner tag of a detached VM: it outlives its caller by design (gc goes by its expiry)."""
 
 
 class InstanceState(enum.Enum):
@@ -33,7 +26,7 @@ class InstanceState(enum.Enum):
 
 @dataclass(frozen=True)
 class BootSpec:
-    """What an instance needs to boot: rendered into its boot script by ``azmanagers.boot``.
+    """What an instance needs to boot: rendered into its boot script by ``providers.boot``.
 
     Parameters
     ----------
@@ -149,13 +142,23 @@ class OwnedResource:
     owner_alive: bool
 
 
-def resource_tags(cluster: str, owner: str, ttl_s: float) -> dict[str, str]:
-    """Return the three tags every resource we create carries."""
-    return {
-        TAG_CLUSTER: cluster,
-        TAG_OWNER: owner,
-        TAG_EXPIRES: str(int(time.time() + ttl_s)),
-    }
+@dataclass(frozen=True)
+class Pace:
+    """How often a reconciler may list a pool's instances on a provider (its read budget).
+
+    Joins and departures come from the scheduler, not from the provider: listing only finds
+    instances that failed, were evicted or were deleted behind our back, so a steady pool is
+    listed every ``steady_s``, and every ``after_change_s`` for ``change_window_s`` after a
+    change (a create, scale or delete, a join or a departure).
+    """
+
+    steady_s: float
+    after_change_s: float
+    change_window_s: float
+
+    def interval_s(self, since_change_s: float) -> float:
+        """Return the wait before the next list, ``since_change_s`` after the last change."""
+        return self.after_change_s if since_change_s < self.change_window_s else self.steady_s
 
 
 @runtime_checkable
@@ -168,6 +171,11 @@ class Provider(Protocol):
     """
 
     name: str
+    pace: Pace
+
+    def check_reachable(self, host: str) -> None:
+        """Raise ConfigError when this provider's instances could not reach ``host``."""
+        ...
 
     def create_pool(self, spec: PoolSpec) -> None:
         """Create an empty pool (capacity 0); returns once the pool exists."""
@@ -196,6 +204,10 @@ class Provider(Protocol):
         """
         ...
 
+    def set_pool_tags(self, pool: str, tags: Mapping[str, str]) -> None:
+        """Replace the pool's tags (one call; the expiry is renewed so); safe to repeat."""
+        ...
+
     def delete_instances(self, pool: str, instance_ids: Sequence[str]) -> None:
         """Begin deleting these instances (one batched call); lowers capacity; returns at once."""
         ...
@@ -222,6 +234,10 @@ class Provider(Protocol):
 
     def delete_vm(self, name: str) -> None:
         """Delete the VM (and what was made for it); return when gone; safe to repeat."""
+        ...
+
+    def vm_log(self, name: str, *, tail_bytes: int = 4096) -> str:
+        """Return the end of a stand-alone VM's boot log ('' when there is none)."""
         ...
 
     def list_owned_resources(self, *, cluster: str | None = None) -> list[OwnedResource]:

@@ -12,24 +12,13 @@ from azure.core.exceptions import (
     ServiceRequestError,
 )
 
-from azmanagers.errors import ProviderError
-
-
-class AzureNotFoundError(ProviderError):
-    """The resource does not exist."""
-
-
-class AzureAuthError(ProviderError):
-    """Azure refused our credentials."""
-
-
-class AzureQuotaError(ProviderError):
-    """Not enough quota for the request."""
-
-
-class AzureThrottledError(ProviderError):
-    """ARM refused the request for longer than we retry (a spent request limit)."""
-
+from azmanagers.errors import (
+    NotAuthorisedError,
+    NotFoundError,
+    ProviderError,
+    QuotaError,
+    ThrottledError,
+)
 
 _QUOTA_CODES = {"OperationNotAllowed", "QuotaExceeded", "SkuNotAvailable"}
 
@@ -40,24 +29,25 @@ def mapped(action: str) -> Iterator[None]:
     try:
         yield
     except ResourceNotFoundError as exc:
-        raise AzureNotFoundError(f"{action}: not found ({_detail(exc)}).") from exc
+        raise NotFoundError(f"{action}: not found ({_detail(exc)}).") from exc
     except ClientAuthenticationError as exc:
-        raise AzureAuthError(
+        raise NotAuthorisedError(
             f"{action}: Azure refused the credentials ({_detail(exc)}). Run `az login`, or set "
             "a service principal in AZURE_CLIENT_ID / AZURE_TENANT_ID / AZURE_CLIENT_SECRET."
         ) from exc
     except HttpResponseError as exc:
         code = getattr(exc.error, "code", None) if exc.error is not None else None
         if code in _QUOTA_CODES:
-            raise AzureQuotaError(f"{action}: {_detail(exc)}") from exc
+            raise QuotaError(f"{action}: {_detail(exc)}") from exc
         if exc.status_code == 429:
             response = getattr(exc, "response", None)
             wait = response.headers.get("Retry-After") if response is not None else None
             after = f" Azure asks to wait {wait} s;" if wait else ""
-            raise AzureThrottledError(
+            raise ThrottledError(
                 f"{action}: Azure is throttling requests ({_detail(exc)}).{after} try again "
                 "later, or lower the request rate (fewer clusters or a longer "
-                "reconcile_interval_s)."
+                "reconcile_interval_s).",
+                retry_after_s=_seconds(wait),
             ) from exc
         raise ProviderError(f"{action}: HTTP {exc.status_code} {_detail(exc)}") from exc
     except ServiceRequestError as exc:
@@ -69,3 +59,11 @@ def _detail(exc: HttpResponseError | ClientAuthenticationError) -> str:
     if error is not None and getattr(error, "code", None):
         return f"{error.code}: {error.message}"
     return str(exc.message or exc).splitlines()[0]
+
+
+def _seconds(value: str | None) -> float:
+    """Return a Retry-After header's delay in seconds (0 when absent or not a number)."""
+    try:
+        return max(0.0, float(value)) if value else 0.0
+    except ValueError:
+        return 0.0

@@ -1,4 +1,4 @@
-"""The ``azm manifest`` and ``azm template`` commands (write, show, list, add, remove)."""
+"""The ``azm template`` commands: list, show, add and remove templates."""
 
 from __future__ import annotations
 
@@ -7,18 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
+from azmanagers.cli.options import option, require_given
 from azmanagers.config import manifest as _manifest
 from azmanagers.config import template_schema as _schema
 from azmanagers.config import templates as _templates
 from azmanagers.config.paths import home
 from azmanagers.errors import ConfigError
 
-manifest_app = typer.Typer(
-    name="manifest",
-    help="Write or show the manifest (AZMANAGERS_HOME/manifest.json).",
-    no_args_is_help=True,
-    add_completion=False,
-)
 template_app = typer.Typer(
     name="template",
     help="List, show, add and remove scale-set, VM and NIC templates.",
@@ -49,26 +44,23 @@ DatadiskOption = Annotated[
 ]
 
 
-def _opt(help_text: str) -> Any:
-    """Return a string option with no default (``None`` when not given)."""
-    return typer.Option(help=help_text, show_default=False)
-
-
 # Options that add-scaleset and add-vm share.
-SubscriptionOption = Annotated[str | None, _opt("Azure subscription id (default: the manifest's).")]
-LocationOption = Annotated[str | None, _opt("Azure region, e.g. southcentralus.")]
-ResourceGroupOption = Annotated[str | None, _opt("Resource group (default: the manifest's).")]
-GalleryOption = Annotated[str | None, _opt("Azure compute gallery holding the image.")]
-ImageOption = Annotated[str | None, _opt("Image in the gallery.")]
+SubscriptionOption = Annotated[
+    str | None, option("Azure subscription id (default: the manifest's).")
+]
+LocationOption = Annotated[str | None, option("Azure region, e.g. southcentralus.")]
+ResourceGroupOption = Annotated[str | None, option("Resource group (default: the manifest's).")]
+GalleryOption = Annotated[str | None, option("Azure compute gallery holding the image.")]
+ImageOption = Annotated[str | None, option("Image in the gallery.")]
 ImageSubscriptionOption = Annotated[
-    str | None, _opt("Subscription of the gallery (default: --subscriptionid).")
+    str | None, option("Subscription of the gallery (default: --subscriptionid).")
 ]
 ImageResourceGroupOption = Annotated[
-    str | None, _opt("Resource group of the gallery (default: --resourcegroup).")
+    str | None, option("Resource group of the gallery (default: --resourcegroup).")
 ]
-OsDiskOption = Annotated[int | None, _opt("OS disk size in GB (default: 60).")]
+OsDiskOption = Annotated[int | None, option("OS disk size in GB (default: 60).")]
 TempdiskOption = Annotated[
-    str | None, _opt("Shell commands preparing the temporary disk (default: /scratch link).")
+    str | None, option("Shell commands preparing the temporary disk (default: /scratch link).")
 ]
 EncryptionOption = Annotated[
     bool, typer.Option("--encryption-at-host", help="Enable encryption at host.")
@@ -78,58 +70,6 @@ EncryptionOption = Annotated[
 # ---------------------------------------------------------------------------------------------
 # azm manifest
 # ---------------------------------------------------------------------------------------------
-
-
-@manifest_app.command("write")
-def manifest_write(
-    resourcegroup: Annotated[str | None, _opt("Default Azure resource group (required).")] = None,
-    subscriptionid: Annotated[
-        str | None, _opt("Default Azure subscription id, a GUID (required).")
-    ] = None,
-    ssh_user: Annotated[str | None, _opt("User name on the VMs (required).")] = None,
-    ssh_private_key_file: Annotated[
-        str, typer.Option(help="ssh private key; it never leaves this machine.")
-    ] = _manifest.DEFAULT_SSH_PRIVATE_KEY_FILE,
-    ssh_public_key_file: Annotated[
-        str, typer.Option(help="ssh public key, placed on the VMs.")
-    ] = _manifest.DEFAULT_SSH_PUBLIC_KEY_FILE,
-) -> None:
-    """Write the manifest (mode 0600), replacing any previous one."""
-    _require(
-        "azm manifest write",
-        {
-            "--resourcegroup": resourcegroup,
-            "--subscriptionid": subscriptionid,
-            "--ssh-user": ssh_user,
-        },
-    )
-    path = _manifest.write_manifest(
-        resourcegroup=str(resourcegroup),
-        subscriptionid=str(subscriptionid),
-        ssh_user=str(ssh_user),
-        ssh_private_key_file=ssh_private_key_file,
-        ssh_public_key_file=ssh_public_key_file,
-    )
-    typer.echo(f"Wrote the manifest to {path} (mode 0600).")
-
-
-@manifest_app.command("show")
-def manifest_show() -> None:
-    """Print the manifest as JSON."""
-    loaded = _manifest.load_manifest()
-    typer.echo(json.dumps(loaded.to_dict(), indent=2))
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _require(command: str, values: dict[str, Any]) -> None:
-    """Raise ConfigError naming the first option in ``values`` that was not given."""
-    for option, value in values.items():
-        if value is None or (isinstance(value, str) and not value.strip()):
-            raise ConfigError(f"{command} needs {option}. Run `{command} --help` for every option.")
 
 
 def _manifest_or_none() -> _manifest.Manifest | None:
@@ -292,42 +232,44 @@ def template_add_scaleset(
         ),
     ] = False,
     subscriptionid: SubscriptionOption = None,
-    admin_username: Annotated[str | None, _opt("User on the VMs (default: manifest ssh_user).")] = (
-        None
-    ),
+    admin_username: Annotated[
+        str | None, option("User on the VMs (default: manifest ssh_user).")
+    ] = (None),
     location: LocationOption = None,
     resourcegroup: ResourceGroupOption = None,
-    vnet: Annotated[str | None, _opt("Virtual network of the instances.")] = None,
-    subnet: Annotated[str | None, _opt("Subnet of the instances.")] = None,
+    vnet: Annotated[str | None, option("Virtual network of the instances.")] = None,
+    subnet: Annotated[str | None, option("Subnet of the instances.")] = None,
     imagegallery: GalleryOption = None,
     imagename: ImageOption = None,
-    skuname: Annotated[str | None, _opt("VM size, e.g. Standard_D2s_v3.")] = None,
+    skuname: Annotated[str | None, option("VM size, e.g. Standard_D2s_v3.")] = None,
     subscriptionid_image: ImageSubscriptionOption = None,
     resourcegroup_vnet: Annotated[
-        str | None, _opt("Resource group of the network (default: --resourcegroup).")
+        str | None, option("Resource group of the network (default: --resourcegroup).")
     ] = None,
     resourcegroup_image: ImageResourceGroupOption = None,
-    skutier: Annotated[str | None, _opt("SKU tier (default: Standard).")] = None,
+    skutier: Annotated[str | None, option("SKU tier (default: Standard).")] = None,
     osdisksize: OsDiskOption = None,
     datadisk: DatadiskOption = None,
     tempdisk: TempdiskOption = None,
     tag: TagOption = None,
     encryption_at_host: EncryptionOption = False,
     max_instances: Annotated[
-        int | None, _opt("--local: most process-VMs at once (default: 16).")
+        int | None, option("--local: most process-VMs at once (default: 16).")
     ] = None,
-    nthreads: Annotated[int | None, _opt("--local: threads per Dask worker (default: 1).")] = None,
+    nthreads: Annotated[
+        int | None, option("--local: threads per Dask worker (default: 1).")
+    ] = None,
     memory_limit: Annotated[
-        str | None, _opt("--local: worker memory: auto, bytes, or e.g. 2GiB (default: auto).")
+        str | None, option("--local: worker memory: auto, bytes, or e.g. 2GiB (default: auto).")
     ] = None,
     join_timeout_s: Annotated[
-        float | None, _opt("--local: seconds an instance has to join (default: 120).")
+        float | None, option("--local: seconds an instance has to join (default: 120).")
     ] = None,
     max_replacements: Annotated[
-        int | None, _opt("--local: failed instances replaced at most (default: 3).")
+        int | None, option("--local: failed instances replaced at most (default: 3).")
     ] = None,
     death_timeout_s: Annotated[
-        float | None, _opt("--local: seconds a worker waits for a lost scheduler (default: 30).")
+        float | None, option("--local: seconds a worker waits for a lost scheduler (default: 30).")
     ] = None,
 ) -> None:
     """Add (or replace) a scale-set template: Azure by default, or --local."""
@@ -381,7 +323,7 @@ def template_add_scaleset(
         subscriptionid = subscriptionid or manifest.subscriptionid
         resourcegroup = resourcegroup or manifest.resourcegroup
         admin_username = admin_username or manifest.ssh_user
-    _require(
+    require_given(
         command,
         {
             "--subscriptionid (or a manifest)": subscriptionid,
@@ -426,18 +368,18 @@ def template_add_vm(
         bool, typer.Option("--local", help="A local VM template: a process on this machine.")
     ] = False,
     subscriptionid: SubscriptionOption = None,
-    admin_username: Annotated[str | None, _opt("User on the VM (default: manifest ssh_user).")] = (
-        None
-    ),
+    admin_username: Annotated[
+        str | None, option("User on the VM (default: manifest ssh_user).")
+    ] = (None),
     location: LocationOption = None,
     resourcegroup: ResourceGroupOption = None,
     imagegallery: GalleryOption = None,
     imagename: ImageOption = None,
-    vmsize: Annotated[str | None, _opt("VM size, e.g. Standard_D8s_v3.")] = None,
-    nicname: Annotated[str | None, _opt("Network interface name (default: cbox-nic).")] = None,
+    vmsize: Annotated[str | None, option("VM size, e.g. Standard_D8s_v3.")] = None,
+    nicname: Annotated[str | None, option("Network interface name (default: cbox-nic).")] = None,
     subscriptionid_image: ImageSubscriptionOption = None,
     resourcegroup_vnet: Annotated[
-        str | None, _opt("Resource group of the network interface (default: --resourcegroup).")
+        str | None, option("Resource group of the network interface (default: --resourcegroup).")
     ] = None,
     resourcegroup_image: ImageResourceGroupOption = None,
     osdisksize: OsDiskOption = None,
@@ -480,7 +422,7 @@ def template_add_vm(
         subscriptionid = subscriptionid or manifest.subscriptionid
         resourcegroup = resourcegroup or manifest.resourcegroup
         admin_username = admin_username or manifest.ssh_user
-    _require(
+    require_given(
         command,
         {
             "--subscriptionid (or a manifest)": subscriptionid,
@@ -518,13 +460,13 @@ def template_add_vm(
 def template_add_nic(
     name: NameArgument,
     subscriptionid: Annotated[
-        str | None, _opt("Subscription of the virtual network (default: the manifest's).")
+        str | None, option("Subscription of the virtual network (default: the manifest's).")
     ] = None,
     resourcegroup_vnet: Annotated[
-        str | None, _opt("Resource group of the virtual network (default: the manifest's).")
+        str | None, option("Resource group of the virtual network (default: the manifest's).")
     ] = None,
-    vnet: Annotated[str | None, _opt("Virtual network to attach to.")] = None,
-    subnet: Annotated[str | None, _opt("Subnet to attach to.")] = None,
+    vnet: Annotated[str | None, option("Virtual network to attach to.")] = None,
+    subnet: Annotated[str | None, option("Subnet to attach to.")] = None,
     location: LocationOption = None,
     accelerated: Annotated[
         bool,
@@ -540,7 +482,7 @@ def template_add_nic(
     if manifest is not None:
         subscriptionid = subscriptionid or manifest.subscriptionid
         resourcegroup_vnet = resourcegroup_vnet or manifest.resourcegroup
-    _require(
+    require_given(
         command,
         {
             "--subscriptionid (or a manifest)": subscriptionid,

@@ -6,14 +6,9 @@ import logging
 from dataclasses import dataclass
 
 from azmanagers.errors import AzManagersError, ProviderError
-from azmanagers.providers.base import (
-    DETACHED_OWNER,
-    TAG_CLUSTER,
-    TAG_OWNER,
-    OwnedResource,
-    Provider,
-)
-from azmanagers.providers.local import LocalProvider, is_expired
+from azmanagers.providers.base import OwnedResource, Provider
+from azmanagers.providers.local.provider import LocalProvider
+from azmanagers.providers.tags import DETACHED_OWNER, TAG_CLUSTER, TAG_OWNER, is_expired
 
 logger = logging.getLogger("azmanagers.gc")
 
@@ -33,7 +28,7 @@ def _reason(resource: OwnedResource) -> str | None:
     detached = resource.tags.get(TAG_OWNER) == DETACHED_OWNER  # meant to outlive its caller
     if not resource.owner_alive and not detached:
         return "its owner process is gone"
-    if is_expired(resource):
+    if is_expired(resource.tags):
         return "its azmanagers-expires tag has passed"
     return None
 
@@ -60,7 +55,7 @@ def providers_to_collect() -> list[Provider]:
         places.add((manifest.subscriptionid, manifest.resourcegroup))
     found: list[Provider] = [LocalProvider()]
     if places:
-        from azmanagers.providers.azure.compute import AzureProvider
+        from azmanagers.providers.azure.provider import AzureProvider
 
         found += [AzureProvider(sub, group) for sub, group in sorted(places)]
     return found

@@ -6,11 +6,12 @@ import base64
 import copy
 import datetime
 import time
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from azmanagers import boot
-from azmanagers.errors import ConfigError, ProviderError
+from azmanagers.errors import ConfigError, NotFoundError, ProviderError, QuotaError
+from azmanagers.providers import boot
 from azmanagers.providers.azure import flexible
 from azmanagers.providers.azure._clients import (
     ArmSettings,
@@ -18,20 +19,19 @@ from azmanagers.providers.azure._clients import (
     network_client,
     resource_client,
 )
-from azmanagers.providers.azure._errors import AzureNotFoundError, AzureQuotaError, mapped
+from azmanagers.providers.azure._errors import mapped
 from azmanagers.providers.base import (
     REGULAR,
-    TAG_CLUSTER,
-    TAG_OWNER,
     Instance,
     InstanceState,
     OwnedResource,
+    Pace,
     PoolSpec,
     Priority,
     VMInfo,
     VMSpec,
 )
-from azmanagers.providers.local import owner_alive
+from azmanagers.providers.tags import TAG_CLUSTER, TAG_OWNER, owner_alive
 
 VMSS_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
 VM_TYPE = "Microsoft.Compute/virtualMachines"
@@ -91,6 +91,8 @@ class AzureProvider:
     """
 
     name = "azure"
+    pace = Pace(steady_s=10.0, after_change_s=2.0, change_window_s=60.0)
+    """ARM allows a subscription about 12,000 reads an hour: a steady pool costs 360."""
 
     def __init__(
         self, subscription: str, resource_group: str, settings: ArmSettings | None = None
@@ -109,6 +111,17 @@ class AzureProvider:
         self._skus: dict[tuple[str, str], tuple[str, int]] = {}
         self._flexible: dict[str, bool] = {}
 
+    def check_reachable(self, host: str) -> None:
+        """Refuse a loopback ``host`` unless ARM itself is on loopback (the emulator)."""
+        endpoint_host = urllib.parse.urlsplit(self.settings.endpoint).hostname or ""
+        on_loopback = endpoint_host in ("127.0.0.1", "localhost", "::1")
+        if host in ("127.0.0.1", "localhost", "::1") and not on_loopback:
+            raise ConfigError(
+                "the scheduler would listen on loopback, which Azure VMs cannot reach: pass "
+                "scheduler_host='<this machine's address in the VMs' virtual network>' (or set "
+                "AZMANAGERS_SCHEDULER_HOST), and run from a machine in that network."
+            )
+
     # -- pools ---------------------------------------------------------------------------
     def create_pool(self, spec: PoolSpec) -> None:
         """Create the scale set (capacity 0) with the boot script as custom data."""
@@ -117,7 +130,7 @@ class AzureProvider:
                 found = self._compute.virtual_machine_scale_sets.get(self.resource_group, spec.name)
             self._flexible[spec.name] = flexible.is_flexible(found.orchestration_mode)
             return  # it exists: creating is idempotent
-        except AzureNotFoundError:
+        except NotFoundError:
             pass
         body = self._scaleset_body(spec)
         with mapped(f"creating scale set {spec.name}"):
@@ -156,7 +169,7 @@ class AzureProvider:
             flexible.make_flexible(body, spec.priority)
         return body
 
-    def set_pool_tags(self, pool: str, tags: dict[str, str]) -> None:
+    def set_pool_tags(self, pool: str, tags: Mapping[str, str]) -> None:
         """Replace the scale set's tags (renews ``azmanagers-expires``)."""
         with mapped(f"tagging scale set {pool}"):
             self._compute.virtual_machine_scale_sets.begin_update(
@@ -182,7 +195,7 @@ class AzureProvider:
         ids = names if by_name else sorted((_instance_number(pool, n) for n in names), key=int)
         try:
             self._delete_ids(pool, ids)
-        except AzureNotFoundError:
+        except NotFoundError:
             # Some are gone already (repeating a delete is safe): delete those that remain.
             remaining = {i.id for i in self.list_instances(pool)}
             left = [i for i in ids if (i if by_name else f"{pool}_{i}") in remaining]
@@ -215,7 +228,7 @@ class AzureProvider:
                         self.resource_group, pool, expand="instanceView"
                     )
                 vms = list(found)
-        except AzureNotFoundError:
+        except NotFoundError:
             return []
         out = []
         for vm in vms:
@@ -243,7 +256,7 @@ class AzureProvider:
                 )
                 if wait:
                     poller.result()
-        except AzureNotFoundError:
+        except NotFoundError:
             pass
         self._flexible.pop(pool, None)
 
@@ -326,7 +339,7 @@ class AzureProvider:
                 nic = self._network_client().network_interfaces.get(
                     self.resource_group, f"{name}-nic"
                 )
-        except AzureNotFoundError:
+        except NotFoundError:
             return None
         props = vm.properties
         statuses = []
@@ -347,15 +360,27 @@ class AzureProvider:
                 self._compute.virtual_machines.begin_delete(
                     self.resource_group, name, force_deletion=True
                 ).result()
-        except AzureNotFoundError:
+        except NotFoundError:
             pass
         try:
             with mapped(f"deleting network interface {name}-nic"):
                 self._network_client().network_interfaces.begin_delete(
                     self.resource_group, f"{name}-nic"
                 ).result()
-        except AzureNotFoundError:
+        except NotFoundError:
             pass
+
+    def vm_log(self, name: str, *, tail_bytes: int = 4096) -> str:
+        """Return the end of the VM's serial console log (boot diagnostics), '' if none."""
+        try:
+            with mapped(f"reading the boot log of VM {name}"):
+                result = self._compute.virtual_machines.retrieve_boot_diagnostics_data(
+                    self.resource_group, name, sas_uri_expiration_time_in_minutes=5
+                )
+        except ProviderError:
+            return ""
+        url = getattr(result, "serial_console_log_blob_uri", None)
+        return _download_tail(str(url), tail_bytes, self.settings.ca_file) if url else ""
 
     def _network_client(self) -> Any:
         if self._network is None:
@@ -371,7 +396,7 @@ class AzureProvider:
         current: int = 0,
         priority: Priority = REGULAR,
     ) -> None:
-        """Raise AzureQuotaError at once when ``add`` more VMs would not fit the quota.
+        """Raise QuotaError at once when ``add`` more VMs would not fit the quota.
 
         Looks up the VM size's family and vCPUs (once per size) and the region's usages
         (one call). Regular VMs count against the family's and the region's vCPUs, spot
@@ -401,7 +426,7 @@ class AzureProvider:
                 continue
             need, free = count * vcpus, int(usage.limit) - int(usage.current_value)
             if need > free:
-                raise AzureQuotaError(
+                raise QuotaError(
                     f"not enough quota in {location} for {count} {kind} x {sku_name}: {label} "
                     f"needs {need} vCPUs but {max(free, 0)} of {usage.limit} are free "
                     f"({usage.current_value} in use). Ask for more quota (Azure portal: "

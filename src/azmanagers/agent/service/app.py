@@ -2,7 +2,7 @@
 
 Every request but the schema needs ``Authorization: Bearer <token>``; the VM keeps only the
 token's SHA-256. The server certificate is the VM's own; clients pin its fingerprint. Each
-job runs in its own process and directory (``azmanagers.agent.jobrun``); its record is in
+job runs in its own process and directory (``azmanagers.agent.service.run``); its record is in
 SQLite (``jobstore``), so a restarted service keeps every job and adopts those still
 running (``jobservice``). Routes are listed in ``detached_schema.schema()``.
 """
@@ -26,15 +26,15 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from azmanagers import __version__
-from azmanagers.agent.detached_schema import schema
-from azmanagers.agent.jobservice import (
+from azmanagers._version import __version__
+from azmanagers.agent.service.jobs import (
     MAX_READ_BYTES,
     BadRequest,
     JobService,
     ServiceConfig,
 )
-from azmanagers.agent.jobstore import FINISHED
+from azmanagers.agent.service.schema import schema
+from azmanagers.agent.service.store import FINISHED
 
 logger = logging.getLogger("azmanagers.detached")
 

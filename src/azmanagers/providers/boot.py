@@ -49,7 +49,7 @@ _STOP_FUNCTION = (
 
 def default_requirement() -> str:
     """Return the pip requirement of the caller's own azmanagers version."""
-    from azmanagers import __version__
+    from azmanagers._version import __version__
 
     return f"azmanagers=={__version__}"
 
@@ -60,7 +60,7 @@ def _bootstrap_lines(spec: BootSpec) -> list[str]:
     An image with the caller's version preinstalled skips all of it (and boots faster).
     On Debian and Ubuntu images without the venv module it installs python3-venv first.
     """
-    from azmanagers import __version__
+    from azmanagers._version import __version__
 
     requirement = spec.bootstrap_requirement or default_requirement()
     pip_args = " ".join(shlex.quote(arg) for arg in spec.bootstrap_pip_args)

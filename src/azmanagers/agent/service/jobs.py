@@ -1,6 +1,6 @@
 """The detached service's jobs: start each in its own process, watch it, keep its record.
 
-Each job runs ``azmanagers.agent.jobrun`` in a directory of its own with a clean
+Each job runs ``azmanagers.agent.service.run`` in a directory of its own with a clean
 environment, in a session of its own (it survives a restart of the service, and is killed
 as a group). Records live in SQLite (``jobstore``): a restarted service adopts the jobs
 still running and marks those that died meanwhile as failed, with the reason.
@@ -28,8 +28,8 @@ from typing import Any
 
 import psutil
 
-from azmanagers.agent import jobrun
-from azmanagers.agent.jobstore import FINISHED, JobRecord, JobStore
+from azmanagers.agent.service import run as jobrun
+from azmanagers.agent.service.store import FINISHED, JobRecord, JobStore
 
 logger = logging.getLogger("azmanagers.detached")
 
@@ -170,7 +170,7 @@ class JobService:
                 open(job_dir / "stderr", "wb") as err,
             ):
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "azmanagers.agent.jobrun", str(job_dir)],
+                    [sys.executable, "-m", "azmanagers.agent.service.run", str(job_dir)],
                     cwd=job_dir / "work",
                     stdin=subprocess.DEVNULL,
                     stdout=out,

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from azmanagers.detached_vms import DetachedVM, can_delete_itself, create_vm, delete_vm, load_vm
+from azmanagers.detached.vms import DetachedVM, can_delete_itself, create_vm, delete_vm, load_vm
 from azmanagers.errors import ConfigError, JobFailedError, WaitTimeoutError
 
 MAX_JOB_BYTES = 64 * 1024 * 1024

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
-from typing import Annotated
 
 import typer
 
@@ -38,76 +36,11 @@ def _root(
 @app.command()
 def demo() -> None:
     """Start 4 local workers, estimate pi on them, show a worker log, remove them (no account)."""
-    from azmanagers.demo import run_demo
+    from azmanagers.cli.demo import run_demo
 
     code = run_demo()
     if code:
         raise typer.Exit(code)
-
-
-@app.command("gc")
-def gc_command(
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be deleted."),
-    cluster: str = typer.Option(None, "--cluster", help="Only this cluster (exact tag match)."),
-) -> None:
-    """Delete what a killed caller left behind: resources whose owner is gone or expired."""
-    from azmanagers.collect import gc
-
-    found = gc(dry_run=dry_run, cluster=cluster)
-    verb = "would delete" if dry_run else "deleted"
-    for item in found:
-        typer.echo(
-            f"{verb} {item.provider} {item.kind} {item.name} "
-            f"(cluster {item.cluster}): {item.reason}"
-        )
-    if not found:
-        typer.echo("nothing to collect")
-
-
-emulator_app = typer.Typer(
-    help="The ARM/IMDS emulator: the azure provider's real SDK path, offline.",
-    no_args_is_help=True,
-)
-
-
-@emulator_app.command("serve")
-def emulator_serve(
-    folder: Annotated[
-        Path | None,
-        typer.Option(
-            "--folder", help="Where to keep its CA, env file and VM folders (default: temp)."
-        ),
-    ] = None,
-    run_instances: bool = typer.Option(
-        True,
-        "--run-instances/--no-run-instances",
-        help="Run each VM's custom data as a process on this machine (or keep VMs as records).",
-    ),
-) -> None:
-    """Serve ARM and IMDS on loopback until interrupted; write the variables to use it."""
-    import signal
-    import tempfile
-    import threading
-
-    from azmanagers.config.paths import atomic_write_text
-    from azmanagers.emulator import start_emulator
-
-    folder = folder or Path(tempfile.mkdtemp(prefix="azm-emulator-"))
-    emu = start_emulator(run_instances=run_instances, folder=folder)
-    env_file = folder / "emulator.env"
-    atomic_write_text(
-        env_file, "".join(f"export {k}={v}\n" for k, v in emu.environment().items())
-    )  # mode 0600: it holds the bearer token
-    typer.echo(f"ARM emulator at {emu.server.base_url} (CA {emu.server.ca_file})")
-    typer.echo(f"to use it: source {env_file}")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        stop.wait()
-    finally:
-        emu.stop()
-        typer.echo("emulator stopped")
 
 
 _registered = False
@@ -117,9 +50,14 @@ def _register() -> None:
     global _registered
     if _registered:
         return
-    from azmanagers.cli_config import manifest_app, template_app
-    from azmanagers.cli_detached import job_app, vm_app
+    from azmanagers.cli.emulator import emulator_app
+    from azmanagers.cli.gc import gc_command
+    from azmanagers.cli.job import job_app
+    from azmanagers.cli.manifest import manifest_app
+    from azmanagers.cli.template import template_app
+    from azmanagers.cli.vm import vm_app
 
+    app.command("gc")(gc_command)
     app.add_typer(vm_app, name="vm")
     app.add_typer(job_app, name="job")
     app.add_typer(manifest_app, name="manifest")

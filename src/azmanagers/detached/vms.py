@@ -19,17 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from azmanagers.config.paths import atomic_write_text, state_dir
-from azmanagers.detached_client import ServiceAddress, ServiceClient
+from azmanagers.detached.client import ServiceAddress, ServiceClient
 from azmanagers.errors import ConfigError, DetachedServiceError, WaitTimeoutError
-from azmanagers.providers.base import (
-    DETACHED_OWNER,
-    TAG_CLUSTER,
-    TAG_EXPIRES,
-    TAG_OWNER,
-    BootSpec,
-    InstanceState,
-    VMSpec,
-)
+from azmanagers.providers.base import BootSpec, InstanceState, Provider, VMSpec
+from azmanagers.providers.tags import DETACHED_OWNER, TAG_CLUSTER, TAG_EXPIRES, TAG_OWNER
 from azmanagers.tls import fingerprint, make_self_signed
 
 AZURE_SERVICE_PORT = 8081
@@ -230,7 +223,7 @@ def _first_nic_template() -> str:
 
 
 def _wait_ready(
-    vm: DetachedVM, provider: Any, timeout_s: float, progress: Callable[[str], None] | None
+    vm: DetachedVM, provider: Provider, timeout_s: float, progress: Callable[[str], None] | None
 ) -> None:
     deadline = time.monotonic() + timeout_s
     started = time.monotonic()
@@ -258,9 +251,8 @@ def _wait_ready(
         time.sleep(_POLL_S)
 
 
-def _boot_log(provider: Any, name: str) -> str:
-    vms = getattr(provider, "vms", None)
-    return vms.boot_log(name) if vms is not None else "(see the VM's boot diagnostics)"
+def _boot_log(provider: Provider, name: str) -> str:
+    return provider.vm_log(name) or "(no boot log yet)"
 
 
 def delete_vm(vm: DetachedVM | str) -> None:

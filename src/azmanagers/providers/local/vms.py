@@ -8,11 +8,11 @@ import threading
 import time
 from pathlib import Path
 
-from azmanagers import boot
 from azmanagers.config.paths import atomic_write_json, read_json
 from azmanagers.errors import ConfigError, ProviderError
-from azmanagers.providers import procvm
-from azmanagers.providers.base import TAG_CLUSTER, TAG_OWNER, InstanceState, VMInfo, VMSpec
+from azmanagers.providers import boot, procvm
+from azmanagers.providers.base import InstanceState, VMInfo, VMSpec
+from azmanagers.providers.tags import TAG_CLUSTER, TAG_OWNER
 
 _VM_FILE = "vm.json"
 LOCAL_ADDRESS = "127.0.0.1"

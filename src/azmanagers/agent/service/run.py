@@ -1,4 +1,4 @@
-"""Runs ONE detached job, in its own process: ``python -m azmanagers.agent.jobrun JOB_DIR``.
+"""Runs ONE detached job, in its own process: ``python -m azmanagers.agent.service.run JOB_DIR``.
 
 The service writes the job's input to ``JOB_DIR`` without unpickling it: a function call
 (``call.pkl``: cloudpickled ``(function, args, kwargs)``) or a code string (``job.py``).

@@ -63,7 +63,7 @@ def run_demo(console: Console | None = None) -> int:
     import distributed
 
     import azmanagers
-    from azmanagers.cluster import AzCluster
+    from azmanagers.cluster.core import AzCluster
 
     out = console or Console()
     seen: list[str] = []

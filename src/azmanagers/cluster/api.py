@@ -9,12 +9,12 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from azmanagers.cluster import AzCluster, ProgressCallback, _check_count
+from azmanagers.cluster.core import AzCluster, ProgressCallback, _check_count
+from azmanagers.cluster.customenv import requirements_for
+from azmanagers.config.settings import ClusterSettings, resolve
 from azmanagers.config.templates import load_template_scaleset, template_provider
-from azmanagers.customenv import requirements_for
 from azmanagers.errors import ConfigError
 from azmanagers.providers import get_provider
-from azmanagers.settings import ClusterSettings, resolve
 
 logger = logging.getLogger("azmanagers")
 
@@ -118,10 +118,9 @@ def addprocs(
                     f"template {template!r} allows at most {resolved.max_instances} instances "
                     f"(asked for {n}); raise max_instances in the template."
                 )
-            if resolved.provider == "azure":
-                _check_reachable_scheduler(resolved)
             requirements = requirements_for(customenv)
             provider = get_provider(resolved.provider, tmpl)
+            provider.check_reachable(resolved.scheduler_host)
             _default_worker_log_handler()
             cluster = AzCluster(
                 template, provider, resolved, requirements=requirements, env=env, template=tmpl
@@ -145,20 +144,6 @@ def addprocs(
     if waitfor:
         cluster.wait_for_workers(target, timeout=timeout, progress=progress)
     return cluster
-
-
-def _check_reachable_scheduler(settings: ClusterSettings) -> None:
-    """On real Azure the VMs must reach the scheduler: loopback only works in the emulator."""
-    from azmanagers.providers.azure._clients import ArmSettings
-
-    endpoint_host = ArmSettings.from_environment().endpoint.split("//", 1)[1].split(":")[0]
-    on_loopback = endpoint_host in ("127.0.0.1", "localhost", "::1", "[::1]")
-    if settings.scheduler_host in ("127.0.0.1", "localhost") and not on_loopback:
-        raise ConfigError(
-            "the scheduler would listen on loopback, which Azure VMs cannot reach: pass "
-            "scheduler_host='<this machine's address in the VMs' virtual network>' (or set "
-            "AZMANAGERS_SCHEDULER_HOST), and run from a machine in that network."
-        )
 
 
 def _forget(template: str) -> None:

@@ -3,60 +3,34 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from azmanagers import boot
 from azmanagers.config.paths import atomic_write_json, atomic_write_text, read_json, state_dir
 from azmanagers.errors import ProviderError
-from azmanagers.providers import procvm
+from azmanagers.providers import boot, procvm
 from azmanagers.providers.base import (
     REGULAR,
-    TAG_CLUSTER,
-    TAG_EXPIRES,
-    TAG_OWNER,
     Instance,
     InstanceState,
     OwnedResource,
+    Pace,
     PoolSpec,
     Priority,
     VMInfo,
     VMSpec,
 )
-from azmanagers.providers.local_vms import LocalVMs
+from azmanagers.providers.local.vms import LocalVMs
+from azmanagers.providers.tags import TAG_CLUSTER, TAG_OWNER, owner_alive
 
 _POOL_FILE = "pool.json"
 _INSTANCE_FILE = "instance.json"
 _DELETE_WAIT_S = 30.0
-
-
-def owner_id() -> str:
-    """Return this process's owner tag value: ``pid:start-time@host``."""
-    import psutil
-
-    me = psutil.Process()
-    return f"{me.pid}:{me.create_time():.2f}@{os.uname().nodename}"
-
-
-def owner_alive(owner: str) -> bool:
-    """Tell whether the process named by an owner tag value still runs on this host."""
-    import psutil
-
-    try:
-        pid_part, rest = owner.split(":", 1)
-        created, host = rest.split("@", 1)
-        if host != os.uname().nodename:
-            return True  # not ours to judge
-        proc = psutil.Process(int(pid_part))
-        return bool(abs(proc.create_time() - float(created)) < 0.01)
-    except (ValueError, psutil.Error):
-        return False
 
 
 class LocalProvider:
@@ -69,6 +43,11 @@ class LocalProvider:
     """
 
     name = "local"
+    pace = Pace(steady_s=0.5, after_change_s=0.5, change_window_s=0.0)
+    """Listing is a folder scan: the reconciler may look twice a second."""
+
+    def check_reachable(self, host: str) -> None:
+        """Process-VMs run on this machine: every address of it is reachable."""
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root if root is not None else state_dir() / "local"
@@ -120,7 +99,7 @@ class LocalProvider:
         """No quota locally beyond the template's max_instances (the cluster checks that)."""
         del template, add, current, priority
 
-    def set_pool_tags(self, pool: str, tags: dict[str, str]) -> None:
+    def set_pool_tags(self, pool: str, tags: Mapping[str, str]) -> None:
         """Replace the pool's tags (used to renew ``azmanagers-expires``)."""
         with self._lock:
             meta = self._pool_meta(pool)
@@ -322,6 +301,10 @@ class LocalProvider:
         self.vms.delete(name)
 
     # -- ownership -----------------------------------------------------------------------
+    def vm_log(self, name: str, *, tail_bytes: int = 4096) -> str:
+        """Return the end of a process-VM's boot log."""
+        return self.vms.boot_log(name, tail_bytes)
+
     def list_owned_resources(self, *, cluster: str | None = None) -> list[OwnedResource]:
         """Return our pools and VMs found by their tags (exact match on the cluster tag)."""
         pools_dir = self.root / "pools"
@@ -354,11 +337,3 @@ class LocalProvider:
             self.delete_vm(resource.name)
         else:
             self.delete_pool(resource.name, wait=True)
-
-
-def is_expired(resource: OwnedResource, now: float | None = None) -> bool:
-    """Tell whether a resource's ``azmanagers-expires`` tag lies in the past."""
-    try:
-        return float(resource.tags[TAG_EXPIRES]) < (time.time() if now is None else now)
-    except (KeyError, ValueError):
-        return False

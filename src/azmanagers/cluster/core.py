@@ -22,9 +22,11 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol.pickle import dumps as pickle_dumps
 from distributed.scheduler import Scheduler
 
-from azmanagers import scheduler_guard
 from azmanagers.agent import LOG_TOPIC
 from azmanagers.agent.logforward import LogForwardPlugin
+from azmanagers.cluster import guard as scheduler_guard
+from azmanagers.cluster.policy import decide
+from azmanagers.config.settings import ClusterSettings
 from azmanagers.errors import (
     AzManagersError,
     ClusterClosedError,
@@ -38,11 +40,8 @@ from azmanagers.providers.base import (
     InstanceState,
     PoolSpec,
     Provider,
-    resource_tags,
 )
-from azmanagers.providers.local import owner_id
-from azmanagers.reconcile import decide
-from azmanagers.settings import ClusterSettings
+from azmanagers.providers.tags import owner_id, resource_tags
 from azmanagers.tls import make_cluster_credentials
 
 logger = logging.getLogger("azmanagers.cluster")
@@ -569,9 +568,7 @@ class AzCluster(Cluster):
         if time.monotonic() - self._tags_renewed < interval:
             return
         self._tags = resource_tags(self.name, owner_id(), self.settings.ttl_s)
-        setter = getattr(self.provider, "set_pool_tags", None)
-        if setter is not None:
-            await asyncio.to_thread(setter, self.pool, self._tags)
+        await asyncio.to_thread(self.provider.set_pool_tags, self.pool, self._tags)
         self._tags_renewed = time.monotonic()
 
     # -- workers and waiting -------------------------------------------------------------
