@@ -1,4 +1,12 @@
-"""azmanagers: run Python code and executables on Azure VM scale sets (elastic Dask clusters)."""
+"""azmanagers: run Python code and executables on Azure VM scale sets (elastic Dask clusters).
+
+The public API, imported lazily from the feature packages (``cluster``, ``detached``), the
+seams (``config``, ``providers``) and ``errors``; importing ``azmanagers`` itself imports none
+of them. Layers, top to bottom (a package imports only from layers below it, or its own):
+``cli`` -> ``cluster``, ``detached`` -> ``providers``, ``state``, ``config``, ``tls`` ->
+``errors``, ``_version``. ``agent`` runs on a VM and imports only what a VM needs; ``emulator``
+is a test double of Azure that the provider never imports.
+"""
 
 from __future__ import annotations
 

@@ -67,3 +67,114 @@ def test_ruff_lint_and_format_are_clean() -> None:
 def test_mypy_is_clean() -> None:
     result = subprocess.run([*_tool("mypy")], cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the house's layout (DESIGN.md "Layout"): checked on the source, not by convention --------
+PACKAGE = ROOT / "src" / "azmanagers"
+MAX_MODULE_LINES = 420
+DATA_TABLES = {"config/template_schema.py"}
+"""Modules that are mostly data (the template schema) may be longer."""
+
+LAYER = {
+    "errors": 0,
+    "_version": 0,
+    "config": 1,
+    "state": 1,
+    "storage": 1,
+    "providers": 1,
+    "tls": 1,
+    "cluster": 2,
+    "detached": 2,
+    "batch": 2,
+    "named": 2,
+    "cli": 3,
+}
+"""Arrows go down: a package imports only packages of a lower layer or its own."""
+
+AGENT_MAY_IMPORT = {"errors", "_version", "agent", "tls", "config", "providers", "detached.wire"}
+"""What runs on a VM needs only these (never cluster/, cli/, the caller's detached API)."""
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    import ast
+
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+    return [(line, name) for line, name in found if name.startswith("azmanagers.")]
+
+
+def _top(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0].removesuffix(".py")
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = [
+        f"{p.relative_to(PACKAGE)}: {n} lines"
+        for p in _modules()
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+        and str(p.relative_to(PACKAGE)) not in DATA_TABLES
+    ]
+    assert not long, "split these modules:\n" + "\n".join(long)
+
+
+def test_every_package_says_what_lives_there_and_what_it_may_import() -> None:
+    vague = []
+    for init in PACKAGE.rglob("__init__.py"):
+        import ast
+
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        if "placeholder" in doc.lower() or "import" not in doc.lower():
+            vague.append(str(init.relative_to(PACKAGE)))
+    assert not vague, "these __init__ docstrings must say what lives there and may import:\n" + (
+        "\n".join(sorted(vague))
+    )
+
+
+def test_nothing_outside_providers_imports_a_providers_own_module() -> None:
+    private = (
+        "azmanagers.providers.local",
+        "azmanagers.providers.azure",
+        "azmanagers.providers.procvm",
+    )
+    found = [
+        f"{p.relative_to(PACKAGE)}:{line} imports {name}"
+        for p in _modules()
+        if _top(p) != "providers"
+        for line, name in _imports(p)
+        if name.startswith(private)
+    ]
+    assert not found, "use the registry in providers/__init__.py:\n" + "\n".join(found)
+
+
+def test_arrows_go_down() -> None:
+    upward = []
+    for path in _modules():
+        top = _top(path)
+        for line, name in _imports(path):
+            target = name.split(".")[1]
+            where = f"{path.relative_to(PACKAGE)}:{line} imports {name}"
+            if top == "agent":
+                if not any(
+                    name == f"azmanagers.{ok}" or name.startswith(f"azmanagers.{ok}.")
+                    for ok in AGENT_MAY_IMPORT
+                ):
+                    upward.append(where)
+            elif (
+                top in LAYER
+                and target in LAYER
+                and LAYER[target] >= LAYER[top] != 0
+                and (target != top and LAYER[target] > LAYER[top])
+            ):
+                upward.append(where)
+    assert not upward, "imports that point up the layers:\n" + "\n".join(upward)

@@ -1,4 +1,10 @@
-"""The agent that runs ON an instance: ``python -m azmanagers.agent worker --payload FILE``."""
+"""The agent that runs ON an instance: ``python -m azmanagers.agent worker --payload FILE``.
+
+It holds the Dask worker's start-up (``worker``), the detached service (``service/``), log
+forwarding, custom environments and IMDS reads. It imports only what a VM needs: ``errors``,
+``_version``, ``tls``, ``config``, ``providers`` (the registry and ``boot``) and the wire
+records of ``detached.wire``; never ``cluster``, ``cli`` or the caller's detached API.
+"""
 
 LOG_TOPIC = "azmanagers-log"
 """The Dask event topic that carries worker log records to the caller."""
