@@ -187,3 +187,25 @@ def test_failed_rewrite_keeps_old_manifest() -> None:
         write_manifest(resourcegroup="", subscriptionid=SUBSCRIPTION, ssh_user="u")
     assert manifest_path().read_text() == before
     assert [p.name for p in manifest_path().parent.iterdir()] == ["manifest.json"]
+
+
+def test_a_manifest_that_is_not_utf8_names_the_file() -> None:
+    path = _write_default()
+    path.write_bytes(path.read_bytes().replace(b"my-rg", b"my-r\xe9g"))
+    # Before the fix: a bare UnicodeDecodeError without the file's name.
+    with pytest.raises(ConfigError, match="not UTF-8") as info:
+        load_manifest()
+    assert str(path) in str(info.value) and "Fix or remove" in str(info.value)
+
+
+def test_a_subscription_id_with_a_trailing_newline_is_refused() -> None:
+    # Before the fix GUID_RE.match accepted "<guid>\n" ($ matches before a final newline).
+    with pytest.raises(ConfigError, match="GUID"):
+        write_manifest(resourcegroup="rg", subscriptionid=SUBSCRIPTION + "\n", ssh_user="me")
+    assert not manifest_path().exists()
+    _write_default()
+    data = json.loads(manifest_path().read_text())
+    data["subscriptionid"] = SUBSCRIPTION + "\n"
+    manifest_path().write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="GUID"):
+        load_manifest()

@@ -755,3 +755,109 @@ def test_explicit_azure_provider_is_kept() -> None:
     template = {**_ss(), "provider": "azure"}
     save_template_scaleset("explicit", copy.deepcopy(template))
     assert load_template_scaleset("explicit") == template
+
+
+# --- names: a trailing newline, the length limit; bytes that are not UTF-8 -------------------
+
+
+@pytest.mark.parametrize("name", ["local\n", "myss\n", "\nmyss", "my\nss"])
+def test_a_name_with_a_newline_is_refused_and_nothing_is_written(name: str, _home: Path) -> None:
+    # Before the fix NAME_RE.match accepted "local\n" ($ matches before a final newline).
+    with pytest.raises(ConfigError, match="characters other than"):
+        save_template_scaleset(name, {"provider": "local"})
+    assert not templates_path("scaleset").exists()
+    _home.mkdir(exist_ok=True)
+    templates_path("vm").write_text(json.dumps({name: {"provider": "local"}}))
+    with pytest.raises(ConfigError, match="characters other than"):
+        load_template_vm(name)
+
+
+def test_the_longest_scaleset_name_is_accepted_and_one_more_character_is_refused(
+    _home: Path,
+) -> None:
+    from azmanagers.config.template_schema import (
+        AZURE_NAME_MAX_CHARS,
+        MAX_TEMPLATE_NAME_CHARS,
+    )
+
+    longest = "s" * MAX_TEMPLATE_NAME_CHARS["scaleset"]
+    # What the name becomes: the pool `NAME-xxxxxx`, and a Flexible set's VMs `POOL_xxxxxxxx`.
+    assert len(f"{longest}-abcdef_01234567") <= AZURE_NAME_MAX_CHARS
+    save_template_scaleset(longest, {"provider": "local"})
+    assert load_template_scaleset(longest)["provider"] == "local"
+    save_template_scaleset(longest, build_sstemplate(longest, **_ss_args()))
+    too_long = longest + "s"
+    limit = f"at most {MAX_TEMPLATE_NAME_CHARS['scaleset']} characters"
+    # Before the fix a 44+ character name was saved, and addprocs failed later in the TLS code.
+    with pytest.raises(ConfigError, match=limit):
+        save_template_scaleset(too_long, {"provider": "local"})
+    with pytest.raises(ConfigError, match=limit):
+        build_sstemplate(too_long, **_ss_args())
+    data = json.loads(templates_path("scaleset").read_text())
+    assert too_long not in data
+    data[too_long] = {"provider": "local"}  # written by hand
+    templates_path("scaleset").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=limit) as info:
+        load_template_scaleset(too_long)
+    assert str(templates_path("scaleset")) in str(info.value)
+
+
+def test_vm_and_nic_template_names_have_a_limit_too() -> None:
+    from azmanagers.config.template_schema import MAX_TEMPLATE_NAME_CHARS
+
+    for kind, save, template in (
+        ("vm", save_template_vm, {"provider": "local"}),
+        ("nic", save_template_nic, _nic()),
+    ):
+        limit = MAX_TEMPLATE_NAME_CHARS[kind]
+        save("v" * limit, template)
+        with pytest.raises(ConfigError, match=f"at most {limit} characters"):
+            save("v" * (limit + 1), template)
+    with pytest.raises(ConfigError, match="at most"):
+        build_vmtemplate("v" * 300, **{k: v for k, v in _vm_args().items()})
+
+
+def test_a_long_computer_name_prefix_in_a_file_is_refused(_home: Path) -> None:
+    template = _ss()
+    _vmp(template)["osProfile"]["computerNamePrefix"] = "p" * 59
+    with pytest.raises(ConfigError, match="computerNamePrefix"):
+        save_template_scaleset("myss", template)
+
+
+@pytest.mark.parametrize("kind", ["scaleset", "vm", "nic"])
+def test_a_template_file_that_is_not_utf8_names_the_file(kind: str, _home: Path) -> None:
+    _home.mkdir()
+    path = templates_path(kind)
+    path.write_bytes(b'{"x": "caf\xe9"}')
+    # Before the fix: a bare UnicodeDecodeError without the file's name.
+    for call in (lambda: load_template(kind, "x"), lambda: list_templates(kind)):
+        with pytest.raises(ConfigError, match="not UTF-8") as info:
+            call()
+        assert str(path) in str(info.value) and "Fix or remove" in str(info.value)
+    assert path.read_bytes() == b'{"x": "caf\xe9"}'
+
+
+def _ss_args() -> dict[str, Any]:
+    return {
+        "subscriptionid": SUB,
+        "admin_username": "linuxuser",
+        "location": "southcentralus",
+        "resourcegroup": "my-rg",
+        "vnet": "my-vnet",
+        "subnet": "my-subnet",
+        "imagegallery": "my-gallery",
+        "imagename": "my-image",
+        "skuname": "Standard_D2s_v3",
+    }
+
+
+def _vm_args() -> dict[str, Any]:
+    return {
+        "subscriptionid": SUB,
+        "admin_username": "linuxuser",
+        "location": "southcentralus",
+        "resourcegroup": "my-rg",
+        "imagegallery": "my-gallery",
+        "imagename": "my-image",
+        "vmsize": "Standard_D8s_v3",
+    }

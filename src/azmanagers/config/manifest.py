@@ -20,7 +20,8 @@ OPTIONAL_KEYS = {
     "ssh_public_key_file": DEFAULT_SSH_PUBLIC_KEY_FILE,
 }
 
-GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+GUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+"""A subscription id; used with ``fullmatch`` (``match`` with ``$`` accepts a final newline)."""
 
 HOW_TO_WRITE = (
     "Write one with azmanagers.write_manifest(resourcegroup=..., subscriptionid=..., "
@@ -75,7 +76,7 @@ def _check_value(key: str, value: object, *, where: str, fix: str) -> str:
     """Return ``value`` if it is a usable string for ``key``, else raise ConfigError."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{where}: key {key!r} must be a non-empty string, got {value!r}. {fix}")
-    if key == "subscriptionid" and not GUID_RE.match(value):
+    if key == "subscriptionid" and not GUID_RE.fullmatch(value):
         raise ConfigError(
             f"{where}: key 'subscriptionid' must look like a GUID "
             f"(xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx), got {value!r}. "

@@ -71,7 +71,25 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path, *, default: Any = None) -> Any:
-    """Read a JSON file; a missing file gives ``default``; corrupt JSON raises ConfigError."""
+    """Read a JSON file; a missing file gives ``default``; corrupt JSON raises ConfigError.
+
+    Parameters
+    ----------
+    path : Path
+        The file to read (UTF-8 JSON).
+    default : object, optional
+        What a missing file gives, by default None.
+
+    Returns
+    -------
+    object
+        The file's data, or ``default``.
+
+    Raises
+    ------
+    ConfigError
+        The file cannot be read, is not UTF-8, or is not JSON; the message names it.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -79,6 +97,11 @@ def read_json(path: Path, *, default: Any = None) -> Any:
     except OSError as exc:
         raise ConfigError(
             f"cannot read {path}: {exc.strerror}. Set {HOME_ENV} to a writable folder."
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}). "
+            "Fix or remove the file (save it as UTF-8); nothing was changed."
         ) from exc
     try:
         return json.loads(text)

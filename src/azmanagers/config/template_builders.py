@@ -20,6 +20,7 @@ from azmanagers.config.template_schema import (
     SUBNET_ID_FORMAT,
     ULTRA_SSD_STORAGE,
     _validate,
+    check_name_length,
 )
 from azmanagers.errors import ConfigError
 
@@ -249,6 +250,7 @@ def build_sstemplate(
         subnet=subnet,
         skuname=skuname,
     )
+    check_name_length(name, f"{function}({name[:60]!r}, ...)", "scaleset")
     _positive_int(function, "osdisksize", osdisksize)
     # _required has checked these; str() only narrows the types for mypy.
     sub, rg = str(subscriptionid), str(resourcegroup)
@@ -397,6 +399,7 @@ def build_vmtemplate(
         vmsize=vmsize,
         nicname=nicname,
     )
+    check_name_length(name, f"{function}({name[:60]!r}, ...)", "vm")
     _positive_int(function, "osdisksize", osdisksize)
     sub, rg = str(subscriptionid), str(resourcegroup)
     rg_vnet = resourcegroup_vnet or rg
@@ -489,6 +492,7 @@ def build_nictemplate(
         subnet=subnet,
         location=location,
     )
+    check_name_length(name, f"{function}({name[:60]!r}, ...)", "nic")
     subnet_id = _subnet_id(str(subscriptionid), str(resourcegroup_vnet), str(vnet), str(subnet))
     template = {
         "location": location,

@@ -56,28 +56,51 @@ DEFAULT_TEMPDISK = "sudo mkdir -m 777 /mnt/scratch\nln -s /mnt/scratch /scratch"
 DEFAULT_NIC_NAME = "cbox-nic"
 UPGRADE_MODES = ("Manual", "Automatic", "Rolling")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+# Every pattern below is used with ``fullmatch`` (``match`` with ``$`` would accept "name\n").
+NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
+GUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 _SEG = r"[^/\s]+"
 SUBNET_ID_RE = re.compile(
-    rf"^/subscriptions/{_SEG}/resourceGroups/{_SEG}/providers/Microsoft\.Network"
-    rf"/virtualNetworks/{_SEG}/subnets/{_SEG}$",
+    rf"/subscriptions/{_SEG}/resourceGroups/{_SEG}/providers/Microsoft\.Network"
+    rf"/virtualNetworks/{_SEG}/subnets/{_SEG}",
     re.IGNORECASE,
 )
 IMAGE_ID_RE = re.compile(
-    rf"^/subscriptions/{_SEG}/resourceGroups/{_SEG}/providers/Microsoft\.Compute"
-    rf"/(?:galleries/{_SEG}/images/{_SEG}(?:/versions/{_SEG})?|images/{_SEG})$",
+    rf"/subscriptions/{_SEG}/resourceGroups/{_SEG}/providers/Microsoft\.Compute"
+    rf"/(?:galleries/{_SEG}/images/{_SEG}(?:/versions/{_SEG})?|images/{_SEG})",
     re.IGNORECASE,
 )
 NIC_ID_RE = re.compile(
-    rf"^/subscriptions/{_SEG}/resourceGroups/{_SEG}/providers/Microsoft\.Network"
-    rf"/networkInterfaces/{_SEG}$",
+    rf"/subscriptions/{_SEG}/resourceGroups/{_SEG}/providers/Microsoft\.Network"
+    rf"/networkInterfaces/{_SEG}",
     re.IGNORECASE,
 )
 MEMORY_RE = re.compile(
-    r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|pb|kib|mib|gib|tib|pib|k|m|g|t|p)?\s*$",
+    r"\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|pb|kib|mib|gib|tib|pib|k|m|g|t|p)?\s*",
     re.IGNORECASE,
 )
+
+# How long a template name may be, from what it becomes (Azure's naming rules, Linux VMs).
+AZURE_NAME_MAX_CHARS = 64
+"""Azure's longest scale-set name, VM name and Linux computer name."""
+POOL_SUFFIX_CHARS = 7
+"""A cluster names its pool (the scale set) ``<template>-<6 hex digits>`` (cluster/core.py)."""
+FLEXIBLE_VM_SUFFIX_CHARS = 9
+"""A Flexible scale set names its VMs ``<scale set>_<8 hex digits>``."""
+UNIFORM_COMPUTER_SUFFIX_CHARS = 6
+"""A Uniform scale set names its instances' hosts ``<computerNamePrefix><6 base-36 chars>``."""
+COMPUTER_NAME_PREFIX_MAX_CHARS = AZURE_NAME_MAX_CHARS - UNIFORM_COMPUTER_SUFFIX_CHARS
+"""The longest ``computerNamePrefix`` of a Linux scale set (58)."""
+MAX_TEMPLATE_NAME_CHARS: Mapping[str, int] = MappingProxyType(
+    {
+        # the longest name a Flexible scale set's VM gets: <template>-<6 hex>_<8 hex>
+        "scaleset": AZURE_NAME_MAX_CHARS - POOL_SUFFIX_CHARS - FLEXIBLE_VM_SUFFIX_CHARS,
+        # build_vmtemplate makes the name the VM's computer name
+        "vm": AZURE_NAME_MAX_CHARS,
+        "nic": AZURE_NAME_MAX_CHARS,
+    }
+)
+"""The longest template name of each kind (a scale-set template's: 48 characters)."""
 
 SUBNET_ID_FORMAT = (
     "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network"
@@ -259,19 +282,59 @@ def _check_kind(kind: str) -> TemplateKind:
     raise ConfigError(f"unknown template kind {kind!r}. Use one of: {', '.join(KINDS)}.")
 
 
-def _check_name(name: object, source: str) -> str:
-    """Return ``name`` if it is a valid template name, else raise ConfigError."""
+def _check_name(name: object, source: str, kind: TemplateKind) -> str:
+    """Return ``name`` if it is a valid template name of ``kind``, else raise ConfigError."""
     if not isinstance(name, str) or not name:
         raise ConfigError(
             f"{source}: the template name must be a non-empty string, got {name!r}. "
             "Use letters, digits, '-' and '_' only."
         )
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ConfigError(
             f"{source}: template name {name!r} has characters other than letters, digits, "
             "'-' and '_'. Rename it (in a file, rename the key of the JSON object)."
         )
-    return name
+    return check_name_length(name, source, kind)
+
+
+def check_name_length(name: str, source: str, kind: str) -> str:
+    """Return ``name`` if it is short enough for a template of ``kind``, else raise ConfigError.
+
+    Parameters
+    ----------
+    name : str
+        The template's name.
+    source : str
+        Where the name came from; the error names it.
+    kind : str
+        ``"scaleset"``, ``"vm"`` or ``"nic"``.
+
+    Returns
+    -------
+    str
+        ``name``.
+
+    Raises
+    ------
+    ConfigError
+        The name is longer than ``MAX_TEMPLATE_NAME_CHARS[kind]``.
+    """
+    limit = MAX_TEMPLATE_NAME_CHARS[_check_kind(kind)]
+    if len(name) <= limit:
+        return name
+    why = {
+        "scaleset": (
+            f"a cluster's scale set is named NAME-xxxxxx and a Flexible scale set's VMs "
+            f"NAME-xxxxxx_xxxxxxxx, which Azure limits to {AZURE_NAME_MAX_CHARS} characters"
+        ),
+        "vm": f"it becomes the VM's computer name, which Linux limits to {AZURE_NAME_MAX_CHARS}",
+        "nic": f"Azure resource names are kept to {AZURE_NAME_MAX_CHARS}",
+    }[kind]
+    raise ConfigError(
+        f"{source}: template name {name[:20]!r}... has {len(name)} characters; a {kind} "
+        f"template name may have at most {limit} characters ({why}). Pick a shorter name "
+        "(in a file, rename the key of the JSON object)."
+    )
 
 
 def template_provider(template: Mapping[str, Any]) -> str:
@@ -374,7 +437,7 @@ def _check_memory_limit(check: _Check, value: Any) -> None:
     if isinstance(value, str):
         if value == "auto":
             return
-        match = MEMORY_RE.match(value)
+        match = MEMORY_RE.fullmatch(value)
         if match and float(match.group(1)) > 0:
             return
     check.fail("memory_limit", f"is not a memory size: {_show(value)}", fix)
@@ -388,7 +451,7 @@ def _check_image_reference(check: _Check, storage: Mapping[str, Any], path: str)
         return
     if "id" in ref:
         image_id = ref["id"]
-        if not isinstance(image_id, str) or not IMAGE_ID_RE.match(image_id):
+        if not isinstance(image_id, str) or not IMAGE_ID_RE.fullmatch(image_id):
             check.fail(
                 _join(here, "id"),
                 f"is not an ARM image id: {_show(image_id)}",
@@ -479,13 +542,22 @@ def _check_os_profile(check: _Check, parent: Mapping[str, Any], path: str, name_
     here = _join(path, "osProfile")
     if profile is None:  # pragma: no cover - mapping() fails when required
         return
-    check.string(
+    host = check.string(
         profile,
         name_key,
         here,
         required=name_key == "computerNamePrefix",
         fix="Set it to a short host name, e.g. the template name",
     )
+    limit = (
+        COMPUTER_NAME_PREFIX_MAX_CHARS if name_key == "computerNamePrefix" else AZURE_NAME_MAX_CHARS
+    )
+    if host is not None and len(host) > limit:
+        check.fail(
+            _join(here, name_key),
+            f"has {len(host)} characters, more than Azure's {limit} for a Linux VM",
+            f"Shorten it to at most {limit} characters",
+        )
     check.string(
         profile, "adminUsername", here, fix="Set it to the user name on the VMs, e.g. azureuser"
     )
@@ -508,7 +580,7 @@ def _check_subnet(check: _Check, ipconfig: Mapping[str, Any], path: str) -> None
     if subnet is None:  # pragma: no cover - mapping() fails when required
         return
     subnet_id = check.get(subnet, "id", _join(props_path, "subnet"), fix=f"Use {SUBNET_ID_FORMAT}")
-    if not isinstance(subnet_id, str) or not SUBNET_ID_RE.match(subnet_id):
+    if not isinstance(subnet_id, str) or not SUBNET_ID_RE.fullmatch(subnet_id):
         check.fail(
             _join(props_path, "subnet.id"),
             f"is not an ARM subnet id: {_show(subnet_id)}",
@@ -548,7 +620,7 @@ def _check_azure_outer(check: _Check, template: Mapping[str, Any]) -> Mapping[st
         "",
         fix="Set it to your Azure subscription id (`az account show --query id`)",
     )
-    if subscription is not None and not GUID_RE.match(subscription):
+    if subscription is not None and not GUID_RE.fullmatch(subscription):
         check.fail(
             "subscriptionid",
             f"must look like a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx), got {subscription!r}",
@@ -670,7 +742,7 @@ def _check_vm(check: _Check, template: Mapping[str, Any]) -> dict[str, Any]:
                 "Change it to begin '/subscriptions/', or rebuild the template with "
                 "build_vmtemplate",
             )
-        if not isinstance(nic_id, str) or not NIC_ID_RE.match(nic_id):
+        if not isinstance(nic_id, str) or not NIC_ID_RE.fullmatch(nic_id):
             check.fail(
                 f"{nic_path}.id",
                 f"is not an ARM network interface id: {_show(nic_id)}",
@@ -697,7 +769,7 @@ def _validate(
 ) -> dict[str, Any]:
     """Validate ``template`` of ``kind``; return a deep copy (local defaults filled in)."""
     if check_name:
-        _check_name(name, f"{source}, template {name!r}")
+        _check_name(name, f"{source}, template {name[:60]!r}", kind)
     check = _Check(source, name)
     if not isinstance(template, Mapping):
         check.fail("", f"must be a JSON object, got {_show(template)}", _HOW_TO_CREATE[kind])

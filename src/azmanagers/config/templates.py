@@ -84,7 +84,7 @@ def _save(kind: TemplateKind, name: str, template: Mapping[str, Any]) -> Path:
     """Validate ``template`` and merge it into the file of ``kind``; return the path."""
     function = f"save_template_{kind}"
     source = f"the template passed to {function}"
-    _check_name(name, f"{function}({name!r}, ...)")
+    _check_name(name, f"{function}({name[:60]!r}, ...)", kind)
     _validate(kind, name, template, source, check_name=False)
     try:
         stored = json.loads(json.dumps(template))
