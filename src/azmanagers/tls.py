@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -17,6 +18,21 @@ if TYPE_CHECKING:
 
 CERT_LIFETIME_DAYS = 30
 _CLOCK_SKEW = datetime.timedelta(minutes=5)
+COMMON_NAME_MAX_CHARS = 64
+"""X.509's upper bound on a common name (RFC 5280, ub-common-name)."""
+_HASH_CHARS = 10
+
+
+def common_name(text: str) -> str:
+    """Return ``text`` as a common name: unchanged when it fits, else cut with a hash suffix.
+
+    A cut name ends in ``~`` and the first hex digits of the SHA-256 of the whole text, so two
+    long names that share their beginning still get different common names.
+    """
+    if len(text) <= COMMON_NAME_MAX_CHARS:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:_HASH_CHARS]
+    return f"{text[: COMMON_NAME_MAX_CHARS - _HASH_CHARS - 1]}~{digest}"
 
 
 @dataclass(frozen=True)
@@ -68,15 +84,15 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> str:
 
 
 def _issue(
-    common_name: str,
+    subject: str,
     ca_key: ec.EllipticCurvePrivateKey,
     ca_name: x509.Name,
     hosts: list[str],
     *,
     key: ec.EllipticCurvePrivateKey | None = None,
 ) -> KeyPair:
-    """Issue a certificate for ``common_name`` signed by ``ca_key`` (self-signed when
-    ``key`` is ``ca_key``)."""
+    """Issue a certificate for the common name ``subject`` signed by ``ca_key`` (self-signed
+    when ``key`` is ``ca_key``)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
     alt_names: list[x509.GeneralName] = []
@@ -87,7 +103,7 @@ def _issue(
             alt_names.append(x509.DNSName(host))
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -114,7 +130,7 @@ def make_cluster_credentials(cluster: str, hosts: list[str] | None = None) -> Cl
     """Create a fresh CA for ``cluster`` and the three key pairs it signs."""
     hosts = hosts or ["127.0.0.1", "localhost"]
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"azmanagers CA {cluster}")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name(f"azmanagers CA {cluster}"))])
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_cert = (
         x509.CertificateBuilder()
@@ -146,17 +162,18 @@ def make_cluster_credentials(cluster: str, hosts: list[str] | None = None) -> Cl
     )
     return ClusterCredentials(
         ca=ca_cert.public_bytes(serialization.Encoding.PEM).decode(),
-        scheduler=_issue(f"{cluster} scheduler", ca_key, ca_name, hosts),
-        worker=_issue(f"{cluster} worker", ca_key, ca_name, hosts),
-        client=_issue(f"{cluster} client", ca_key, ca_name, hosts),
+        scheduler=_issue(common_name(f"{cluster} scheduler"), ca_key, ca_name, hosts),
+        worker=_issue(common_name(f"{cluster} worker"), ca_key, ca_name, hosts),
+        client=_issue(common_name(f"{cluster} client"), ca_key, ca_name, hosts),
     )
 
 
-def make_self_signed(common_name: str, hosts: list[str] | None = None) -> KeyPair:
+def make_self_signed(name: str, hosts: list[str] | None = None) -> KeyPair:
     """Create a self-signed server key pair (a detached VM's): clients pin its fingerprint."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    return _issue(common_name, key, name, hosts or ["127.0.0.1", "localhost"], key=key)
+    subject = common_name(name)
+    issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    return _issue(subject, key, issuer, hosts or ["127.0.0.1", "localhost"], key=key)
 
 
 def fingerprint(cert_pem: str) -> str:

@@ -256,3 +256,32 @@ def test_handshake_passes_strict_x509_verification(
         strict=True,
     )
     assert (server, client) == ("alpha worker", "alpha scheduler")
+
+
+def _common_name(pem: str) -> str:
+    return str(cert(pem).subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
+@pytest.mark.parametrize("length", [44, 64, 300])
+def test_long_cluster_names_get_common_names_that_fit_and_stay_unique(length: int) -> None:
+    """X.509 allows 64 characters in a common name: long names are shortened with a hash."""
+    from azmanagers.tls import make_self_signed
+
+    first = make_cluster_credentials("a" * (length - 1) + "1")
+    second = make_cluster_credentials("a" * (length - 1) + "2")
+    names = []
+    for creds in (first, second):
+        for pem in (creds.ca, creds.scheduler.cert, creds.worker.cert, creds.client.cert):
+            assert len(_common_name(pem)) <= 64
+            names.append(_common_name(pem))
+        assert creds.client_common_name() == _common_name(creds.client.cert)
+    assert len(set(names)) == len(names)  # every role and cluster keeps a name of its own
+    server = make_self_signed("v" * length)
+    assert len(_common_name(server.cert)) <= 64
+    assert _common_name(server.cert) != _common_name(make_self_signed("v" * (length + 1)).cert)
+
+
+def test_short_names_keep_their_readable_common_names() -> None:
+    creds = make_cluster_credentials("local-ab12cd")
+    assert _common_name(creds.ca) == "azmanagers CA local-ab12cd"
+    assert _common_name(creds.client.cert) == "local-ab12cd client"
