@@ -12,7 +12,8 @@ from azmanagers.emulator import sample_scaleset_template, start_emulator
 from azmanagers.emulator.server import EmulatorServer
 from azmanagers.errors import ConfigError, NotAuthorisedError, NotFoundError, ProviderError
 from azmanagers.providers.azure._clients import ArmSettings, resource_client
-from azmanagers.providers.azure.provider import AzureProvider, instance_state
+from azmanagers.providers.azure.provider import AzureProvider
+from azmanagers.providers.azure.vms import instance_state
 from azmanagers.providers.base import BootSpec, InstanceState, PoolSpec
 from azmanagers.providers.tags import owner_id, resource_tags
 
@@ -146,12 +147,11 @@ def test_instance_states_map_from_the_instance_view(
 
 
 def test_real_azure_refuses_a_loopback_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:
-    from azmanagers.cluster.api import _check_reachable_scheduler
-    from azmanagers.config.settings import ClusterSettings
-
     monkeypatch.setenv("AZMANAGERS_ARM_ENDPOINT", "https://management.azure.com")
-    with pytest.raises(ConfigError, match="scheduler_host="):
-        _check_reachable_scheduler(ClusterSettings(provider="azure"))
-    _check_reachable_scheduler(ClusterSettings(provider="azure", scheduler_host="10.0.0.4"))
+    provider = AzureProvider(SUB, RG)  # makes no call
+    for loopback in ("127.0.0.1", "localhost", "::1"):
+        with pytest.raises(ConfigError, match="scheduler_host="):
+            provider.check_reachable(loopback)
+    provider.check_reachable("10.0.0.4")
     monkeypatch.setenv("AZMANAGERS_ARM_ENDPOINT", "https://127.0.0.1:4443")  # the emulator
-    _check_reachable_scheduler(ClusterSettings(provider="azure"))
+    AzureProvider(SUB, RG).check_reachable("127.0.0.1")

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from azmanagers.errors import ProviderError
-from azmanagers.providers import boot, procvm
+from azmanagers.providers import boot
 from azmanagers.providers.base import (
     BootSpec,
     Instance,
@@ -22,6 +22,7 @@ from azmanagers.providers.base import (
     PoolSpec,
 )
 from azmanagers.providers.gc import gc
+from azmanagers.providers.local import procvm
 from azmanagers.providers.local.provider import LocalProvider
 from azmanagers.providers.tags import (
     TAG_CLUSTER,

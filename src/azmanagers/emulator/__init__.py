@@ -1,4 +1,10 @@
-"""The ARM/IMDS emulator: a faithful HTTPS test double of the Azure REST calls we make."""
+"""The ARM/IMDS emulator: a faithful HTTPS test double of the Azure REST calls we make.
+
+What lives here: ARM routes (``arm``, ``vms``, ``flexible``), rate limits, faults, IMDS and the
+emulated VMs (``instances``, booted as process-VMs), the HTTPS server. What it may import:
+``errors``, ``tls``, ``config`` (template builders for samples) and, from ``providers``, only
+the registry's ``process_vm_runtime``; never ``cluster``, ``detached`` or ``cli``.
+"""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from azmanagers.emulator import stock_image
-from azmanagers.providers import procvm
+from azmanagers.providers import ProcessVM, process_vm_runtime
 
 
 @dataclass
@@ -160,7 +160,8 @@ class ProcessRunner:
         self.arm_environment = {}
         self.folder = folder
         self.imds = imds
-        self._running: dict[str, tuple[procvm.ProcessHandle, Any, str]] = {}
+        self._runtime = process_vm_runtime()
+        self._running: dict[str, tuple[ProcessVM, str]] = {}
         self.identities: dict[str, VMIdentity] = {}
         self._lock = threading.Lock()
         self._stoppers: list[threading.Thread] = []
@@ -180,12 +181,9 @@ class ProcessRunner:
         if identity.stock_image:
             with self._lock:
                 extra.update(stock_image.prepare(self.folder / "stock-image").environment())
-        env = procvm.instance_environment(
-            instance_dir if instance_dir.exists() else _make(instance_dir), extra
-        )
-        proc = procvm.start(instance_dir, custom_data, env)
+        vm = self._runtime.boot(instance_dir, custom_data, extra)
         with self._lock:
-            self._running[identity.name] = (procvm.handle_of(proc), proc, endpoint)
+            self._running[identity.name] = (vm, endpoint)
             self.identities[identity.name] = identity
 
     def stop(self, name: str, *, wait: bool = False) -> None:
@@ -195,16 +193,12 @@ class ProcessRunner:
             self.identities.pop(name, None)
         if entry is None:
             return
-        handle, proc, endpoint = entry
+        vm, endpoint = entry
         self.imds.forget(endpoint)
-
-        def stop() -> None:
-            procvm.stop(handle, proc, instance_dir=self.folder / name)
-
         if wait:
-            stop()
+            vm.stop()
             return
-        thread = threading.Thread(target=stop, name=f"azm-emu-stop-{name}", daemon=True)
+        thread = threading.Thread(target=vm.stop, name=f"azm-emu-stop-{name}", daemon=True)
         thread.start()
         with self._lock:
             self._stoppers.append(thread)
@@ -215,12 +209,12 @@ class ProcessRunner:
         On a real VM a failed boot script powers the VM off (so the cluster sees it in its
         one list call); here the script's non-zero exit status stands for that.
         """
-        status = procvm.exit_status(self.folder / name)
+        status = self._runtime.exit_status(self.folder / name)
         return "stopped" if status not in (None, 0) else "running"
 
     def boot_log(self, name: str, tail_bytes: int) -> str:
         """Return the end of a VM's boot log (what a serial console would show)."""
-        return procvm.tail(self.folder / name / procvm.BOOT_LOG_NAME, tail_bytes)
+        return self._runtime.boot_log(self.folder / name, tail_bytes)
 
     def stop_all(self) -> None:
         """Stop every VM and wait for the stops to finish."""
@@ -232,8 +226,3 @@ class ProcessRunner:
             stoppers, self._stoppers = self._stoppers, []
         for thread in stoppers:
             thread.join(timeout=30)
-
-
-def _make(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path

@@ -113,3 +113,25 @@ def network_client(settings: ArmSettings, subscription: str) -> Any:
     return NetworkManagementClient(
         settings.credential(), subscription, settings.endpoint, **settings.client_options()
     )
+
+
+BOOT_LOG_TIMEOUT_S = 10.0
+"""How long fetching a boot diagnostics log (a blob behind a SAS URL) may take."""
+
+
+def download_tail(url: str, tail_bytes: int, ca_file: str | None) -> str:
+    """GET a blob (a SAS URL, no bearer token) and return its last ``tail_bytes`` as text.
+
+    Returns '' when the blob cannot be fetched: a boot log is a diagnostic, never a failure.
+    """
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+    try:
+        with urllib.request.urlopen(url, timeout=BOOT_LOG_TIMEOUT_S, context=context) as reply:
+            data: bytes = reply.read()
+    except (urllib.error.URLError, TimeoutError, OSError):
+        return ""
+    return data[-tail_bytes:].decode("utf-8", errors="replace")

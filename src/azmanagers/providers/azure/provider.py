@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import datetime
-import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -16,14 +14,18 @@ from azmanagers.providers.azure import flexible
 from azmanagers.providers.azure._clients import (
     ArmSettings,
     compute_client,
-    network_client,
+    download_tail,
     resource_client,
 )
 from azmanagers.providers.azure._errors import mapped
+from azmanagers.providers.azure.vms import (
+    BOOT_LOG_SAS_MINUTES,
+    AzureVMs,
+    pool_instance,
+)
 from azmanagers.providers.base import (
     REGULAR,
     Instance,
-    InstanceState,
     OwnedResource,
     Pace,
     PoolSpec,
@@ -35,43 +37,6 @@ from azmanagers.providers.tags import TAG_CLUSTER, TAG_OWNER, owner_alive
 
 VMSS_TYPE = "Microsoft.Compute/virtualMachineScaleSets"
 VM_TYPE = "Microsoft.Compute/virtualMachines"
-
-_PROVISIONING = {
-    "creating": InstanceState.CREATING,
-    "updating": InstanceState.RUNNING,
-    "succeeded": InstanceState.RUNNING,
-    "failed": InstanceState.FAILED,
-    "deleting": InstanceState.DELETING,
-}
-_POWER_STOPPED = {"stopped", "deallocated", "deallocating", "stopping"}
-
-
-def instance_state(provisioning: str | None, statuses: Sequence[str]) -> InstanceState:
-    """Map a scale-set VM's provisioning state and instance-view status codes to ours."""
-    state = _PROVISIONING.get((provisioning or "").lower(), InstanceState.CREATING)
-    for code in statuses:
-        kind, _, rest = code.partition("/")
-        value = rest.split("/", 1)[0]
-        if kind == "ProvisioningState" and value.lower() == "failed":
-            return InstanceState.FAILED
-        if (
-            kind == "PowerState"
-            and value.lower() in _POWER_STOPPED
-            and state is InstanceState.RUNNING
-        ):
-            return InstanceState.STOPPED
-    return state
-
-
-def _timestamp(value: Any) -> float:
-    if isinstance(value, datetime.datetime):
-        return value.timestamp()
-    if isinstance(value, str):
-        try:
-            return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            pass
-    return time.time()
 
 
 class AzureProvider:
@@ -107,9 +72,10 @@ class AzureProvider:
         self.settings = settings or ArmSettings.from_environment()
         self._compute = compute_client(self.settings, subscription)
         self._resources: Any = None
-        self._network: Any = None
         self._skus: dict[tuple[str, str], tuple[str, int]] = {}
         self._flexible: dict[str, bool] = {}
+        self.vms = AzureVMs(self._compute, self.settings, subscription, resource_group)
+        """The stand-alone VMs and their NICs (``azure/vms.py``)."""
 
     def check_reachable(self, host: str) -> None:
         """Refuse a loopback ``host`` unless ARM itself is on loopback (the emulator)."""
@@ -230,22 +196,7 @@ class AzureProvider:
                 vms = list(found)
         except NotFoundError:
             return []
-        out = []
-        for vm in vms:
-            props = vm.properties
-            statuses = []
-            if props is not None and props.instance_view is not None:
-                statuses = [s.code for s in props.instance_view.statuses or [] if s.code]
-            out.append(
-                Instance(
-                    pool=pool,
-                    id=str(vm.name),
-                    state=instance_state(props.provisioning_state if props else None, statuses),
-                    created_at=_timestamp(props.time_created if props else None),
-                    tags=dict(vm.tags or {}),
-                )
-            )
-        return out
+        return [pool_instance(pool, vm) for vm in vms]
 
     def delete_pool(self, pool: str, *, wait: bool = True) -> None:
         """Delete the scale set with its VMs (force deletion); with ``wait``, until gone."""
@@ -271,7 +222,9 @@ class AzureProvider:
             with mapped(f"reading the boot log of {instance_id}"):
                 if self._is_flexible(pool):
                     result = self._compute.virtual_machines.retrieve_boot_diagnostics_data(
-                        self.resource_group, name, sas_uri_expiration_time_in_minutes=5
+                        self.resource_group,
+                        name,
+                        sas_uri_expiration_time_in_minutes=BOOT_LOG_SAS_MINUTES,
                     )
                 else:
                     vms = self._compute.virtual_machine_scale_set_vms
@@ -279,113 +232,29 @@ class AzureProvider:
                         self.resource_group,
                         pool,
                         _instance_number(pool, name),
-                        sas_uri_expiration_time_in_minutes=5,
+                        sas_uri_expiration_time_in_minutes=BOOT_LOG_SAS_MINUTES,
                     )
         except (ConfigError, ProviderError):
             return ""
-        url = getattr(result, "serial_console_log_blob_uri", None)
-        if not url:
-            return ""
-        return _download_tail(str(url), tail_bytes, self.settings.ca_file)
+        url = result.serial_console_log_blob_uri
+        return download_tail(str(url), tail_bytes, self.settings.ca_file) if url else ""
 
-    # -- stand-alone VMs ---------------------------------------------------------------
+    # -- stand-alone VMs (azure/vms.py) -------------------------------------------------
     def create_vm(self, spec: VMSpec) -> VMInfo:
-        """Create the VM's network interface, then the VM with the boot script; return it.
-
-        Returns once both exist (the boot script may still be running).
-        """
-        vm_body = spec.template.get("value") if isinstance(spec.template, Mapping) else None
-        if not isinstance(vm_body, Mapping) or not spec.nic_template:
-            raise ConfigError(
-                f"VM {spec.name}: the azure provider needs a VM template (build_vmtemplate) "
-                "and a NIC template (build_nictemplate)."
-            )
-        nic_name = f"{spec.name}-nic"
-        nic_body: dict[str, Any] = copy.deepcopy(dict(spec.nic_template))
-        nic_body["tags"] = dict(spec.tags)
-        network = self._network_client()
-        with mapped(f"creating network interface {nic_name}"):
-            nic = network.network_interfaces.begin_create_or_update(
-                self.resource_group, nic_name, nic_body
-            ).result()
-        body: dict[str, Any] = copy.deepcopy(dict(vm_body))
-        body["tags"] = {**dict(body.get("tags") or {}), **dict(spec.tags)}
-        props = body.setdefault("properties", {})
-        os_profile = props.setdefault("osProfile", {})
-        os_profile["computerName"] = spec.name[:15]
-        os_profile["customData"] = base64.b64encode(boot.render(spec.boot).encode()).decode()
-        props["networkProfile"] = {  # the NIC goes with the VM, also when it deletes itself
-            "networkInterfaces": [
-                {"id": nic.id, "properties": {"primary": True, "deleteOption": "Delete"}}
-            ]
-        }
-        with mapped(f"creating VM {spec.name}"):
-            self._compute.virtual_machines.begin_create_or_update(
-                self.resource_group, spec.name, body
-            ).result()
-        info = self.get_vm(spec.name)
-        if info is None:
-            raise ProviderError(f"VM {spec.name} was created but cannot be found.")
-        return info
+        """Create the VM's network interface, then the VM; return once both exist."""
+        return self.vms.create(spec)
 
     def get_vm(self, name: str) -> VMInfo | None:
         """Return the VM with its state and private address, or None when it does not exist."""
-        try:
-            with mapped(f"reading VM {name}"):
-                vm = self._compute.virtual_machines.get(
-                    self.resource_group, name, expand="instanceView"
-                )
-            with mapped(f"reading the network interface of VM {name}"):
-                nic = self._network_client().network_interfaces.get(
-                    self.resource_group, f"{name}-nic"
-                )
-        except NotFoundError:
-            return None
-        props = vm.properties
-        statuses = []
-        if props is not None and props.instance_view is not None:
-            statuses = [s.code for s in props.instance_view.statuses or [] if s.code]
-        configs = nic.ip_configurations or []
-        return VMInfo(
-            name=name,
-            state=instance_state(props.provisioning_state if props else None, statuses),
-            address=str(configs[0].private_ip_address or "") if configs else "",
-            tags=dict(vm.tags or {}),
-        )
+        return self.vms.get(name)
 
     def delete_vm(self, name: str) -> None:
         """Delete the VM, then its network interface; returns when both are gone."""
-        try:
-            with mapped(f"deleting VM {name}"):
-                self._compute.virtual_machines.begin_delete(
-                    self.resource_group, name, force_deletion=True
-                ).result()
-        except NotFoundError:
-            pass
-        try:
-            with mapped(f"deleting network interface {name}-nic"):
-                self._network_client().network_interfaces.begin_delete(
-                    self.resource_group, f"{name}-nic"
-                ).result()
-        except NotFoundError:
-            pass
+        self.vms.delete(name)
 
     def vm_log(self, name: str, *, tail_bytes: int = 4096) -> str:
         """Return the end of the VM's serial console log (boot diagnostics), '' if none."""
-        try:
-            with mapped(f"reading the boot log of VM {name}"):
-                result = self._compute.virtual_machines.retrieve_boot_diagnostics_data(
-                    self.resource_group, name, sas_uri_expiration_time_in_minutes=5
-                )
-        except ProviderError:
-            return ""
-        url = getattr(result, "serial_console_log_blob_uri", None)
-        return _download_tail(str(url), tail_bytes, self.settings.ca_file) if url else ""
-
-    def _network_client(self) -> Any:
-        if self._network is None:
-            self._network = network_client(self.settings, self.subscription)
-        return self._network
+        return self.vms.boot_log(name, tail_bytes)
 
     # -- quota -------------------------------------------------------------------------
     def check_capacity(
@@ -487,24 +356,6 @@ class AzureProvider:
             self.delete_vm(resource.name)
         else:
             self.delete_pool(resource.name, wait=True)
-
-
-BOOT_LOG_TIMEOUT_S = 10.0
-
-
-def _download_tail(url: str, tail_bytes: int, ca_file: str | None) -> str:
-    """GET a blob (a SAS URL) and return its last ``tail_bytes`` as text ('' on failure)."""
-    import ssl
-    import urllib.error
-    import urllib.request
-
-    context = ssl.create_default_context(cafile=ca_file) if ca_file else None
-    try:
-        with urllib.request.urlopen(url, timeout=BOOT_LOG_TIMEOUT_S, context=context) as reply:
-            data: bytes = reply.read()
-    except (urllib.error.URLError, TimeoutError, OSError):
-        return ""
-    return data[-tail_bytes:].decode("utf-8", errors="replace")
 
 
 def _check_instance_name(pool: str, name: str) -> str:

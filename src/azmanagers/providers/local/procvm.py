@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -40,7 +40,7 @@ class ProcessHandle:
 
 def package_root() -> str:
     """Return the folder holding the ``azmanagers`` package (put on the instance's path)."""
-    return str(Path(__file__).resolve().parents[2])
+    return str(Path(__file__).resolve().parents[3])  # src/azmanagers/providers/local/
 
 
 def instance_environment(instance_dir: Path, extra: Mapping[str, str]) -> dict[str, str]:
@@ -194,3 +194,41 @@ def tail(path: Path, tail_bytes: int) -> str:
     except OSError:
         return ""
     return data.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class ProcessVM:
+    """A started process-VM: its folder (its disk), its handle and, in its parent, its process."""
+
+    folder: Path
+    handle: ProcessHandle
+    process: subprocess.Popen[bytes] | None = field(default=None, compare=False, repr=False)
+
+    def stop(self, *, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop every process of the VM (also those that left its session); reap them."""
+        stop(self.handle, self.process, instance_dir=self.folder, grace_s=grace_s)
+
+
+class ProcessVMRuntime:
+    """Process-VMs as one object: what the provider registry hands out to the emulator.
+
+    The emulator boots its VMs exactly as the local provider does (custom data run as a
+    script in its own folder and process group, with a clean environment).
+    """
+
+    def boot(self, folder: Path, custom_data: str, extra_env: Mapping[str, str]) -> ProcessVM:
+        """Run ``custom_data`` in ``folder`` with a clean environment plus ``extra_env``.
+
+        Returns once the process group started; raises OSError when it could not.
+        """
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        proc = start(folder, custom_data, instance_environment(folder, extra_env))
+        return ProcessVM(folder=folder, handle=handle_of(proc), process=proc)
+
+    def exit_status(self, folder: Path) -> int | None:
+        """Return the boot script's exit status, or None while it has not ended."""
+        return exit_status(folder)
+
+    def boot_log(self, folder: Path, tail_bytes: int) -> str:
+        """Return the end of the VM's boot log ('' when there is none)."""
+        return tail(folder / BOOT_LOG_NAME, tail_bytes)

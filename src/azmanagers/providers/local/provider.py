@@ -13,7 +13,7 @@ from typing import Any
 
 from azmanagers.config.paths import atomic_write_json, atomic_write_text, read_json, state_dir
 from azmanagers.errors import ProviderError
-from azmanagers.providers import boot, procvm
+from azmanagers.providers import boot
 from azmanagers.providers.base import (
     REGULAR,
     Instance,
@@ -25,6 +25,7 @@ from azmanagers.providers.base import (
     VMInfo,
     VMSpec,
 )
+from azmanagers.providers.local import procvm
 from azmanagers.providers.local.vms import LocalVMs
 from azmanagers.providers.tags import TAG_CLUSTER, TAG_OWNER, owner_alive
 

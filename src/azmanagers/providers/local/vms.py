@@ -10,8 +10,9 @@ from pathlib import Path
 
 from azmanagers.config.paths import atomic_write_json, read_json
 from azmanagers.errors import ConfigError, ProviderError
-from azmanagers.providers import boot, procvm
+from azmanagers.providers import boot
 from azmanagers.providers.base import InstanceState, VMInfo, VMSpec
+from azmanagers.providers.local import procvm
 from azmanagers.providers.tags import TAG_CLUSTER, TAG_OWNER
 
 _VM_FILE = "vm.json"
