@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -56,6 +57,77 @@ def test_gc_deletes_a_killed_callers_scale_set(
         while emulated_azure.state.scalesets and time.monotonic() < deadline:
             time.sleep(0.1)
         assert emulated_azure.state.scalesets == {}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+BOTH = textwrap.dedent(
+    """
+    import time, azmanagers
+    on_azure = azmanagers.addprocs("myscaleset", 1, waitfor=True, timeout=90, death_timeout_s=5)
+    on_local = azmanagers.addprocs("local", 1, waitfor=True, timeout=90, death_timeout_s=5)
+    print(on_azure.pool, on_local.pool, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_gc_collects_every_orphan_and_reports_each_unreadable_file(
+    emulated_azure: Emulator, tmp_path: Path, azm_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script = tmp_path / "caller.py"
+    script.write_text(BOTH)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        azure_pool, local_pool = proc.stdout.readline().split()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        # Three broken config and state files: before the fix any one of them stopped gc.
+        templates = azm_home / "templates_scaleset.json"
+        data = json.loads(templates.read_text())
+        data["broken"] = 5  # a template that is not an object
+        templates.write_text(json.dumps(data))
+        manifest = azm_home / "manifest.json"
+        manifest.write_bytes(b'{"resourcegroup": "caf\xe9"}')  # not UTF-8
+        corrupt = azm_home / "state" / "local" / "pools" / "broken-0a1b2c" / "pool.json"
+        corrupt.parent.mkdir(parents=True)
+        corrupt.write_text('{"name": ')
+        local_dir = azm_home / "state" / "local" / "pools" / local_pool
+        assert local_dir.exists() and emulated_azure.state.scalesets
+
+        capsys.readouterr()
+        assert azm(["gc", "--dry-run", "--json"]) == 1  # something could not be collected
+        report = json.loads(capsys.readouterr().out)
+        found = {(item["provider"], item["name"]) for item in report["collected"]}
+        assert found == {("azure", azure_pool), ("local", local_pool)}
+        problems = " | ".join(
+            f"{p['what']} {p['file']}: {p['error']}" for p in report["not_collected"]
+        )
+        for path in (templates, manifest, corrupt):
+            assert str(path) in problems, problems
+        assert "'broken'" in problems and "not UTF-8" in problems
+        assert local_dir.exists() and emulated_azure.state.scalesets  # a dry run deletes nothing
+
+        assert azm(["gc"]) == 1
+        captured = capsys.readouterr()
+        assert f"deleted local pool {local_pool}" in captured.out
+        assert f"deleted azure scaleset {azure_pool}" in captured.out
+        assert str(corrupt) in captured.err and str(manifest) in captured.err
+        assert not local_dir.exists()
+        deadline = time.monotonic() + 30
+        while emulated_azure.state.scalesets and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert emulated_azure.state.scalesets == {}
+        assert corrupt.read_text() == '{"name": '  # what could not be read is left as it was
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

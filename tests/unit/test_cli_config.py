@@ -275,3 +275,28 @@ def test_help_on_every_command(command: list[str], capsys: pytest.CaptureFixture
     assert main([*command, "--help"]) == 0
     out = capsys.readouterr().out
     assert "Usage" in out
+
+
+def test_gc_json_lists_what_it_found_and_what_it_could_not_read(
+    capsys: pytest.CaptureFixture[str], _home: Path
+) -> None:
+    capsys.readouterr()
+    assert main(["gc", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "collected": [],
+        "dry_run": False,
+        "not_collected": [],
+    }
+    _home.mkdir(exist_ok=True)
+    broken = _home / "templates_scaleset.json"
+    broken.write_text('{"a": ')
+    # Before the fix: "Error: ... is not valid JSON" and nothing else was looked at.
+    assert main(["gc", "--dry-run", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["dry_run"] is True and report["collected"] == []
+    [problem] = report["not_collected"]
+    assert problem["file"] == str(broken) and "not valid JSON" in problem["error"]
+    assert main(["gc"]) == 1
+    captured = capsys.readouterr()
+    assert "nothing to collect" in captured.out
+    assert f"not collected: scale-set templates ({broken})" in captured.err

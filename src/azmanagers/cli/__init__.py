@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     _state["debug"] = "--debug" in args
     try:
-        app(args=args, standalone_mode=False)
+        # Without standalone mode, click returns a ``typer.Exit``'s code instead of raising it.
+        code = app(args=args, standalone_mode=False)
     except AzManagersError as exc:
         if _state["debug"]:
             raise
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             f"Error: {type(exc).__name__}: {exc} (run with --debug for a traceback)", err=True
         )
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from azmanagers.errors import AzManagersError, ProviderError
+from azmanagers.errors import ProviderError
 from azmanagers.providers.base import OwnedResource, Provider
-from azmanagers.providers.local.provider import LocalProvider
 from azmanagers.providers.tags import DETACHED_OWNER, TAG_CLUSTER, TAG_OWNER, is_expired
 
 logger = logging.getLogger("azmanagers.gc")
@@ -24,6 +23,43 @@ class Collected:
     reason: str
 
 
+@dataclass(frozen=True)
+class NotCollected:
+    """Something ``gc`` could not read, list or delete, with its file when there is one.
+
+    Attributes
+    ----------
+    what : str
+        What could not be collected, e.g. "the manifest", "scale-set template 'x'",
+        "local pools", "azure pool p1".
+    file : str
+        The file involved ("" when the problem is not a file's, e.g. a refused cloud call).
+    error : str
+        Why, and what to do.
+    """
+
+    what: str
+    file: str
+    error: str
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """What one ``gc`` pass collected and what it could not."""
+
+    dry_run: bool
+    collected: list[Collected] = field(default_factory=list)
+    not_collected: list[NotCollected] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Place:
+    """A provider to collect from, and how to name it in a report."""
+
+    label: str
+    provider: Provider
+
+
 def _reason(resource: OwnedResource) -> str | None:
     detached = resource.tags.get(TAG_OWNER) == DETACHED_OWNER  # meant to outlive its caller
     if not resource.owner_alive and not detached:
@@ -33,19 +69,35 @@ def _reason(resource: OwnedResource) -> str | None:
     return None
 
 
-def providers_to_collect() -> list[Provider]:
-    """Return the local provider and one azure provider per place we may have resources.
+def _azure_places(problems: list[NotCollected]) -> set[tuple[str, str]]:
+    """Return the (subscription, resource group) pairs named by the manifest and templates.
 
-    The places are the subscriptions and resource groups of the saved Azure scale-set
-    templates and of the manifest (when there is one).
+    What cannot be read is added to ``problems`` (with its file) and skipped.
     """
     from azmanagers.config.manifest import load_manifest, manifest_path
-    from azmanagers.config.templates import list_templates, template_provider
+    from azmanagers.config.templates import list_templates, template_provider, templates_path
 
     places: set[tuple[str, str]] = set()
-    manifest = load_manifest() if manifest_path().exists() else None
-    for template in list_templates("scaleset").values():
-        if template_provider(template) != "azure":
+    manifest = None
+    if manifest_path().exists():
+        try:
+            manifest = load_manifest()
+        except Exception as exc:  # one unreadable file must not stop gc
+            problems.append(NotCollected("the manifest", str(manifest_path()), str(exc)))
+    try:
+        templates = list_templates("scaleset")
+    except Exception as exc:  # one unreadable file must not stop gc
+        problems.append(
+            NotCollected("scale-set templates", str(templates_path("scaleset")), str(exc))
+        )
+        templates = {}
+    for name, template in templates.items():
+        try:
+            if template_provider(template) != "azure":
+                continue
+        except Exception as exc:  # one bad template must not stop gc
+            what = f"scale-set template {name!r}"
+            problems.append(NotCollected(what, str(templates_path("scaleset")), str(exc)))
             continue
         sub = str(template.get("subscriptionid") or (manifest.subscriptionid if manifest else ""))
         group = str(template.get("resourcegroup") or (manifest.resourcegroup if manifest else ""))
@@ -53,20 +105,61 @@ def providers_to_collect() -> list[Provider]:
             places.add((sub, group))
     if manifest is not None:
         places.add((manifest.subscriptionid, manifest.resourcegroup))
-    found: list[Provider] = [LocalProvider()]
-    if places:
-        from azmanagers.providers.azure.provider import AzureProvider
+    return places
 
-        found += [AzureProvider(sub, group) for sub, group in sorted(places)]
+
+def _places(problems: list[NotCollected]) -> list[_Place]:
+    """Return the local provider and one azure provider per place we may have resources."""
+    from azmanagers.providers import get_provider
+
+    found: list[_Place] = []
+    wanted: list[tuple[str, dict[str, str], str]] = [("local", {}, "local pools and VMs")]
+    wanted += [
+        (
+            "azure",
+            {"subscriptionid": sub, "resourcegroup": group},
+            f"azure resources in subscription {sub}, resource group {group}",
+        )
+        for sub, group in sorted(_azure_places(problems))
+    ]
+    for name, place, label in wanted:
+        try:
+            found.append(_Place(label, get_provider(name, place)))
+        except Exception as exc:  # one provider must not stop the others
+            problems.append(NotCollected(label, "", str(exc)))
     return found
+
+
+def collect(*, dry_run: bool = False, cluster: str | None = None) -> GcReport:
+    """Find our orphaned or expired resources by their tags and delete what can be deleted.
+
+    Looks on this machine (local pools and VMs) and, for the azure provider, in every
+    subscription and resource group named by a saved template or the manifest. Nothing
+    stops the pass: an unreadable file, a provider that fails, or a resource that cannot be
+    deleted is reported in ``not_collected`` and everything else is still collected.
+
+    Parameters
+    ----------
+    dry_run
+        Only list what would be deleted.
+    cluster
+        Restrict to the resources whose ``azmanagers-cluster`` tag equals this exactly.
+
+    Returns
+    -------
+    GcReport
+        What was deleted (or would be) and what could not be collected, with its file.
+    """
+    report = GcReport(dry_run=dry_run)
+    for place in _places(report.not_collected):
+        _collect(place, report, cluster=cluster)
+    return report
 
 
 def gc(*, dry_run: bool = False, cluster: str | None = None) -> list[Collected]:
     """Find our orphaned or expired resources by their tags and delete them.
 
-    Looks on this machine (local pools) and, for the azure provider, in every subscription
-    and resource group named by a saved template or the manifest. A provider that fails is
-    reported and the others are still collected.
+    Collects everything it can (see ``collect``) before it reports what it could not.
 
     Parameters
     ----------
@@ -83,36 +176,48 @@ def gc(*, dry_run: bool = False, cluster: str | None = None) -> list[Collected]:
     Raises
     ------
     ProviderError
-        After collecting what it could, when a provider failed (the message names it).
+        After collecting what it could, when something could not be collected (the message
+        names each thing, its file and the reason).
     """
-    found: list[Collected] = []
-    failed: list[str] = []
-    for provider in providers_to_collect():
-        try:
-            found += _collect(provider, dry_run=dry_run, cluster=cluster)
-        except AzManagersError as exc:
-            failed.append(f"{provider.name}: {exc}")
-    if failed:
-        raise ProviderError("gc could not finish: " + "; ".join(failed))
-    return found
+    report = collect(dry_run=dry_run, cluster=cluster)
+    if report.not_collected:
+        raise ProviderError("gc could not collect everything: " + describe(report.not_collected))
+    return report.collected
 
 
-def _collect(provider: Provider, *, dry_run: bool, cluster: str | None) -> list[Collected]:
-    found = []
-    for resource in provider.list_owned_resources(cluster=cluster):
+def describe(problems: list[NotCollected]) -> str:
+    """Return ``problems`` as one line: ``what (file): error; ...``."""
+    return "; ".join(f"{p.what}{f' ({p.file})' if p.file else ''}: {p.error}" for p in problems)
+
+
+def _collect(place: _Place, report: GcReport, *, cluster: str | None) -> None:
+    provider = place.provider
+    try:
+        resources = provider.list_owned_resources(cluster=cluster)
+        unreadable = provider.list_unreadable_resources()
+    except Exception as exc:  # one provider must not stop the others
+        report.not_collected.append(NotCollected(place.label, "", str(exc)))
+        return
+    for record in unreadable:  # whose it is cannot be told: reported, never deleted
+        what = f"an unreadable {provider.name} record"
+        report.not_collected.append(NotCollected(what, record.path, record.reason))
+    for resource in resources:
         reason = _reason(resource)
         if reason is None:
             continue
-        found.append(
-            Collected(
-                provider=provider.name,
-                kind=resource.kind,
-                name=resource.name,
-                cluster=resource.tags.get(TAG_CLUSTER, ""),
-                reason=reason,
-            )
+        found = Collected(
+            provider=provider.name,
+            kind=resource.kind,
+            name=resource.name,
+            cluster=resource.tags.get(TAG_CLUSTER, ""),
+            reason=reason,
         )
-        if not dry_run:
+        if not report.dry_run:
             logger.info("gc: deleting %s %s (%s)", resource.kind, resource.name, reason)
-            provider.delete_owned_resource(resource)
-    return found
+            try:
+                provider.delete_owned_resource(resource)
+            except Exception as exc:  # one resource must not stop the others
+                what = f"{provider.name} {resource.kind} {resource.name}"
+                report.not_collected.append(NotCollected(what, "", str(exc)))
+                continue
+        report.collected.append(found)
