@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -300,3 +301,40 @@ def test_gc_json_lists_what_it_found_and_what_it_could_not_read(
     captured = capsys.readouterr()
     assert "nothing to collect" in captured.out
     assert f"not collected: scale-set templates ({broken})" in captured.err
+
+
+def _unusable_folder(case: str, tmp_path: Path) -> Path:
+    """Return a --folder path that cannot be used, of the kind ``case``."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    if case == "a file":
+        return a_file
+    if case == "under a file":
+        return a_file / "emulator"
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        return locked / "emulator"
+    # root may write anywhere permissions allow; /sys refuses new folders even to root
+    refused = Path("/sys/azm-emulator-test")
+    try:
+        refused.mkdir()
+    except PermissionError:
+        return refused
+    refused.rmdir()
+    pytest.skip("no folder refuses root here")
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file", "no permission"])
+def test_emulator_serve_at_an_unusable_folder_says_which_and_what_to_do(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _unusable_folder(case, tmp_path)
+    capsys.readouterr()
+    # Before the fix: "Error: FileExistsError: ..." or "Error: NotADirectoryError: ...".
+    assert main(["emulator", "serve", "--folder", str(folder)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert str(folder) in line and "--folder" in line
+    assert "Error: " in line and "Error: FileNotFoundError" not in line
+    assert not any(name in line for name in ("FileExistsError", "NotADirectoryError", "errno"))
+    assert "leave --folder out" in line

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from azmanagers.errors import ConfigError
 
 emulator_app = typer.Typer(
     help="The ARM/IMDS emulator: the azure provider's real SDK path, offline.",
@@ -29,13 +33,12 @@ def emulator_serve(
 ) -> None:
     """Serve ARM and IMDS on loopback until interrupted; write the variables to use it."""
     import signal
-    import tempfile
     import threading
 
     from azmanagers.config.paths import atomic_write_text
     from azmanagers.emulator import start_emulator
 
-    folder = folder or Path(tempfile.mkdtemp(prefix="azm-emulator-"))
+    folder = usable_folder(folder) if folder else Path(tempfile.mkdtemp(prefix="azm-emulator-"))
     emu = start_emulator(run_instances=run_instances, folder=folder)
     env_file = folder / "emulator.env"
     atomic_write_text(
@@ -51,3 +54,41 @@ def emulator_serve(
     finally:
         emu.stop()
         typer.echo("emulator stopped")
+
+
+def usable_folder(folder: Path) -> Path:
+    """Return ``folder`` (created, mode 0700, if missing) once it is a folder we can write.
+
+    Parameters
+    ----------
+    folder : Path
+        The ``--folder`` given.
+
+    Returns
+    -------
+    Path
+        ``folder`` with ``~`` expanded.
+
+    Raises
+    ------
+    ConfigError
+        It is a file, lies under a file, or cannot be created or written; the message names
+        it and says what to do.
+    """
+    folder = folder.expanduser()
+    fix = "Pass a folder you can write (it is created if missing), or leave --folder out."
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--folder {folder} is a file, not a folder. {fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe, probe_path = tempfile.mkstemp(dir=folder, prefix=".azm-probe-")
+        os.close(probe)
+        os.unlink(probe_path)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        if isinstance(exc, NotADirectoryError) or (
+            isinstance(exc, FileExistsError) and not folder.is_dir()
+        ):
+            reason = "a part of the path is a file"
+        raise ConfigError(f"--folder {folder} cannot be used ({reason}). {fix}") from exc
+    return folder
