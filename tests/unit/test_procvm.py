@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import stat
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,13 +16,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from azmanagers.errors import ProviderError
+from azmanagers.errors import NotFoundError, ProviderError
 from azmanagers.providers import boot
 from azmanagers.providers.base import (
     BootSpec,
     Instance,
     InstanceState,
     PoolSpec,
+    VMSpec,
 )
 from azmanagers.providers.gc import gc
 from azmanagers.providers.local import procvm
@@ -504,3 +508,80 @@ def test_a_pool_being_deleted_refuses_to_grow(
     with pytest.raises(ProviderError):
         provider.scale_pool("going", 2)
     provider.wait_deleted()
+
+
+def test_one_unreadable_record_does_not_hide_the_others(
+    provider: LocalProvider, agent: Path, out: Path
+) -> None:
+    provider.create_pool(spec("good", agent, out, cluster="c-good"))
+    pools = provider.root / "pools"
+    bad = {
+        "not-json": b"{ nope",
+        "not-utf8": b'{"tags": {"azmanagers-cluster": "\xff"}}',
+        "not-an-object": b"[1, 2]",
+        "bad-tags": b'{"tags": ["azmanagers-cluster"]}',
+    }
+    folders = [pools / name for name in bad]
+    for name, data in bad.items():
+        (pools / name).mkdir()
+        (pools / name / "pool.json").write_bytes(data)
+    broken_vm = provider.root / "vms" / "broken-vm"
+    broken_vm.mkdir(parents=True)
+    (broken_vm / "vm.json").write_bytes(b"\x00\xff")
+    folders.append(broken_vm)
+    try:
+        assert [r.name for r in provider.list_owned_resources()] == ["good"]
+        assert [r.name for r in provider.list_owned_resources(cluster="c-good")] == ["good"]
+        unreadable = {Path(u.path): u.reason for u in provider.list_unreadable_resources()}
+        assert set(unreadable) == {f / "pool.json" for f in folders[:-1]} | {broken_vm / "vm.json"}
+        for path, reason in unreadable.items():
+            assert str(path) in reason  # the reason names the file
+        assert (pools / "not-json" / "pool.json").read_bytes() == bad["not-json"]  # untouched
+    finally:
+        for folder in folders:
+            shutil.rmtree(folder)
+    assert provider.list_unreadable_resources() == []
+
+
+def test_a_missing_pool_is_not_found(provider: LocalProvider) -> None:
+    with pytest.raises(NotFoundError, match="'nothing-here' does not exist"):
+        provider.scale_pool("nothing-here", 1)
+    with pytest.raises(NotFoundError):
+        provider.delete_instances("nothing-here", ["nothing-here-0000"])
+
+
+def test_a_local_vm_deletes_itself_through_the_registry(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    # What agent.selfdelete does after a persist=False job: from outside the VM's processes
+    # but with the VM's environment, get_provider("local").delete_vm(its name).
+    pid_path = tmp_path / "deleter.pid"
+    code = "from azmanagers.providers import get_provider as g; import os; " + (
+        "g('local').delete_vm(os.environ['AZMANAGERS_INSTANCE_ID'])"
+    )
+    deleter = tmp_path / "self-deleting-python"
+    deleter.write_text(
+        f"#!/bin/bash\n{HAS_AZMANAGERS}"
+        f'setsid env -u AZMANAGERS_INSTANCE_DIR {sys.executable} -c "{code}" '
+        f">> {tmp_path}/deleter.log 2>&1 &\necho $! > {pid_path}\nexec sleep 600\n"
+    )
+    deleter.chmod(0o755)
+    made = provider.create_vm(
+        VMSpec(
+            name="selfdel",
+            boot=BootSpec(role="detached", payload={}, env={"AZMANAGERS_PYTHON": str(deleter)}),
+            tags=resource_tags("selfdel", owner_id(), 3600),
+        )
+    )
+    assert made.state is InstanceState.RUNNING
+    try:
+        wait_until("the VM deleted itself", lambda: provider.get_vm("selfdel") is None)
+        assert not (provider.root / "vms" / "selfdel").exists()
+        deleter_pid = int(pid_path.read_text())
+        wait_until("the deleter exits", lambda: gone(deleter_pid))
+    finally:
+        provider.delete_vm("selfdel")
+        if pid_path.exists():
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(int(pid_path.read_text())).kill()
+    assert "Error" not in (tmp_path / "deleter.log").read_text()

@@ -143,6 +143,26 @@ class OwnedResource:
 
 
 @dataclass(frozen=True)
+class UnreadableResource:
+    """A record of ours that ``list_owned_resources`` skipped because it cannot be read.
+
+    ``gc`` reports these (it cannot tell whose they are, so it deletes nothing of them): a
+    local ``pool.json`` or ``vm.json`` that is not UTF-8, not JSON or not a JSON object, or
+    whose tags are not a map of strings.
+
+    Parameters
+    ----------
+    path
+        Where the record is (a file on this machine, or a resource ID).
+    reason
+        Why it cannot be read, and what to do about it.
+    """
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Pace:
     """How often a reconciler may list a pool's instances on a provider (its read budget).
 
@@ -241,7 +261,19 @@ class Provider(Protocol):
         ...
 
     def list_owned_resources(self, *, cluster: str | None = None) -> list[OwnedResource]:
-        """Return the pools and VMs carrying our tags (exact match on ``cluster`` if given)."""
+        """Return the pools and VMs carrying our tags (exact match on ``cluster`` if given).
+
+        One unreadable record never fails the whole listing: it is left out here and
+        reported by ``list_unreadable_resources``.
+        """
+        ...
+
+    def list_unreadable_resources(self) -> list[UnreadableResource]:
+        """Return the records ``list_owned_resources`` had to skip (corrupt, not ours to read).
+
+        Whatever the cluster: an unreadable record does not say which cluster it belongs to.
+        Makes no change; ``[]`` on a provider whose resources are always readable (azure).
+        """
         ...
 
     def delete_owned_resource(self, resource: OwnedResource) -> None:

@@ -30,6 +30,7 @@ from azmanagers.providers.base import (
     Pace,
     PoolSpec,
     Priority,
+    UnreadableResource,
     VMInfo,
     VMSpec,
 )
@@ -349,6 +350,10 @@ class AzureProvider:
                 )
             )
         return out
+
+    def list_unreadable_resources(self) -> list[UnreadableResource]:
+        """Return [] : ARM hands out typed resources, so none is ever skipped as unreadable."""
+        return []
 
     def delete_owned_resource(self, resource: OwnedResource) -> None:
         """Delete a scale set or VM found by ``list_owned_resources``; returns when gone."""

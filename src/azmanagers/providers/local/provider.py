@@ -11,8 +11,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from azmanagers.config.paths import atomic_write_json, atomic_write_text, read_json, state_dir
-from azmanagers.errors import ProviderError
+from azmanagers.config.paths import (
+    atomic_write_json,
+    atomic_write_text,
+    home,
+    read_json,
+    state_dir,
+)
+from azmanagers.errors import ConfigError, NotFoundError, ProviderError
 from azmanagers.providers import boot
 from azmanagers.providers.base import (
     REGULAR,
@@ -22,11 +28,12 @@ from azmanagers.providers.base import (
     Pace,
     PoolSpec,
     Priority,
+    UnreadableResource,
     VMInfo,
     VMSpec,
 )
 from azmanagers.providers.local import procvm
-from azmanagers.providers.local.vms import LocalVMs
+from azmanagers.providers.local.vms import LocalVMs, read_tags
 from azmanagers.providers.tags import TAG_CLUSTER, TAG_OWNER, owner_alive
 
 _POOL_FILE = "pool.json"
@@ -57,7 +64,7 @@ class LocalProvider:
         # Plain threads, not an executor: deletion must also work at interpreter exit,
         # when executors refuse new work.
         self._stopping: dict[str, threading.Thread] = {}
-        self.vms = LocalVMs(self.root)
+        self.vms = LocalVMs(self.root, caller_home=home().absolute() if root is None else None)
 
     # -- paths -------------------------------------------------------------------------
     def _pool_dir(self, pool: str) -> Path:
@@ -69,7 +76,9 @@ class LocalProvider:
     def _pool_meta(self, pool: str) -> dict[str, Any]:
         meta = read_json(self._pool_dir(pool) / _POOL_FILE)
         if not isinstance(meta, dict):
-            raise ProviderError(f"local pool {pool!r} does not exist.")
+            raise NotFoundError(
+                f"local pool {pool!r} does not exist: create it first, or check its name."
+            )
         return meta
 
     # -- pools -------------------------------------------------------------------------
@@ -306,30 +315,38 @@ class LocalProvider:
         """Return the end of a process-VM's boot log."""
         return self.vms.boot_log(name, tail_bytes)
 
-    def list_owned_resources(self, *, cluster: str | None = None) -> list[OwnedResource]:
-        """Return our pools and VMs found by their tags (exact match on the cluster tag)."""
+    def _records(self) -> list[tuple[str, str, Path]]:
+        """(kind, name, record file) of every pool and VM folder that has a record."""
         pools_dir = self.root / "pools"
+        pools = sorted(pools_dir.iterdir()) if pools_dir.is_dir() else []
+        found = [("pool", p.name, p / _POOL_FILE) for p in pools if (p / _POOL_FILE).exists()]
+        return found + [("vm", name, path) for name, path in self.vms.records()]
+
+    def list_owned_resources(self, *, cluster: str | None = None) -> list[OwnedResource]:
+        """Return our pools and VMs found by their tags (exact match on the cluster tag).
+
+        A record that cannot be read is left out (``list_unreadable_resources`` has it).
+        """
         out = []
-        for entry in sorted(pools_dir.iterdir()) if pools_dir.exists() else []:
-            meta = read_json(entry / _POOL_FILE)
-            if not isinstance(meta, dict):
+        for kind, name, path in self._records():
+            try:
+                tags = read_tags(path)
+            except ConfigError:
                 continue
-            tags = meta.get("tags", {})
-            if TAG_CLUSTER not in tags or TAG_OWNER not in tags:
+            if tags is None or TAG_CLUSTER not in tags or TAG_OWNER not in tags:
                 continue
-            if cluster is not None and tags[TAG_CLUSTER] != cluster:
-                continue
-            out.append(
-                OwnedResource(
-                    kind="pool",
-                    name=str(meta["name"]),
-                    tags=tags,
-                    owner_alive=owner_alive(tags[TAG_OWNER]),
-                )
-            )
-        for name, tags in self.vms.owned():
             if cluster is None or tags[TAG_CLUSTER] == cluster:
-                out.append(OwnedResource("vm", name, tags, owner_alive(tags[TAG_OWNER])))
+                out.append(OwnedResource(kind, name, tags, owner_alive(tags[TAG_OWNER])))
+        return out
+
+    def list_unreadable_resources(self) -> list[UnreadableResource]:
+        """Return each ``pool.json`` or ``vm.json`` that cannot be read, and why."""
+        out = []
+        for _kind, _name, path in self._records():
+            try:
+                read_tags(path)
+            except ConfigError as exc:
+                out.append(UnreadableResource(path=str(path), reason=str(exc)))
         return out
 
     def delete_owned_resource(self, resource: OwnedResource) -> None:

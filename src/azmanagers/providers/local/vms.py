@@ -7,15 +7,15 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from azmanagers.config.paths import atomic_write_json, read_json
+from azmanagers.config.paths import HOME_ENV, atomic_write_json, read_json
 from azmanagers.errors import ConfigError, ProviderError
 from azmanagers.providers import boot
 from azmanagers.providers.base import InstanceState, VMInfo, VMSpec
 from azmanagers.providers.local import procvm
-from azmanagers.providers.tags import TAG_CLUSTER, TAG_OWNER
 
-_VM_FILE = "vm.json"
+VM_FILE = "vm.json"
 LOCAL_ADDRESS = "127.0.0.1"
 
 
@@ -27,11 +27,43 @@ def _check_name(name: str) -> str:
     return name
 
 
+def read_tags(path: Path) -> dict[str, str] | None:
+    """Return the tags of a record (``pool.json``, ``vm.json``); None when there is none.
+
+    Raises
+    ------
+    ConfigError
+        The record is not UTF-8, not JSON, not a JSON object, or its tags are not a map of
+        strings; the message names the file.
+    """
+    if not path.exists():
+        return None
+    record: Any = read_json(path)
+    if not isinstance(record, dict):
+        raise ConfigError(
+            f"{path} is not a JSON object: it cannot say whose it is. Look at it, then "
+            f"remove its folder {path.parent} by hand if nothing runs there."
+        )
+    tags = record.get("tags", {})
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise ConfigError(
+            f"{path}: its 'tags' are not a map of strings. Look at it, then remove its "
+            f"folder {path.parent} by hand if nothing runs there."
+        )
+    return tags
+
+
 class LocalVMs:
     """Process-VMs that run a VM's boot script; the address of each is 127.0.0.1."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, caller_home: Path | None = None) -> None:
         self.root = root / "vms"
+        self.caller_home = caller_home
+        """The caller's AZMANAGERS_HOME, given to each VM: a VM deletes itself through
+        ``get_provider("local")``, which finds it there (None for a provider made on another
+        root, whose VMs cannot)."""
         self._lock = threading.Lock()
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -43,7 +75,7 @@ class LocalVMs:
         """Start the VM's boot script in a new process-VM; return the VM."""
         folder = self.folder(spec.name)
         with self._lock:
-            if (folder / _VM_FILE).exists():
+            if (folder / VM_FILE).exists():
                 raise ProviderError(
                     f"a local VM named {spec.name!r} exists; delete it first (azm vm delete) "
                     "or pick another name."
@@ -52,10 +84,10 @@ class LocalVMs:
                 folder.mkdir(parents=True, mode=0o700)
             except OSError as exc:
                 raise ProviderError(f"cannot create local VM {spec.name}: {exc}") from exc
-            env = procvm.instance_environment(
-                folder,
-                {"AZMANAGERS_INSTANCE_ID": spec.name, "AZMANAGERS_AGENT_HOME": str(folder)},
-            )
+            extra = {"AZMANAGERS_INSTANCE_ID": spec.name, "AZMANAGERS_AGENT_HOME": str(folder)}
+            if self.caller_home is not None:
+                extra[HOME_ENV] = str(self.caller_home)
+            env = procvm.instance_environment(folder, extra)
             try:
                 proc = procvm.start(folder, boot.render(spec.boot), env)
             except OSError as exc:
@@ -64,7 +96,7 @@ class LocalVMs:
             handle = procvm.handle_of(proc)
             self._procs[spec.name] = proc
             atomic_write_json(
-                folder / _VM_FILE,
+                folder / VM_FILE,
                 {
                     "name": spec.name,
                     "pid": handle.pid,
@@ -81,7 +113,7 @@ class LocalVMs:
     def get(self, name: str) -> VMInfo | None:
         """Return the VM with its state, or None when there is no such VM."""
         folder = self.folder(name)
-        info = read_json(folder / _VM_FILE)
+        info = read_json(folder / VM_FILE)
         if not isinstance(info, dict):
             return None
         proc = self._procs.get(name)
@@ -99,27 +131,17 @@ class LocalVMs:
     def delete(self, name: str) -> None:
         """Stop every process of the VM (its jobs too) and remove its folder."""
         folder = self.folder(name)
-        info = read_json(folder / _VM_FILE)
+        info = read_json(folder / VM_FILE)
         if isinstance(info, dict):
             handle = procvm.ProcessHandle(int(info["pid"]), float(info["create_time"]))
             procvm.stop(handle, self._procs.pop(name, None), instance_dir=folder)
         shutil.rmtree(folder, ignore_errors=True)
 
-    def names(self) -> list[str]:
-        """The names of every local VM."""
-        if not self.root.exists():
+    def records(self) -> list[tuple[str, Path]]:
+        """(name, record file) of every local VM folder that has a record."""
+        if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / _VM_FILE).exists())
-
-    def owned(self) -> list[tuple[str, dict[str, str]]]:
-        """(name, tags) of every VM that carries our tags."""
-        out = []
-        for name in self.names():
-            info = read_json(self.folder(name) / _VM_FILE)
-            tags = info.get("tags", {}) if isinstance(info, dict) else {}
-            if TAG_CLUSTER in tags and TAG_OWNER in tags:
-                out.append((name, dict(tags)))
-        return out
+        return sorted((p.name, p / VM_FILE) for p in self.root.iterdir() if (p / VM_FILE).exists())
 
     def boot_log(self, name: str, tail_bytes: int = 4096) -> str:
         """The end of the VM's boot log."""
