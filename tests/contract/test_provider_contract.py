@@ -1,21 +1,28 @@
-"""The provider contract: every provider passes this suite (the azure one joins it later)."""
+"""The provider contract: every provider passes this suite (azure through the ARM emulator)."""
 
 from __future__ import annotations
 
+import ipaddress
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import azmanagers
 from azmanagers.emulator import sample_scaleset_template
-from azmanagers.errors import ProviderError
+from azmanagers.errors import NotFoundError, ProviderError
+from azmanagers.providers.azure.provider import AzureProvider
 from azmanagers.providers.base import (
     BootSpec,
     Instance,
     InstanceState,
+    Pace,
     PoolSpec,
     Provider,
+    VMSpec,
 )
 from azmanagers.providers.local.provider import LocalProvider
 from azmanagers.providers.tags import TAG_CLUSTER, owner_id, resource_tags
@@ -39,7 +46,6 @@ def provider(
     else:
         from azmanagers.emulator import start_emulator
         from azmanagers.providers.azure._clients import ArmSettings, resource_client
-        from azmanagers.providers.azure.provider import AzureProvider
 
         emulator = start_emulator(run_instances=True, folder=tmp_path / "emulator")
         for key, value in emulator.environment().items():
@@ -52,6 +58,7 @@ def provider(
         yield made
         for resource in made.list_owned_resources():
             made.delete_owned_resource(resource)
+        assert made.list_unreadable_resources() == []
     finally:
         if emulator is not None:
             emulator.stop()
@@ -77,6 +84,41 @@ def pool_spec(
         template=template,  # the local provider ignores it
         max_instances=max_instances,
     )
+
+
+def vm_spec(name: str, interpreter: Path) -> VMSpec:
+    vm = azmanagers.build_vmtemplate(
+        "ct-vm",
+        subscriptionid=SUB,
+        admin_username="azuser",
+        location="southcentralus",
+        resourcegroup=RG,
+        imagegallery="gallery",
+        imagename="image",
+        vmsize="Standard_D4s_v3",
+    )
+    nic = azmanagers.build_nictemplate(
+        "ct-nic",
+        subscriptionid=SUB,
+        resourcegroup_vnet=RG,
+        vnet="vnet",
+        subnet="subnet",
+        location="southcentralus",
+    )
+    return VMSpec(
+        name=name,
+        boot=BootSpec(role="detached", payload={}, env={"AZMANAGERS_PYTHON": str(interpreter)}),
+        tags=resource_tags(name, owner_id(), 3600),
+        template=vm,  # the local provider ignores both templates
+        nic_template=nic,
+    )
+
+
+def _both_providers_satisfy_the_protocol_statically() -> None:
+    """Checked by mypy in test_the_providers_satisfy_the_protocol_statically, never run."""
+    local: Provider = LocalProvider()
+    azure: Provider = AzureProvider(SUB, RG)
+    del local, azure
 
 
 def wait_for(
@@ -193,3 +235,77 @@ def test_a_quota_is_checked_before_growth(provider: Provider, sleeper: Path) -> 
     if provider.name == "azure":
         with pytest.raises(ProviderError, match="not enough quota"):
             provider.check_capacity(spec.template, 10_000)
+
+
+def test_the_providers_satisfy_the_protocol_statically() -> None:
+    # mypy checks the typed assignments above: a missing or mistyped method fails here.
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent", __file__],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_its_pace_is_valid(provider: Provider) -> None:
+    pace = provider.pace
+    assert isinstance(pace, Pace)
+    assert 0 < pace.after_change_s <= pace.steady_s
+    assert pace.change_window_s >= 0
+    assert pace.interval_s(pace.change_window_s + 1) == pace.steady_s
+    if pace.change_window_s > 0:
+        assert pace.interval_s(0) == pace.after_change_s
+
+
+def test_loopback_is_reachable_from_instances_here(provider: Provider) -> None:
+    # local: process-VMs run here; azure on the emulator: ARM itself is on loopback.
+    provider.check_reachable("127.0.0.1")
+    provider.check_reachable("10.0.0.4")
+
+
+def test_scaling_a_missing_pool_raises_not_found(provider: Provider) -> None:
+    with pytest.raises(NotFoundError):
+        provider.scale_pool("ct-missing", 1)
+    with pytest.raises(NotFoundError):
+        provider.set_pool_tags("ct-missing", resource_tags("ct-missing", owner_id(), 60))
+
+
+def test_set_pool_tags_replaces_them(provider: Provider, sleeper: Path) -> None:
+    provider.create_pool(pool_spec("ct-tags", sleeper))
+    renewed = {**resource_tags("ct-tags", owner_id(), 7200), "azm-contract": "renewed"}
+    provider.set_pool_tags("ct-tags", renewed)
+    provider.set_pool_tags("ct-tags", renewed)  # repeating is safe
+    (found,) = provider.list_owned_resources(cluster="ct-tags")
+    assert found.name == "ct-tags"
+    assert dict(found.tags) == renewed
+
+
+def test_a_vm_is_created_read_logged_and_deleted(provider: Provider, sleeper: Path) -> None:
+    info = provider.create_vm(vm_spec("ct-vm1", sleeper))
+    assert info.name == "ct-vm1"
+    assert info.state in (InstanceState.CREATING, InstanceState.RUNNING)
+    assert info.tags[TAG_CLUSTER] == "ct-vm1"
+    deadline = time.monotonic() + DEADLINE_S
+    got = provider.get_vm("ct-vm1")
+    while got is None or got.state is not InstanceState.RUNNING:
+        assert time.monotonic() < deadline, f"the VM never ran: {got}"
+        time.sleep(0.1)
+        got = provider.get_vm("ct-vm1")
+    assert ipaddress.ip_address(got.address).is_loopback  # a process-VM on this machine
+    while "sleeper: -m azmanagers.agent detached" not in provider.vm_log("ct-vm1"):
+        assert time.monotonic() < deadline, provider.vm_log("ct-vm1")
+        time.sleep(0.1)
+    owned = provider.list_owned_resources(cluster="ct-vm1")
+    assert [(r.kind, r.name) for r in owned] == [("vm", "ct-vm1")]
+    provider.delete_vm("ct-vm1")
+    assert provider.get_vm("ct-vm1") is None
+    provider.delete_vm("ct-vm1")  # repeating is safe
+    assert provider.list_owned_resources(cluster="ct-vm1") == []
+
+
+def test_a_missing_vm_is_none_and_deleting_it_is_safe(provider: Provider) -> None:
+    assert provider.get_vm("ct-nothing") is None
+    assert provider.vm_log("ct-nothing") == ""
+    provider.delete_vm("ct-nothing")
