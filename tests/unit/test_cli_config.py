@@ -338,3 +338,46 @@ def test_emulator_serve_at_an_unusable_folder_says_which_and_what_to_do(
     assert "Error: " in line and "Error: FileNotFoundError" not in line
     assert not any(name in line for name in ("FileExistsError", "NotADirectoryError", "errno"))
     assert "leave --folder out" in line
+
+
+def test_template_list_show_and_manifest_show_take_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _write_manifest()
+    assert main(["template", "add-scaleset", "big", *AZURE_SS]) == 0
+    assert main(["template", "add-scaleset", "tiny", "--local", "--nthreads", "2"]) == 0
+    capsys.readouterr()
+    assert main(["template", "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    by_name = {(row["kind"], row["name"]): row for row in rows}
+    assert set(by_name) == {
+        ("scaleset", "big"),
+        ("scaleset", "tiny"),
+        ("scaleset", "local"),
+        ("vm", "local"),
+    }
+    assert by_name[("scaleset", "big")]["provider"] == "azure"
+    assert by_name[("scaleset", "big")]["summary"] == "westus2, Standard_D2s_v3"
+    assert by_name[("scaleset", "tiny")]["source"] == "file"
+    assert by_name[("scaleset", "local")]["source"] == "built-in"
+    assert main(["template", "list", "--kind", "vm", "--json"]) == 0
+    assert [row["name"] for row in json.loads(capsys.readouterr().out)] == ["local"]
+    assert main(["template", "show", "tiny", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {**LOCAL_TEMPLATE_DEFAULTS, "nthreads": 2}
+    assert main(["manifest", "show", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["subscriptionid"] == SUB and shown["ssh_user"] == "me"
+
+
+def test_add_scaleset_refuses_a_name_too_long_for_azure(
+    capsys: pytest.CaptureFixture[str], _home: Path
+) -> None:
+    from azmanagers.config.template_schema import MAX_TEMPLATE_NAME_CHARS
+
+    limit = MAX_TEMPLATE_NAME_CHARS["scaleset"]
+    capsys.readouterr()
+    assert main(["template", "add-scaleset", "n" * (limit + 1), "--local"]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"at most {limit} characters" in line and "shorter name" in line
+    assert not (_home / "templates_scaleset.json").exists()
+    assert main(["template", "add-scaleset", "n" * limit, "--local"]) == 0

@@ -1,4 +1,12 @@
-"""The ``azm`` command line: one ``Error: ...`` line on failure (tracebacks with ``--debug``)."""
+"""The ``azm`` command line: the app, ``main`` and its one-line error mapping.
+
+One module per command group lives here (manifest, template and template_add, vm, job, gc,
+emulator, demo), with the options they share in ``options``; this ``__init__`` only makes the
+app, registers the groups and maps errors to one ``Error: ...`` line (tracebacks with
+``--debug``). cli/ may import the public API (``azmanagers``), the feature packages (cluster,
+detached), config, ``providers.gc`` and the provider registry (never a provider's own
+module), the emulator (for ``azm emulator``), errors and _version.
+"""
 
 from __future__ import annotations
 
@@ -33,16 +41,6 @@ def _root(
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
 
 
-@app.command()
-def demo() -> None:
-    """Start 4 local workers, estimate pi on them, show a worker log, remove them (no account)."""
-    from azmanagers.cli.demo import run_demo
-
-    code = run_demo()
-    if code:
-        raise typer.Exit(code)
-
-
 _registered = False
 
 
@@ -50,6 +48,7 @@ def _register() -> None:
     global _registered
     if _registered:
         return
+    from azmanagers.cli.demo import demo_command
     from azmanagers.cli.emulator import emulator_app
     from azmanagers.cli.gc import gc_command
     from azmanagers.cli.job import job_app
@@ -57,6 +56,7 @@ def _register() -> None:
     from azmanagers.cli.template import template_app
     from azmanagers.cli.vm import vm_app
 
+    app.command("demo")(demo_command)
     app.command("gc")(gc_command)
     app.add_typer(vm_app, name="vm")
     app.add_typer(job_app, name="job")

@@ -7,6 +7,7 @@ import random
 import time
 from collections import Counter
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -144,3 +145,10 @@ def run_demo(console: Console | None = None) -> int:
         wlog.propagate = True
         if cluster is not None:
             cluster.close()
+
+
+def demo_command() -> None:
+    """Start 4 local workers, estimate pi on them, show a worker log, remove them (no account)."""
+    code = run_demo()
+    if code:
+        raise typer.Exit(code)

@@ -35,10 +35,11 @@ def emulator_serve(
     import signal
     import threading
 
+    folder = usable_folder(folder) if folder else Path(tempfile.mkdtemp(prefix="azm-emulator-"))
+
     from azmanagers.config.paths import atomic_write_text
     from azmanagers.emulator import start_emulator
 
-    folder = usable_folder(folder) if folder else Path(tempfile.mkdtemp(prefix="azm-emulator-"))
     emu = start_emulator(run_instances=run_instances, folder=folder)
     env_file = folder / "emulator.env"
     atomic_write_text(

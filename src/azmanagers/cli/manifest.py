@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from azmanagers.cli.options import option, require_given
+from azmanagers.cli.options import JsonOption, echo_json, option, require_given
 from azmanagers.config import manifest as _manifest
 
 manifest_app = typer.Typer(
@@ -52,12 +52,10 @@ def manifest_write(
 
 
 @manifest_app.command("show")
-def manifest_show() -> None:
-    """Print the manifest as JSON."""
+def manifest_show(json_output: JsonOption = False) -> None:
+    """Print the manifest as JSON (with --json: keys sorted, as every --json output)."""
     loaded = _manifest.load_manifest()
-    typer.echo(json.dumps(loaded.to_dict(), indent=2))
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------------------------
+    if json_output:
+        echo_json(loaded)
+    else:
+        typer.echo(json.dumps(loaded.to_dict(), indent=2))

@@ -44,3 +44,43 @@ def require_given(command: str, values: dict[str, Any]) -> None:
     for option, value in values.items():
         if value is None or (isinstance(value, str) and not value.strip()):
             raise ConfigError(f"{command} needs {option}. Run `{command} --help` for every option.")
+
+
+# Options that the template commands (add-scaleset, add-vm) share.
+TagOption = Annotated[
+    list[str] | None,
+    typer.Option("--tag", help="An ARM tag KEY=VALUE; repeat for more.", show_default=False),
+]
+DatadiskOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--datadisk",
+        help=(
+            "A data disk SIZE_GB[:STORAGE_TYPE], e.g. 1023 or 512:UltraSSD_LRS; repeat for "
+            "more (luns 1, 2, ...). Default type Premium_LRS."
+        ),
+        show_default=False,
+    ),
+]
+
+
+SubscriptionOption = Annotated[
+    str | None, option("Azure subscription id (default: the manifest's).")
+]
+LocationOption = Annotated[str | None, option("Azure region, e.g. southcentralus.")]
+ResourceGroupOption = Annotated[str | None, option("Resource group (default: the manifest's).")]
+GalleryOption = Annotated[str | None, option("Azure compute gallery holding the image.")]
+ImageOption = Annotated[str | None, option("Image in the gallery.")]
+ImageSubscriptionOption = Annotated[
+    str | None, option("Subscription of the gallery (default: --subscriptionid).")
+]
+ImageResourceGroupOption = Annotated[
+    str | None, option("Resource group of the gallery (default: --resourcegroup).")
+]
+OsDiskOption = Annotated[int | None, option("OS disk size in GB (default: 60).")]
+TempdiskOption = Annotated[
+    str | None, option("Shell commands preparing the temporary disk (default: /scratch link).")
+]
+EncryptionOption = Annotated[
+    bool, typer.Option("--encryption-at-host", help="Enable encryption at host.")
+]

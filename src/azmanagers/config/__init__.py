@@ -1,1 +1,7 @@
-"""Configuration: AZMANAGERS_HOME paths, the manifest and the templates."""
+"""Configuration: AZMANAGERS_HOME paths and atomic 0600 writes, the manifest, the templates.
+
+``paths`` (where files live, atomic writes, reading JSON), ``manifest``, ``templates`` (save,
+load, list, remove), ``template_schema`` (shapes, validation, name rules), ``template_builders``
+(build_sstemplate, build_vmtemplate, build_nictemplate) and ``settings`` (one resolver).
+config/ may import only ``azmanagers.errors`` and ``azmanagers._version``.
+"""
