@@ -2,6 +2,7 @@
 
 ``paths`` (where files live, atomic writes, reading JSON), ``manifest``, ``templates`` (save,
 load, list, remove), ``template_schema`` (shapes, validation, name rules), ``template_builders``
-(build_sstemplate, build_vmtemplate, build_nictemplate) and ``settings`` (one resolver).
-config/ may import only ``azmanagers.errors`` and ``azmanagers._version``.
+(build_sstemplate, build_vmtemplate, build_nictemplate) with the pieces they share in
+``template_parts``, and ``settings`` (one resolver). config/ may import only
+``azmanagers.errors`` and ``azmanagers._version``.
 """

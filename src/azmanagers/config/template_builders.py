@@ -2,171 +2,29 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from azmanagers.config.template_parts import (
+    EXAMPLE_MARKET_IMAGE,
+    computer_name,
+    linux_configuration,
+    positive_int,
+    required,
+    storage_profile,
+    subnet_id,
+)
 from azmanagers.config.template_schema import (
-    DEFAULT_DATADISK_SIZE_GB,
-    DEFAULT_DATADISK_STORAGE,
     DEFAULT_NIC_NAME,
     DEFAULT_OSDISK_SIZE_GB,
-    DEFAULT_OSDISK_STORAGE,
     DEFAULT_SCALESET_CAPACITY,
     DEFAULT_TEMPDISK,
-    FIRST_DATADISK_LUN,
-    IMAGE_ID_FORMAT,
     NIC_ID_FORMAT,
-    SUBNET_ID_FORMAT,
-    ULTRA_SSD_STORAGE,
     _validate,
     check_name_length,
 )
-from azmanagers.errors import ConfigError
 
-EXAMPLE_MARKET_IMAGE = "Canonical:ubuntu-24_04-lts:server:latest"
-"""A stock image: instances install azmanagers at boot (an image with it boots faster)."""
-
-# Building templates
-# ---------------------------------------------------------------------------------------------
-
-
-def _required(function: str, **values: str | None) -> None:
-    """Raise ConfigError naming the first missing or empty required keyword."""
-    for key, value in values.items():
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(
-                f"{function}: keyword {key!r} is required and must be a non-empty string, "
-                f"got {value!r}. Pass {key}=... (see help({function}))."
-            )
-
-
-def _positive_int(function: str, key: str, value: object) -> None:
-    """Raise ConfigError unless ``value`` is a positive integer."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(
-            f"{function}: keyword {key!r} must be a positive integer (GB), got {value!r}. "
-            f"Pass e.g. {key}={DEFAULT_OSDISK_SIZE_GB}."
-        )
-
-
-def _computer_name(name: str) -> str:
-    """Return a host-name-friendly form of a template name (as the original did)."""
-    return name.split("/")[-1].replace("+", "plus")
-
-
-def _subnet_id(subscriptionid: str, resourcegroup: str, vnet: str, subnet: str) -> str:
-    """Return the ARM id of a subnet."""
-    return SUBNET_ID_FORMAT.format(sub=subscriptionid, rg=resourcegroup, vnet=vnet, subnet=subnet)
-
-
-def _image_id(subscriptionid: str, resourcegroup: str, gallery: str, image: str) -> str:
-    """Return the ARM id of a gallery image."""
-    return IMAGE_ID_FORMAT.format(
-        sub=subscriptionid, rg=resourcegroup, gallery=gallery, image=image
-    )
-
-
-def _data_disks(
-    function: str, datadisks: Sequence[Mapping[str, Any]] | None
-) -> tuple[list[dict[str, Any]], bool]:
-    """Return data-disk entries (defaults filled, luns from 1) and whether any is Ultra SSD."""
-    disks: list[dict[str, Any]] = []
-    ultra = False
-    for index, given in enumerate(datadisks or ()):
-        if not isinstance(given, Mapping):
-            raise ConfigError(
-                f"{function}: datadisks[{index}] must be a dict (e.g. {{'diskSizeGB': 1023}}), "
-                f"got {given!r}."
-            )
-        disk: dict[str, Any] = {
-            "createOption": "Empty",
-            "diskSizeGB": DEFAULT_DATADISK_SIZE_GB,
-            "managedDisk": {"storageAccountType": DEFAULT_DATADISK_STORAGE},
-        }
-        disk.update(copy.deepcopy(dict(given)))
-        disk["lun"] = FIRST_DATADISK_LUN + index
-        managed = disk.get("managedDisk")
-        if isinstance(managed, Mapping) and managed.get("storageAccountType") == ULTRA_SSD_STORAGE:
-            ultra = True
-        disks.append(disk)
-    return disks, ultra
-
-
-def _image_reference(
-    function: str,
-    *,
-    image: str | None,
-    gallery: str | None,
-    imagename: str | None,
-    subscriptionid: str,
-    resourcegroup: str,
-) -> dict[str, str]:
-    """Return an imageReference: a market image from its URN, or a gallery image by id."""
-    if image is not None:
-        if gallery is not None or imagename is not None:
-            raise ConfigError(
-                f"{function}: give either image=... (a market image) or imagegallery=... and "
-                "imagename=... (a gallery image), not both."
-            )
-        parts = image.split(":") if isinstance(image, str) else []
-        if len(parts) != 4 or not all(part.strip() for part in parts):
-            raise ConfigError(
-                f"{function}: image must be a market image URN 'publisher:offer:sku:version', "
-                f"e.g. {EXAMPLE_MARKET_IMAGE!r}; got {image!r}."
-            )
-        publisher, offer, sku, version = parts
-        return {"publisher": publisher, "offer": offer, "sku": sku, "version": version}
-    if not (isinstance(gallery, str) and gallery.strip()) or not (
-        isinstance(imagename, str) and imagename.strip()
-    ):
-        raise ConfigError(
-            f"{function}: give the image: imagegallery=... and imagename=... (a gallery image), "
-            f"or image='publisher:offer:sku:version' (a market image, e.g. "
-            f"{EXAMPLE_MARKET_IMAGE!r}); got imagegallery={gallery!r}, imagename={imagename!r}."
-        )
-    return {"id": _image_id(subscriptionid, resourcegroup, str(gallery), str(imagename))}
-
-
-def _storage_profile(
-    function: str,
-    *,
-    image: str | None,
-    gallery: str | None,
-    imagename: str | None,
-    subscriptionid: str,
-    resourcegroup: str,
-    osdisksize: int,
-    datadisks: Sequence[Mapping[str, Any]] | None,
-) -> tuple[dict[str, Any], bool]:
-    """Return a storageProfile (image, OS disk, data disks) and whether a disk is Ultra SSD.
-
-    ``subscriptionid`` and ``resourcegroup`` are those of the gallery, for a gallery image.
-    """
-    disks, ultra = _data_disks(function, datadisks)
-    reference = _image_reference(
-        function,
-        image=image,
-        gallery=gallery,
-        imagename=imagename,
-        subscriptionid=subscriptionid,
-        resourcegroup=resourcegroup,
-    )
-    return {
-        "imageReference": reference,
-        "osDisk": {
-            "caching": "ReadWrite",
-            "managedDisk": {"storageAccountType": DEFAULT_OSDISK_STORAGE},
-            "createOption": "FromImage",
-            "diskSizeGB": osdisksize,
-        },
-        "dataDisks": disks,
-    }, ultra
-
-
-def _linux_configuration() -> dict[str, Any]:
-    """Return a linuxConfiguration with ssh keys only (the keys are added at provisioning)."""
-    return {"ssh": {"publicKeys": []}, "disablePasswordAuthentication": True}
+__all__ = ["EXAMPLE_MARKET_IMAGE", "build_nictemplate", "build_sstemplate", "build_vmtemplate"]
 
 
 def build_sstemplate(
@@ -206,8 +64,9 @@ def build_sstemplate(
         The Azure compute gallery and image the instances boot (or give ``image``).
     image : str, optional
         Instead of a gallery image, a market image URN ``publisher:offer:sku:version``
-        (e.g. ``"{EXAMPLE}"``). On an image without azmanagers the boot script installs
-        the caller's version into a virtualenv, which adds a minute or two to each boot.
+        (e.g. ``"Canonical:ubuntu-24_04-lts:server:latest"``). On an image without
+        azmanagers the boot script installs the caller's version into a virtualenv, which
+        adds a minute or two to each boot.
     skuname : str
         Required: the VM size, e.g. ``Standard_D2s_v3``.
     subscriptionid_image : str, optional
@@ -239,7 +98,7 @@ def build_sstemplate(
         A required keyword is missing or empty, or a value is wrong.
     """
     function = "build_sstemplate"
-    _required(
+    required(
         function,
         name=name,
         subscriptionid=subscriptionid,
@@ -251,11 +110,11 @@ def build_sstemplate(
         skuname=skuname,
     )
     check_name_length(name, f"{function}({name[:60]!r}, ...)", "scaleset")
-    _positive_int(function, "osdisksize", osdisksize)
-    # _required has checked these; str() only narrows the types for mypy.
+    positive_int(function, "osdisksize", osdisksize)
+    # required() has checked these; str() only narrows the types for mypy.
     sub, rg = str(subscriptionid), str(resourcegroup)
     rg_vnet = resourcegroup_vnet or rg
-    storage, ultra = _storage_profile(
+    storage, ultra = storage_profile(
         function,
         image=image,
         gallery=imagegallery,
@@ -265,7 +124,7 @@ def build_sstemplate(
         osdisksize=osdisksize,
         datadisks=datadisks,
     )
-    computer = _computer_name(name)
+    computer = computer_name(name)
     value: dict[str, Any] = {
         "sku": {"tier": skutier, "capacity": DEFAULT_SCALESET_CAPACITY, "name": skuname},
         "location": location,
@@ -279,7 +138,7 @@ def build_sstemplate(
                 "osProfile": {
                     "computerNamePrefix": computer,
                     "adminUsername": admin_username,
-                    "linuxConfiguration": _linux_configuration(),
+                    "linuxConfiguration": linux_configuration(),
                 },
                 "securityProfile": {"encryptionAtHost": encryption_at_host},
                 # boot diagnostics with managed storage: azmanagers reads the serial log
@@ -295,7 +154,7 @@ def build_sstemplate(
                                         "name": computer,
                                         "properties": {
                                             "subnet": {
-                                                "id": _subnet_id(
+                                                "id": subnet_id(
                                                     sub, rg_vnet, str(vnet), str(subnet)
                                                 )
                                             }
@@ -352,8 +211,9 @@ def build_vmtemplate(
         The Azure compute gallery and image the VM boots (or give ``image``).
     image : str, optional
         Instead of a gallery image, a market image URN ``publisher:offer:sku:version``
-        (e.g. ``"{EXAMPLE}"``). On an image without azmanagers the boot script installs
-        the caller's version into a virtualenv, which adds a minute or two to each boot.
+        (e.g. ``"Canonical:ubuntu-24_04-lts:server:latest"``). On an image without
+        azmanagers the boot script installs the caller's version into a virtualenv, which
+        adds a minute or two to each boot.
     vmsize : str
         Required: the VM size, e.g. ``Standard_D8s_v3``.
     nicname : str, optional
@@ -389,7 +249,7 @@ def build_vmtemplate(
         A required keyword is missing or empty, or a value is wrong.
     """
     function = "build_vmtemplate"
-    _required(
+    required(
         function,
         name=name,
         subscriptionid=subscriptionid,
@@ -400,10 +260,10 @@ def build_vmtemplate(
         nicname=nicname,
     )
     check_name_length(name, f"{function}({name[:60]!r}, ...)", "vm")
-    _positive_int(function, "osdisksize", osdisksize)
+    positive_int(function, "osdisksize", osdisksize)
     sub, rg = str(subscriptionid), str(resourcegroup)
     rg_vnet = resourcegroup_vnet or rg
-    storage, ultra = _storage_profile(
+    storage, ultra = storage_profile(
         function,
         image=image,
         gallery=imagegallery,
@@ -420,9 +280,9 @@ def build_vmtemplate(
             "hardwareProfile": {"vmSize": vmsize},
             "storageProfile": storage,
             "osProfile": {
-                "computerName": _computer_name(name),
+                "computerName": computer_name(name),
                 "adminUsername": admin_username,
-                "linuxConfiguration": _linux_configuration(),
+                "linuxConfiguration": linux_configuration(),
             },
             "securityProfile": {"encryptionAtHost": encryption_at_host},
             "diagnosticsProfile": {"bootDiagnostics": {"enabled": True}},
@@ -483,7 +343,7 @@ def build_nictemplate(
         A required keyword is missing or empty, or a value is wrong.
     """
     function = "build_nictemplate"
-    _required(
+    required(
         function,
         name=name,
         subscriptionid=subscriptionid,
@@ -493,19 +353,13 @@ def build_nictemplate(
         location=location,
     )
     check_name_length(name, f"{function}({name[:60]!r}, ...)", "nic")
-    subnet_id = _subnet_id(str(subscriptionid), str(resourcegroup_vnet), str(vnet), str(subnet))
+    subnet = subnet_id(str(subscriptionid), str(resourcegroup_vnet), str(vnet), str(subnet))
     template = {
         "location": location,
         "properties": {
             "enableAcceleratedNetworking": accelerated,
-            "ipConfigurations": [
-                {"name": "ipConfig1", "properties": {"subnet": {"id": subnet_id}}}
-            ],
+            "ipConfigurations": [{"name": "ipConfig1", "properties": {"subnet": {"id": subnet}}}],
         },
     }
     source = f"the template built by {function}"
     return _validate("nic", name, template, source, check_name=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# Files
