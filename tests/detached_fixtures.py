@@ -7,6 +7,8 @@ import hashlib
 import os
 import secrets
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from azmanagers.detached.client import ServiceAddress, ServiceClient
 from azmanagers.providers.boot import encode_payload
@@ -58,10 +61,23 @@ class Service:
     def client(self) -> ServiceClient:
         return ServiceClient(self.address)
 
+    def raw_socket(self, timeout_s: float = DEADLINE_S) -> ssl.SSLSocket:
+        """A TLS connection to the service that trusts its certificate, for raw requests."""
+        context = ssl.create_default_context(cadata=self.address.cert)
+        context.check_hostname = False
+        sock = socket.create_connection(("127.0.0.1", self.address.port), timeout=timeout_s)
+        return context.wrap_socket(sock)
+
+    def log(self) -> str:
+        return (self.folder / "service.log").read_text(errors="replace")
+
 
 @contextmanager
-def running_service(tmp_path: Path) -> Iterator[Service]:
-    """Start a detached service with its own key pair and token under ``tmp_path``."""
+def running_service(tmp_path: Path, **settings: Any) -> Iterator[Service]:
+    """Start a detached service with its own key pair and token under ``tmp_path``.
+
+    ``settings`` are added to its boot payload (e.g. ``body_timeout_s``).
+    """
     pair = make_self_signed("detached test-vm")
     token = secrets.token_urlsafe(32)
     payload = {
@@ -70,6 +86,7 @@ def running_service(tmp_path: Path) -> Iterator[Service]:
         "port": 0,
         "tls": {"cert": pair.cert, "key": pair.key},
         "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
+        **settings,
     }
     (tmp_path / "payload.json.gz").write_bytes(base64.b64decode(encode_payload(payload)))
     address = ServiceAddress("test-vm", "127.0.0.1", 0, pair.cert, fingerprint(pair.cert), token)

@@ -1,6 +1,6 @@
 """Detached jobs: run a function or a code string on a VM, independent of this process.
 
-::
+Usage::
 
     vm = addproc("local")                      # a VM running the detached service
     job = detachat(vm, train, data_path, epochs=3)
@@ -15,17 +15,29 @@ import base64
 import functools
 import os
 import pickle
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from azmanagers.detached.job import DetachedJob
 from azmanagers.detached.vms import DetachedVM, can_delete_itself, create_vm, delete_vm, load_vm
-from azmanagers.errors import ConfigError, JobFailedError, WaitTimeoutError
+from azmanagers.detached.wire import JobInfo, JobRequest, WireError
+from azmanagers.errors import ConfigError
+
+__all__ = [
+    "DetachedJob",
+    "addproc",
+    "detach",
+    "detachat",
+    "job_records",
+    "list_jobs",
+    "rmproc",
+    "variablebundle",
+]
 
 MAX_JOB_BYTES = 64 * 1024 * 1024
 """The largest job (function, arguments and variable bundle) the service takes."""
-WAIT_STEP_S = 30.0
-"""One wait request blocks at most this long; longer waits ask again."""
+SUBMIT_TIMEOUT_S = 120.0
+"""How long sending a job (up to MAX_JOB_BYTES) may take."""
 _BUNDLE_ENV = "AZMANAGERS_VARIABLE_BUNDLE"
 _bundle: dict[str, Any] = {}
 _job_bundle: dict[str, Any] | None = None
@@ -133,32 +145,41 @@ def _submit(
     persist: bool = True,
 ) -> DetachedJob:
     record = load_vm(vm) if isinstance(vm, str) else vm
-    body: dict[str, Any] = {"name": job_name or _describe(function_or_code), "persist": persist}
+    code: str | None = None
+    call: str | None = None
     if isinstance(function_or_code, str):
-        body["code"] = function_or_code
+        if args or kwargs:
+            raise ConfigError("a code string takes no arguments; use variablebundle() for values.")
+        code = function_or_code
     elif callable(function_or_code):
-        body["call"] = _pickled((function_or_code, args, kwargs), "the function and its arguments")
+        call = _pickled((function_or_code, args, kwargs), "the function and its arguments")
     else:
         raise ConfigError(
             f"detachat runs a function or a code string, not a {type(function_or_code).__name__}."
         )
-    if isinstance(function_or_code, str) and (args or kwargs):
-        raise ConfigError("a code string takes no arguments; use variablebundle() for values.")
-    if _bundle:
-        body["bundle"] = _pickled(dict(_bundle), "the variable bundle")
-    if env:
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise ConfigError("env must map variable names to string values.")
-        body["env"] = dict(env)
-    size = sum(len(str(v)) for v in body.values())
+    if env and not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ConfigError("env must map variable names to string values.")
+    request = JobRequest(
+        name=job_name or _describe(function_or_code),
+        code=code,
+        call=call,
+        bundle=_pickled(dict(_bundle), "the variable bundle") if _bundle else None,
+        env=dict(env or {}),
+        persist=persist,
+    )
+    try:
+        JobRequest.from_json(request.to_json())  # the service's own checks, before sending
+    except WireError as exc:
+        raise ConfigError(f"the job cannot be sent: {exc}.") from None
+    size = sum(len(str(v)) for v in request.to_json().values())
     if size > MAX_JOB_BYTES:
         raise ConfigError(
             f"the job is {size / 2**20:.0f} MiB; a detached job takes at most "
             f"{MAX_JOB_BYTES // 2**20} MiB. Pass big inputs as files (Blob storage, or a path "
             "on the VM), not as arguments."
         )
-    reply = record.client().request("POST", "/v1/jobs", body=body, timeout_s=120.0)
-    return DetachedJob(record, str(reply["id"]))
+    info = record.client().submit(request, timeout_s=SUBMIT_TIMEOUT_S)
+    return DetachedJob(record, info.id)
 
 
 def _describe(thing: object) -> str:
@@ -208,116 +229,12 @@ def detach(
     return decorate
 
 
-class DetachedJob:
-    """A job on a detached VM. Its state lives on the VM: any process may attach to it."""
-
-    def __init__(self, vm: DetachedVM, job_id: str) -> None:
-        self.vm = vm
-        self.id = job_id
-
-    def __repr__(self) -> str:
-        return f"DetachedJob(vm={self.vm.name!r}, id={self.id!r})"
-
-    @classmethod
-    def attach(cls, vm_name: str, job_id: str) -> DetachedJob:
-        """Return the job ``job_id`` of the recorded VM ``vm_name`` (checks that it exists)."""
-        job = cls(load_vm(vm_name), job_id)
-        job.info()
-        return job
-
-    def info(self) -> dict[str, Any]:
-        """The job's record: status, times, pid, exit code, error type and message."""
-        return dict(self.vm.client().request("GET", f"/v1/jobs/{self.id}"))
-
-    def status(self) -> str:
-        """``queued``, ``running``, ``succeeded``, ``failed`` or ``killed``."""
-        return str(self.info()["status"])
-
-    def read(self, stdio: str = "stdout", offset: int = 0) -> str:
-        """Return the job's stdout (or ``stdio="stderr"``) so far, from byte ``offset``."""
-        data, _ = self._read_bytes(stdio, offset)
-        return data.decode(errors="replace")
-
-    def _read_bytes(self, stdio: str, offset: int) -> tuple[bytes, int]:
-        if stdio not in ("stdout", "stderr"):
-            raise ConfigError(f"stdio must be 'stdout' or 'stderr', got {stdio!r}.")
-        chunks = []
-        while True:
-            data, headers = self.vm.client().request(
-                "GET", f"/v1/jobs/{self.id}/{stdio}", query={"offset": offset}, raw=True
-            )
-            chunks.append(data)
-            offset = int(headers.get("x-azm-next-offset", offset + len(data)))
-            if not data or offset >= int(headers.get("x-azm-size", offset)):
-                return b"".join(chunks), offset
-
-    def follow(self, stdio: str = "stdout", poll_s: float = 0.5) -> Iterator[str]:
-        """Yield the job's output as it comes, until the job has finished."""
-        offset = 0
-        while True:
-            finished = self.info()["status"] in ("succeeded", "failed", "killed")
-            data, offset = self._read_bytes(stdio, offset)
-            if data:
-                yield data.decode(errors="replace")
-            if finished:
-                return
-            time.sleep(poll_s)
-
-    def wait(self, timeout: float | None = None) -> str:
-        """Block until the job finishes (or ``timeout`` seconds pass); return its status.
-
-        Raises ``WaitTimeoutError`` when the job is still running at ``timeout``.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = WAIT_STEP_S
-            if deadline is not None:
-                left = min(WAIT_STEP_S, deadline - time.monotonic())
-            record = self.vm.client().request(
-                "POST",
-                f"/v1/jobs/{self.id}/wait",
-                query={"timeout": max(left, 0.0)},
-                timeout_s=max(left, 0.0) + 30.0,
-            )
-            status = str(record["status"])
-            if status in ("succeeded", "failed", "killed"):
-                return status
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeoutError(
-                    f"job {self.id} on VM {self.vm.name} is still {status} after {timeout:g} s"
-                )
-
-    def result(self, timeout: float | None = None) -> Any:
-        """Wait for the job; return its function's value (None for a code string).
-
-        Raises ``JobFailedError`` (with the VM's traceback) when it failed or was killed.
-        """
-        self.wait(timeout)
-        reply = self.vm.client().request("GET", f"/v1/jobs/{self.id}/result")
-        job = reply["job"]
-        if job["status"] == "succeeded":
-            if reply.get("result") is None:
-                return None
-            import cloudpickle
-
-            return cloudpickle.loads(base64.b64decode(reply["result"]))
-        error = reply.get("error") or {}
-        remote = str(error.get("traceback", ""))
-        detail = f"{error.get('type')}: {error.get('message')}" if error.get("type") else ""
-        raise JobFailedError(
-            f"job {self.id} on VM {self.vm.name} {job['status']}"
-            + (f": {detail}" if detail else "")
-            + (f"\n--- traceback on the VM ---\n{remote}" if remote else ""),
-            error_type=str(error.get("type", "")),
-            remote_traceback=remote,
-        )
-
-    def kill(self) -> str:
-        """Stop the job's processes; return its status."""
-        return str(self.vm.client().request("POST", f"/v1/jobs/{self.id}/kill")["status"])
+def job_records(vm: DetachedVM | str) -> list[JobInfo]:
+    """Every job of a VM, oldest first, as records."""
+    record = load_vm(vm) if isinstance(vm, str) else vm
+    return record.client().jobs()
 
 
 def list_jobs(vm: DetachedVM | str) -> list[dict[str, Any]]:
-    """Every job of a VM, oldest first, as records."""
-    record = load_vm(vm) if isinstance(vm, str) else vm
-    return list(record.client().request("GET", "/v1/jobs")["jobs"])
+    """Every job of a VM, oldest first, as dicts (``job_records`` gives them typed)."""
+    return [job.to_json() for job in job_records(vm)]

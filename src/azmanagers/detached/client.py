@@ -8,11 +8,15 @@ import json
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
+from azmanagers.detached import wire
 from azmanagers.errors import DetachedServiceError, JobNotFoundError
+
+_T = TypeVar("_T")
 
 KEEPALIVE_S = 60.0
 """A connection idle longer than this is not reused (the service drops them at 120 s)."""
@@ -88,7 +92,7 @@ class ServiceClient:
         if data is not None:
             headers["Content-Type"] = "application/json"
         # Resending is safe for all but a new job: only that is never sent twice.
-        may_resend = not (method == "POST" and path == "/v1/jobs")
+        may_resend = not (method == "POST" and path == wire.JOBS.path())
         where = f"the detached service of VM {self.address.name}"
         with self._lock:
             while True:
@@ -131,6 +135,76 @@ class ServiceClient:
             return payload, {k.lower(): v for k, v in reply.getheaders()}
         return json.loads(payload) if payload else None
 
+    # -- typed calls: each returns the record of the wire format -----------------------
+    def _parsed(self, parse: Callable[[object], _T], value: object) -> _T:
+        try:
+            return parse(value)
+        except wire.WireError as exc:
+            raise DetachedServiceError(
+                f"the detached service of VM {self.address.name} answered something "
+                f"unexpected: {exc}. Are both ends the same azmanagers version?"
+            ) from None
+
+    def ping(self, timeout_s: float = REQUEST_TIMEOUT_S) -> wire.Ping:
+        """Whether the service answers (and its VM's name)."""
+        return self._parsed(
+            wire.Ping.from_json, self.request("GET", wire.PING.path(), timeout_s=timeout_s)
+        )
+
+    def vm_info(self) -> wire.ServiceInfo:
+        """The VM as its service describes it."""
+        return self._parsed(wire.ServiceInfo.from_json, self.request("GET", wire.VM.path()))
+
+    def submit(self, job: wire.JobRequest, timeout_s: float = REQUEST_TIMEOUT_S) -> wire.JobInfo:
+        """Start a job (never sent twice); return its record."""
+        reply = self.request("POST", wire.JOBS.path(), body=job.to_json(), timeout_s=timeout_s)
+        return self._parsed(wire.JobInfo.from_json, reply)
+
+    def jobs(self) -> list[wire.JobInfo]:
+        """Every job of the VM, oldest first."""
+        reply = self.request("GET", wire.JOBS.path())
+        items = reply.get("jobs") if isinstance(reply, dict) else None
+        if not isinstance(items, list):
+            return self._parsed(_no_list, reply)
+        return [self._parsed(wire.JobInfo.from_json, item) for item in items]
+
+    def job(self, job_id: str) -> wire.JobInfo:
+        """A job's record."""
+        reply = self.request("GET", wire.JOB.path(job_id=job_id))
+        return self._parsed(wire.JobInfo.from_json, reply)
+
+    def output(self, job_id: str, stream: str, offset: int) -> wire.OutputChunk:
+        """Bytes of a job's ``stdout`` or ``stderr`` from ``offset``."""
+        data, headers = self.request(
+            "GET",
+            wire.JOB_OUTPUT.path(job_id=job_id, stream=stream),
+            query={"offset": offset},
+            raw=True,
+        )
+        next_offset = int(headers.get(wire.NEXT_OFFSET_HEADER.lower(), offset + len(data)))
+        size = int(headers.get(wire.SIZE_HEADER.lower(), next_offset))
+        return wire.OutputChunk(data=data, size=size, next_offset=next_offset)
+
+    def wait(self, job_id: str, timeout_s: float) -> wire.JobInfo:
+        """Block up to ``timeout_s`` (the service caps one wait) for the job to finish."""
+        reply = self.request(
+            "POST",
+            wire.JOB_WAIT.path(job_id=job_id),
+            query={"timeout": max(timeout_s, 0.0)},
+            timeout_s=max(timeout_s, 0.0) + REQUEST_TIMEOUT_S,
+        )
+        return self._parsed(wire.JobInfo.from_json, reply)
+
+    def kill(self, job_id: str) -> wire.JobInfo:
+        """Stop a job's processes; return its record."""
+        reply = self.request("POST", wire.JOB_KILL.path(job_id=job_id))
+        return self._parsed(wire.JobInfo.from_json, reply)
+
+    def result(self, job_id: str) -> wire.JobResult:
+        """A finished job's outcome."""
+        reply = self.request("GET", wire.JOB_RESULT.path(job_id=job_id))
+        return self._parsed(wire.JobResult.from_json, reply)
+
     def _check_pin(self, conn: http.client.HTTPSConnection) -> None:
         sock = conn.sock
         der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
@@ -138,3 +212,7 @@ class ServiceClient:
             raise _PinMismatch(
                 "the certificate's fingerprint differs from the one recorded for this VM"
             )
+
+
+def _no_list(value: object) -> list[wire.JobInfo]:
+    raise wire.WireError(f"a job list must hold 'jobs', got {str(value)[:100]!r}")

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
+import re
 import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from azmanagers.config.paths import atomic_write_text, state_dir
 from azmanagers.detached.client import ServiceAddress, ServiceClient
+from azmanagers.detached.wire import ServiceInfo
 from azmanagers.errors import ConfigError, DetachedServiceError, WaitTimeoutError
 from azmanagers.providers.base import BootSpec, InstanceState, Provider, VMSpec
 from azmanagers.providers.tags import DETACHED_OWNER, TAG_CLUSTER, TAG_EXPIRES, TAG_OWNER
+from azmanagers.state.records import RecordStore
+from azmanagers.state.vms import DETACHED_VMS, VMRecord
 from azmanagers.tls import fingerprint, make_self_signed
 
 AZURE_SERVICE_PORT = 8081
@@ -36,19 +38,31 @@ PROVIDER_CHECK_S = 5.0
 """While waiting for a VM's service, how often to ask the provider whether the VM failed."""
 
 
-@dataclass(frozen=True)
-class DetachedVM:
-    """A VM running the detached service, as the caller records it."""
+MAX_VM_NAME_CHARS = 40
+"""The longest name a new detached VM may have. A name becomes the Azure VM's name (at most
+64), its NIC's (``NAME-nic``, at most 80) and the common name of its service's certificate
+(``azmanagers detached NAME``, at most 64: 44 for the name); 40 keeps a margin below all."""
+_VM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
-    name: str
-    template: str
-    provider: str
-    host: str
-    port: int
-    cert: str = field(repr=False)
-    fingerprint: str = field(repr=False)
-    token: str = field(repr=False)
-    created_at: float = 0.0
+
+def check_vm_name(name: str) -> str:
+    """Return ``name`` when a new detached VM may have it; else a ConfigError saying why."""
+    if not isinstance(name, str) or not _VM_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{name!r} is not a detached VM name: use letters, digits, '-' and '_', starting "
+            "with a letter or digit (no spaces or line breaks)."
+        )
+    if len(name) > MAX_VM_NAME_CHARS:
+        raise ConfigError(
+            f"the detached VM name {name[:20]}... is {len(name)} characters; use at most "
+            f"{MAX_VM_NAME_CHARS} (it names the VM, its NIC and its certificate)."
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class DetachedVM(VMRecord):
+    """A VM running the detached service, as the caller records it."""
 
     def client(self) -> ServiceClient:
         """An HTTPS client of the VM's service (one per VM and process: it keeps its
@@ -59,14 +73,52 @@ class DetachedVM:
 
     def ping(self) -> bool:
         """True when the service answers."""
+        if not self.host:
+            return False
         try:
-            return bool(self.client().request("GET", "/v1/ping", timeout_s=5.0).get("ok"))
+            return self.client().ping(timeout_s=5.0).ok
         except DetachedServiceError:
             return False
 
-    def info(self) -> dict[str, Any]:
+    def service_info(self) -> ServiceInfo:
         """The VM as its service describes it (name, versions, CPUs, running jobs)."""
-        return dict(self.client().request("GET", "/v1/vm"))
+        return self.client().vm_info()
+
+    def info(self) -> dict[str, Any]:
+        """``service_info()`` as a dict (name, azmanagers, python, cpus, started_at,
+        running_jobs)."""
+        return self.service_info().to_json()
+
+    def summary(self, answers: bool | None = None) -> VMSummary:
+        """The record without its secrets, for listings (``answers``: did it ping)."""
+        return VMSummary(
+            name=self.name,
+            template=self.template,
+            provider=self.provider,
+            host=self.host,
+            port=self.port,
+            fingerprint=self.fingerprint,
+            status=self.status,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            answers=answers,
+        )
+
+
+@dataclass(frozen=True)
+class VMSummary:
+    """A detached VM as listings show it: no token."""
+
+    name: str
+    template: str
+    provider: str
+    host: str
+    port: int
+    fingerprint: str
+    status: str
+    created_at: float
+    updated_at: float
+    answers: bool | None = None
 
 
 @functools.lru_cache(maxsize=64)
@@ -74,47 +126,39 @@ def _client_for(address: ServiceAddress) -> ServiceClient:
     return ServiceClient(address)
 
 
+_STORE = RecordStore(DETACHED_VMS, DetachedVM)
+
+
 def records_dir() -> Path:
     """Where the caller keeps its detached VMs' records."""
-    return state_dir() / "detached"
+    return _STORE.folder
 
 
-def _record_path(name: str) -> Path:
-    if not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise ConfigError(f"{name!r} is not a detached VM name (letters, digits, '-', '_').")
-    return records_dir() / f"{name}.json"
-
-
-def save_vm(vm: DetachedVM) -> None:
-    """Write the VM's record (0600: it holds the token)."""
-    atomic_write_text(_record_path(vm.name), json.dumps(asdict(vm), indent=1))
+def save_vm(vm: DetachedVM) -> DetachedVM:
+    """Write the VM's record (0600: it holds the token); return it as written."""
+    return _STORE.save(vm)
 
 
 def load_vm(name: str) -> DetachedVM:
     """Read a VM's record; ConfigError when there is none."""
-    path = _record_path(name)
-    try:
-        data = json.loads(path.read_text())
-        return DetachedVM(**data)
-    except FileNotFoundError:
+    found = _STORE.load(name)
+    if found is None:
         known = ", ".join(list_vm_names()) or "none"
         raise ConfigError(
             f"no detached VM named {name!r} is recorded on this machine (known: {known}). "
             "Create one with addproc() or `azm vm create`."
-        ) from None
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{path} is not a detached VM record ({exc}); delete it.") from None
+        )
+    return found
 
 
 def forget_vm(name: str) -> None:
     """Delete the VM's record."""
-    _record_path(name).unlink(missing_ok=True)
+    _STORE.delete(name)
 
 
 def list_vm_names() -> list[str]:
     """The names of the recorded detached VMs."""
-    folder = records_dir()
-    return sorted(p.stem for p in folder.glob("*.json")) if folder.exists() else []
+    return _STORE.names()
 
 
 def _free_local_port() -> int:
@@ -138,14 +182,14 @@ def create_vm(
     from azmanagers.config.templates import load_template_nic, load_template_vm
     from azmanagers.providers import get_provider
 
-    tmpl = load_template_vm(template)
-    provider_name = template_provider(tmpl)
-    provider = get_provider(provider_name, tmpl)
-    name = name or f"azm-{secrets.token_hex(3)}"
-    if _record_path(name).exists():
+    name = check_vm_name(name) if name is not None else f"azm-{secrets.token_hex(3)}"
+    if _STORE.exists(name):
         raise ConfigError(
             f"a detached VM named {name!r} exists already; rmproc it or pick another name."
         )
+    tmpl = load_template_vm(template)
+    provider_name = template_provider(tmpl)
+    provider = get_provider(provider_name, tmpl)
     local = provider_name == "local"
     nic: dict[str, Any] = {}
     if not local:
@@ -174,22 +218,34 @@ def create_vm(
         template=tmpl,
         nic_template=nic,
     )
-    info = provider.create_vm(spec)
-    vm = DetachedVM(
-        name=name,
-        template=template,
-        provider=provider_name,
-        host=info.address,
-        port=port,
-        cert=pair.cert,
-        fingerprint=fingerprint(pair.cert),
-        token=token,
-        created_at=time.time(),
+    # Recorded before the cloud call, so that a crash part-way leaves a record to rmproc.
+    vm = save_vm(
+        DetachedVM(
+            name=name,
+            template=template,
+            provider=provider_name,
+            host="",
+            port=port,
+            cert=pair.cert,
+            fingerprint=fingerprint(pair.cert),
+            token=token,
+            created_at=time.time(),
+            status="creating",
+        )
     )
-    save_vm(vm)
+    try:
+        info = provider.create_vm(spec)
+    except BaseException:
+        forget_vm(name)  # no VM was made (or the provider cleaned up): nothing to keep
+        raise
+    vm = save_vm(replace(vm, host=info.address, status="booting"))
     limit = timeout or (LOCAL_READY_TIMEOUT_S if local else AZURE_READY_TIMEOUT_S)
-    _wait_ready(vm, provider, limit, progress)
-    return vm
+    try:
+        _wait_ready(vm, provider, limit, progress)
+    except BaseException:
+        save_vm(replace(vm, status="failed"))  # kept: rmproc deletes the VM
+        raise
+    return save_vm(replace(vm, status="up"))
 
 
 def _self_delete_method(local: bool, template: Mapping[str, Any]) -> str:
@@ -264,5 +320,7 @@ def delete_vm(vm: DetachedVM | str) -> None:
     record = load_vm(vm) if isinstance(vm, str) else vm
     tmpl = load_template_vm(record.template)
     provider = get_provider(template_provider(tmpl), tmpl)
+    if _STORE.exists(record.name):
+        save_vm(replace(record, status="deleting"))
     provider.delete_vm(record.name)
     forget_vm(record.name)

@@ -1,1 +1,13 @@
-"""placeholder."""
+"""Caller-side state: typed records in versioned JSON (records.py) and their kinds (vms.py).
+
+A record is a frozen dataclass with ``name``, ``status`` and ``updated_at``; a store keeps
+one kind of record in ``AZMANAGERS_HOME/state/<kind>/<name>.json``, adding ``kind`` and
+``schema_version``, written atomically with mode 0600 and never pickled, so another process
+(or a newer version) can read it. A record of an older schema is upgraded as it is read;
+one of a newer schema is refused with a ConfigError that says to upgrade. Detached VMs live
+here now (kind ``detached``); named clusters and sweeps are the next kinds. The cloud's tags
+are the truth: a record is a cache of them.
+
+May import only ``azmanagers.config.paths`` and ``azmanagers.errors``: feature packages
+(detached/, cluster/, ...) import state/, never the other way round.
+"""

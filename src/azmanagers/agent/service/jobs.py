@@ -1,9 +1,11 @@
 """The detached service's jobs: start each in its own process, watch it, keep its record.
 
 Each job runs ``azmanagers.agent.service.run`` in a directory of its own with a clean
-environment, in a session of its own (it survives a restart of the service, and is killed
-as a group). Records live in SQLite (``jobstore``): a restarted service adopts the jobs
-still running and marks those that died meanwhile as failed, with the reason.
+environment, in a session of its own (it survives a restart of the service). A kill stops
+every process carrying the job's marker variable (``procs``). Records live in SQLite
+(``store``): a restarted service adopts the jobs still running and marks those that died
+meanwhile as failed, with the reason. A job's record and directory are made together or
+not at all.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import os
 import re
 import secrets
-import signal
+import shutil
 import subprocess
 import sys
 import threading
@@ -24,22 +26,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import psutil
 
 from azmanagers.agent.service import run as jobrun
+from azmanagers.agent.service.procs import JOB_MARKER, Running, alive, create_time, kill_job
 from azmanagers.agent.service.store import FINISHED, JobRecord, JobStore
+from azmanagers.detached.wire import JobError, JobRequest, JobResult
 
 logger = logging.getLogger("azmanagers.detached")
 
 MAX_READ_BYTES = 4 * 1024 * 1024
 """The most of a job's output one read returns."""
-POLL_S = 0.1
-KILL_GRACE_S = 5.0
 SELF_DELETE_GRACE_S = float(os.environ.get("AZMANAGERS_SELF_DELETE_GRACE_S", "30"))
 """After a persist=False job ends, the VM waits this long (for its result to be read)."""
-JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+JOB_ID = re.compile(r"[0-9a-f]{16}")
+_STAGING_PREFIX = ".new-"
+"""A job's directory while it is being made (renamed to its id once its record exists)."""
 _PASSED_ENV = (
     "PATH",
     "HOME",
@@ -77,15 +78,8 @@ class ServiceConfig:
     """The largest request body (a job with its arguments and variable bundle)."""
     self_delete: str = ""
     """How this VM deletes itself after a ``persist=False`` job: ``local`` or '' (it cannot)."""
-
-
-@dataclass
-class _Running:
-    """A job whose process this service watches."""
-
-    process: subprocess.Popen[bytes] | None  # None: adopted after a restart
-    pid: int
-    started_at: float
+    body_timeout_s: float = 60.0
+    """The longest a request's body may take to arrive (64 MiB at about 1 MiB/s)."""
 
 
 class JobService:
@@ -96,62 +90,53 @@ class JobService:
         self.jobs_dir = config.state_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(config.state_dir / "jobs.db")
-        self.running: dict[str, _Running] = {}
+        self.running: dict[str, Running] = {}
         self.on_exit: Callable[[], None] | None = None
         """Called (from a watcher thread) when a job's process exits: wakes the service."""
         self.started_at = time.time()
         self._recover()
 
     # -- starting ----------------------------------------------------------------------
-    def submit(self, request: dict[str, Any]) -> JobRecord:
-        """Check a run request, write its files, start its process; return its record."""
-        code, call = request.get("code"), request.get("call")
-        if (code is None) == (call is None):
-            raise BadRequest(400, "give exactly one of 'code' (a string) or 'call' (base64)")
-        if code is not None and not isinstance(code, str):
-            raise BadRequest(400, "'code' must be a string of Python source")
-        name = request.get("name", "")
-        if not isinstance(name, str) or len(name) > 200:
-            raise BadRequest(400, "'name' must be a string of at most 200 characters")
-        env = request.get("env") or {}
-        if not isinstance(env, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
-            for k, v in env.items()
-        ):
-            raise BadRequest(400, "'env' must map variable names to string values")
-        persist = request.get("persist", True)
-        if not isinstance(persist, bool):
-            raise BadRequest(400, "'persist' must be true or false")
-        blobs = {"call": call, "bundle": request.get("bundle")}
+    def submit(self, request: JobRequest) -> JobRecord:
+        """Write a checked run request's files, record it, start its process; return its
+        record. The record and the directory are made together or not at all."""
         decoded: dict[str, bytes] = {}
-        for key, value in blobs.items():
+        for key, value in (("call", request.call), ("bundle", request.bundle)):
             if value is None:
                 continue
-            if not isinstance(value, str):
-                raise BadRequest(400, f"'{key}' must be a base64 string")
             try:
                 decoded[key] = base64.b64decode(value, validate=True)
             except (binascii.Error, ValueError):
                 raise BadRequest(400, f"'{key}' is not valid base64") from None
         job_id = secrets.token_hex(8)
-        job_dir = self.jobs_dir / job_id
-        (job_dir / "work").mkdir(parents=True, mode=0o700)
-        if code is not None:
-            (job_dir / jobrun.CODE_FILE).write_text(code)
-        else:
-            (job_dir / jobrun.CALL_FILE).write_bytes(decoded["call"])
-        if "bundle" in decoded:
-            (job_dir / "bundle.pkl").write_bytes(decoded["bundle"])
+        staging = self.jobs_dir / f"{_STAGING_PREFIX}{job_id}"
         record = JobRecord(
             id=job_id,
-            name=name,
-            kind="code" if code is not None else "call",
+            name=request.name,
+            kind="code" if request.code is not None else "call",
             status="queued",
             created_at=time.time(),
-            persist=persist,
+            persist=request.persist,
         )
-        self.store.add(record)
-        return self._start(record, env)
+        try:
+            (staging / "work").mkdir(parents=True, mode=0o700)
+            if request.code is not None:
+                (staging / jobrun.CODE_FILE).write_text(request.code, encoding="utf-8")
+            else:
+                (staging / jobrun.CALL_FILE).write_bytes(decoded["call"])
+            if "bundle" in decoded:
+                (staging / "bundle.pkl").write_bytes(decoded["bundle"])
+            self.store.add(record)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        try:
+            os.replace(staging, self.jobs_dir / job_id)
+        except BaseException:
+            self.store.remove(job_id)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return self._start(record, request.env)
 
     def _start(self, record: JobRecord, env: dict[str, str]) -> JobRecord:
         job_dir = self.jobs_dir / record.id
@@ -159,7 +144,7 @@ class JobService:
         job_env.update(env)
         job_env.update(
             PYTHONUNBUFFERED="1",
-            AZMANAGERS_JOB_ID=record.id,
+            **{JOB_MARKER: record.id},
             AZMANAGERS_VM_NAME=self.config.name,
         )
         if (job_dir / "bundle.pkl").exists():
@@ -176,14 +161,14 @@ class JobService:
                     stdout=out,
                     stderr=err,
                     env=job_env,
-                    start_new_session=True,  # survives a restart of the service; killed as a group
+                    start_new_session=True,  # survives a restart of the service
                 )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             return self.store.finish(
                 record.id, "failed", error_type="OSError", error_message=f"cannot start: {exc}"
             )
-        started = _create_time(process.pid) or time.time()
-        self.running[record.id] = _Running(process, process.pid, started)
+        started = create_time(process.pid) or time.time()
+        self.running[record.id] = Running(process, process.pid, started)
         threading.Thread(
             target=self._watch, args=(process,), name=f"azm-job-{record.id}", daemon=True
         ).start()
@@ -211,7 +196,7 @@ class JobService:
                 code = run.process.poll()
                 if code is None:
                     continue
-            elif _alive(run.pid, run.started_at):
+            elif alive(run.pid, run.started_at):
                 continue
             else:
                 code = None
@@ -246,12 +231,16 @@ class JobService:
         )
 
     def _recover(self) -> None:
-        """After a restart: adopt jobs still running, settle those that ended meanwhile."""
+        """After a restart: adopt jobs still running, settle those that ended meanwhile,
+        and undo any job that was being made when the service stopped."""
+        for staging in self.jobs_dir.glob(f"{_STAGING_PREFIX}*"):
+            self.store.remove(staging.name[len(_STAGING_PREFIX) :])
+            shutil.rmtree(staging, ignore_errors=True)
         for record in self.store.all():
             if record.status in FINISHED:
                 continue
-            if record.pid and record.pid_started_at and _alive(record.pid, record.pid_started_at):
-                self.running[record.id] = _Running(None, record.pid, record.pid_started_at)
+            if record.pid and record.pid_started_at and alive(record.pid, record.pid_started_at):
+                self.running[record.id] = Running(None, record.pid, record.pid_started_at)
                 logger.info("job %s still running (pid %d): adopted", record.id, record.pid)
                 continue
             outcome = self.jobs_dir / record.id / jobrun.OUTCOME_FILE
@@ -268,20 +257,19 @@ class JobService:
     # -- acting on jobs ----------------------------------------------------------------
     def record(self, job_id: str) -> JobRecord:
         """Return a job's record, or raise a 404."""
-        found = self.store.get(job_id) if JOB_ID.match(job_id) else None
+        found = self.store.get(job_id) if JOB_ID.fullmatch(job_id) else None
         if found is None:
             raise BadRequest(404, f"no job {job_id!r} on this VM")
         return found
 
     def kill(self, job_id: str) -> JobRecord:
-        """Stop a job's process group (TERM, then KILL after a grace period)."""
+        """Stop every process of a job (TERM, then KILL after a grace period)."""
         record = self.record(job_id)
         if record.status in FINISHED:
             return record
         run = self.running.pop(job_id, None)
         killed = self.store.finish(job_id, "killed", error_message="killed on request")
-        if run is not None:
-            _kill_group(run)
+        kill_job(job_id, run)
         self._after(killed)
         return killed
 
@@ -338,65 +326,27 @@ class JobService:
         except FileNotFoundError:
             return b"", 0
 
-    def result(self, job_id: str) -> dict[str, Any]:
+    def result(self, job_id: str) -> JobResult:
         """Return a finished job's outcome: its pickled value, or its error with traceback."""
         record = self.record(job_id)
         if record.status not in FINISHED:
             raise BadRequest(409, f"job {job_id} is {record.status}: wait for it first")
         job_dir = self.jobs_dir / job_id
-        out: dict[str, Any] = {"job": record.public(), "result": None, "error": None}
-        if record.status == "succeeded" and (job_dir / jobrun.RESULT_FILE).exists():
-            out["result"] = base64.b64encode((job_dir / jobrun.RESULT_FILE).read_bytes()).decode()
-        elif record.status != "succeeded":
-            try:
-                outcome = json.loads((job_dir / jobrun.OUTCOME_FILE).read_text())
-            except (OSError, ValueError):
-                outcome = {}
-            out["error"] = {
-                "type": record.error_type or "",
-                "message": record.error_message or "",
-                "traceback": str(outcome.get("traceback", "")),
-            }
-        return out
+        if record.status == "succeeded":
+            value = job_dir / jobrun.RESULT_FILE
+            result = base64.b64encode(value.read_bytes()).decode() if value.exists() else None
+            return JobResult(job=record.info(), result=result)
+        try:
+            outcome = json.loads((job_dir / jobrun.OUTCOME_FILE).read_text())
+        except (OSError, ValueError):
+            outcome = {}
+        error = JobError(
+            type=record.error_type or "",
+            message=record.error_message or "",
+            traceback=str(outcome.get("traceback", "")),
+        )
+        return JobResult(job=record.info(), error=error)
 
     def close(self) -> None:
         """Stop watching (job processes keep running) and close the store."""
         self.store.close()
-
-
-def _create_time(pid: int) -> float | None:
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return None
-
-
-def _alive(pid: int, started_at: float) -> bool:
-    """Whether ``pid`` is still the process that started at ``started_at``."""
-    created = _create_time(pid)
-    if created is None or abs(created - started_at) > 1.0:
-        return False
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
-
-
-def _kill_group(run: _Running) -> None:
-    if not _alive(run.pid, run.started_at):
-        return
-    try:
-        os.killpg(run.pid, signal.SIGTERM)
-    except OSError:
-        return
-    deadline = time.monotonic() + KILL_GRACE_S
-    while time.monotonic() < deadline:
-        if run.process is not None and run.process.poll() is not None:
-            return
-        if run.process is None and not _alive(run.pid, run.started_at):
-            return
-        time.sleep(POLL_S)
-    with contextlib.suppress(OSError):
-        os.killpg(run.pid, signal.SIGKILL)
-    if run.process is not None:
-        run.process.wait(KILL_GRACE_S)

@@ -1,6 +1,6 @@
 """The detached service's job records, in SQLite on the VM's disk: they survive a restart.
 
-Status values:
+Status values (``wire.JOB_STATUSES``):
 
 - ``queued``: accepted; its process is not started yet.
 - ``running``: its process runs.
@@ -17,12 +17,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("queued", "running", "succeeded", "failed", "killed")
-FINISHED = frozenset({"succeeded", "failed", "killed"})
+from azmanagers.detached.wire import FINISHED_STATUSES, JOB_STATUSES, JobInfo
+
+STATUSES = JOB_STATUSES
+FINISHED = FINISHED_STATUSES
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -62,11 +64,26 @@ class JobRecord:
     error_message: str | None = None
     persist: bool = True
 
-    def public(self) -> dict[str, Any]:
+    def info(self) -> JobInfo:
         """The record as the API shows it."""
-        out = asdict(self)
-        out.pop("pid_started_at")
-        return out
+        return JobInfo(
+            id=self.id,
+            name=self.name,
+            kind=self.kind,
+            status=self.status,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+            pid=self.pid,
+            exit_code=self.exit_code,
+            error_type=self.error_type,
+            error_message=self.error_message,
+            persist=self.persist,
+        )
+
+    def public(self) -> dict[str, Any]:
+        """The record as the API's JSON."""
+        return self.info().to_json()
 
 
 _COLUMNS = tuple(f.name for f in fields(JobRecord))
@@ -88,6 +105,11 @@ class JobStore:
     def _locked(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             yield self._db
+
+    def remove(self, job_id: str) -> None:
+        """Delete a record (a job that could not be made whole)."""
+        with self._locked() as db:
+            db.execute("DELETE FROM jobs WHERE id = ?", [job_id])
 
     def add(self, record: JobRecord) -> None:
         """Insert a new record."""
