@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,6 +38,8 @@ COMMANDS = [
     ["job", "logs"],
     ["job", "wait"],
     ["job", "kill"],
+    ["emulator"],
+    ["emulator", "serve"],
 ]
 
 
@@ -83,3 +86,12 @@ def test_errors_are_one_line_and_exit_non_zero() -> None:
     assert "Traceback" not in result.stderr
     debug = azm("--debug", "template", "show", "no-such-template")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_json_output_is_json_for_scripts(azm_home: Path) -> None:
+    for args in (["template", "list", "--json"], ["gc", "--dry-run", "--json"]):
+        result = azm(*args, timeout=60)
+        assert result.returncode == 0, result.stderr
+        json.loads(result.stdout)
+    listed = json.loads(azm("template", "list", "--json", timeout=60).stdout)
+    assert {"kind": "scaleset", "name": "local"}.items() <= listed[0].items()
