@@ -1,9 +1,10 @@
 """The ARM/IMDS emulator: a faithful HTTPS test double of the Azure REST calls we make.
 
-What lives here: ARM routes (``arm``, ``vms``, ``flexible``), rate limits, faults, IMDS and the
-emulated VMs (``instances``, booted as process-VMs), the HTTPS server. What it may import:
-``errors``, ``tls``, ``config`` (template builders for samples) and, from ``providers``, only
-the registry's ``process_vm_runtime``; never ``cluster``, ``detached`` or ``cli``.
+What lives here: ARM routes (``arm``, ``vms``, ``flexible``), ARM's state (``scalesets``),
+rate limits, faults, IMDS and the emulated VMs (``instances``, booted as process-VMs), the
+HTTPS server. What it may import: ``errors``, ``tls``, ``config`` (template builders for
+samples) and, from ``providers``, only the registry (``process_vm_runtime``); never
+``cluster``, ``detached`` or ``cli``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from azmanagers.emulator.arm import ArmState, build_admin_router, build_router
+from azmanagers.emulator.arm import build_admin_router, build_router
 from azmanagers.emulator.instances import ImdsServer, ProcessRunner
+from azmanagers.emulator.scalesets import ArmState
 from azmanagers.emulator.server import EmulatorServer
 from azmanagers.emulator.vms import add_vm_routes
 

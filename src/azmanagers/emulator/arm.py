@@ -2,298 +2,27 @@
 
 from __future__ import annotations
 
-import base64
 import copy
-import datetime
-import email.utils
 import hmac
 import re
 import secrets
-import threading
-import time
-import uuid
-from dataclasses import dataclass, field
-from typing import Any
 
 from azmanagers.emulator import flexible
 from azmanagers.emulator.catalog import SKUS, SKUS_BY_NAME, sku_document, usage_document
-from azmanagers.emulator.faults import NEVER_JOIN_SCRIPT, Faults
-from azmanagers.emulator.instances import ProcessRunner, VMIdentity, is_market_image
+from azmanagers.emulator.scalesets import (
+    ArmState,
+    ScaleSet,
+    capacity_of,
+    remove_instance,
+    scale_to,
+    vm_view,
+    vmss_view,
+)
 from azmanagers.emulator.server import ArmError, Request, Response, Router
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
 _RG = _SUB + r"/resourceGroups/(?P<rg>[^/]+)"
 _VMSS = _RG + r"/providers/Microsoft\.Compute/virtualMachineScaleSets"
-COMPUTE = "Microsoft.Compute"
-
-
-@dataclass
-class ScaleSetVM:
-    """One instance of a scale set."""
-
-    instance_id: str
-    name: str
-    created_at: float
-    provisioning_state: str = "Succeeded"
-    power_state: str = "running"
-    priority: str = "Regular"
-    seq: int = 0
-    """Creation order: shrinking by capacity removes the newest first."""
-
-
-@dataclass
-class ScaleSet:
-    """A scale set as the emulator keeps it."""
-
-    sub: str
-    rg: str
-    name: str
-    body: dict[str, Any]
-    vms: dict[str, ScaleSetVM] = field(default_factory=dict)
-    """By instance id: a number in Uniform mode, the VM's name in Flexible mode."""
-    next_instance: int = 0
-
-    @property
-    def flexible(self) -> bool:
-        """True in Flexible orchestration mode (a regular/spot mix needs it)."""
-        return flexible.is_flexible(self.body)
-
-    @property
-    def id(self) -> str:
-        """The scale set's ARM resource id."""
-        return (
-            f"/subscriptions/{self.sub}/resourceGroups/{self.rg}/providers/{COMPUTE}"
-            f"/virtualMachineScaleSets/{self.name}"
-        )
-
-
-@dataclass
-class Operation:
-    """A long-running operation; the emulator completes them at once (Succeeded)."""
-
-    id: str
-    status: str = "Succeeded"
-    started: float = field(default_factory=time.time)
-
-
-class ArmState:
-    """The emulated resources, guarded by one lock."""
-
-    def evict(self, names: list[str], notice_s: float = 30.0) -> None:
-        """Evict spot VMs: a Preempt event in their IMDS now, deletion after ``notice_s``.
-
-        As with ``evictionPolicy: Delete``, the VM and its capacity are gone afterwards.
-        """
-        not_before = time.time() + notice_s
-        with self.lock:
-            for name in names:
-                _, vm = self._find_vm(name)  # raises for an unknown VM
-                if vm.priority != "Spot":
-                    raise ArmError(
-                        409,
-                        "OperationNotAllowed",
-                        f"VM {name} is not a spot VM: only spot VMs are evicted.",
-                    )
-            for name in names:
-                identity = self.runner.identities.get(name) if self.runner else None
-                if identity is not None:
-                    identity.events.append(
-                        {
-                            "EventId": str(uuid.uuid4()),
-                            "EventType": "Preempt",
-                            "ResourceType": "VirtualMachine",
-                            "Resources": [name],
-                            "EventStatus": "Scheduled",
-                            "NotBefore": email.utils.formatdate(not_before, usegmt=True),
-                            "Description": "Spot eviction",
-                            "EventSource": "Platform",
-                            "DurationInSeconds": -1,
-                        }
-                    )
-                self.faults.injected["evicted"] = self.faults.injected.get("evicted", 0) + 1
-        timer = threading.Timer(notice_s, self._delete_evicted, args=(list(names),))
-        timer.daemon = True
-        timer.start()
-
-    def _delete_evicted(self, names: list[str]) -> None:
-        with self.lock:
-            for name in names:
-                try:
-                    scaleset, vm = self._find_vm(name)
-                except ArmError:
-                    continue  # already deleted
-                _remove(self, scaleset, vm.instance_id)
-                scaleset.body["sku"]["capacity"] = len(scaleset.vms)
-
-    def _find_vm(self, name: str) -> tuple[ScaleSet, ScaleSetVM]:
-        """Return the scale set and the VM named ``name`` (any scale set, either mode)."""
-        for scaleset in self.scalesets.values():
-            for vm in scaleset.vms.values():
-                if vm.name == name:
-                    return scaleset, vm
-        raise ArmError(404, "NotFound", f"No VM named {name}.")
-
-    def __init__(self, runner: ProcessRunner | None = None) -> None:
-        self.runner = runner
-        """Starts each VM's custom data as a process-VM; None: VMs are records only."""
-        self.faults = Faults()
-        self.blob_key = secrets.token_bytes(32)
-        self.lock = threading.RLock()
-        self.groups: dict[tuple[str, str], dict[str, Any]] = {}
-        self.scalesets: dict[tuple[str, str, str], ScaleSet] = {}
-        self.vms: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.nics: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.operations: dict[str, Operation] = {}
-
-    # -- helpers -------------------------------------------------------------------------
-    def group(self, sub: str, rg: str) -> dict[str, Any]:
-        """Return a resource group or raise ResourceGroupNotFound."""
-        found = self.groups.get((sub.lower(), rg.lower()))
-        if found is None:
-            raise ArmError(
-                404, "ResourceGroupNotFound", f"Resource group '{rg}' could not be found."
-            )
-        return found
-
-    def scaleset(self, sub: str, rg: str, name: str) -> ScaleSet:
-        """Return a scale set or raise ResourceNotFound."""
-        self.group(sub, rg)
-        found = self.scalesets.get((sub.lower(), rg.lower(), name.lower()))
-        if found is None:
-            raise ArmError(
-                404,
-                "ResourceNotFound",
-                f"The Resource '{COMPUTE}/virtualMachineScaleSets/{name}' under resource group "
-                f"'{rg}' was not found.",
-            )
-        return found
-
-    def operation(self, req: Request, sub: str, location: str) -> dict[str, str]:
-        """Start an operation; return the headers that point the SDK's poller at it."""
-        op = Operation(id=str(uuid.uuid4()))
-        self.operations[op.id] = op
-        api = req.query["api-version"]
-        url = (
-            f"{req.base_url}/subscriptions/{sub}/providers/{COMPUTE}/locations/{location}"
-            f"/operations/{op.id}?api-version={api}"
-        )
-        return {"Azure-AsyncOperation": url, "Location": url, "Retry-After": "0"}
-
-
-def _custom_data(scaleset: ScaleSet) -> str:
-    profile = scaleset.body.get("properties", {}).get("virtualMachineProfile", {})
-    encoded = profile.get("osProfile", {}).get("customData") or ""
-    try:
-        return base64.b64decode(encoded).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise ArmError(400, "InvalidParameter", "osProfile.customData is not base64.") from None
-
-
-def _scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
-    """Add or remove instances (newest first) until there are ``capacity``."""
-    profile = scaleset.body.get("properties", {}).get("virtualMachineProfile", {})
-    while len(scaleset.vms) < capacity:
-        index = scaleset.next_instance
-        scaleset.next_instance += 1
-        if scaleset.flexible:
-            name = iid = flexible.vm_name(scaleset)
-            priority = flexible.next_priority(scaleset)
-        else:
-            iid, name = str(index), f"{scaleset.name}_{index}"
-            spot = str(profile.get("priority", "Regular")).lower() == "spot"
-            priority = "Spot" if spot else "Regular"
-        vm = ScaleSetVM(iid, name, time.time(), priority=priority, seq=index)
-        scaleset.vms[iid] = vm
-        fault = state.faults.take_vm_fault()
-        if fault == "fail":
-            vm.provisioning_state = "Failed"
-            vm.power_state = "stopped"
-        elif state.runner is not None:
-            script = NEVER_JOIN_SCRIPT if fault == "never_join" else _custom_data(scaleset)
-            if fault == "slow_boot":
-                script = state.faults.slowed(script)
-            state.runner.start(
-                VMIdentity(
-                    name=vm.name,
-                    vm_id=str(uuid.uuid4()),
-                    subscription=scaleset.sub,
-                    resource_group=scaleset.rg,
-                    scaleset=scaleset.name,
-                    location=str(scaleset.body.get("location", "")),
-                    priority=vm.priority,
-                    stock_image=is_market_image(profile),
-                ),
-                script,
-            )
-    while len(scaleset.vms) > capacity:
-        newest = max(scaleset.vms.values(), key=lambda vm: vm.seq)
-        _remove(state, scaleset, newest.instance_id)
-    scaleset.body["sku"]["capacity"] = capacity
-
-
-def _remove(state: ArmState, scaleset: ScaleSet, instance_id: str) -> None:
-    vm = scaleset.vms.pop(instance_id)
-    if state.runner is not None:
-        state.runner.stop(vm.name)
-
-
-def _capacity(body: Any) -> int:
-    try:
-        capacity = body["sku"]["capacity"]
-    except (KeyError, TypeError):
-        raise ArmError(400, "InvalidParameter", "sku.capacity is required.") from None
-    if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 0:
-        raise ArmError(400, "InvalidParameter", f"sku.capacity must be >= 0, got {capacity!r}.")
-    return capacity
-
-
-def _vmss_view(scaleset: ScaleSet, state: str = "Succeeded") -> dict[str, Any]:
-    body = copy.deepcopy(scaleset.body)
-    body["id"] = scaleset.id
-    body["name"] = scaleset.name
-    body["type"] = f"{COMPUTE}/virtualMachineScaleSets"
-    body.setdefault("properties", {})["provisioningState"] = state
-    return body
-
-
-def vm_view(state: ArmState, scaleset: ScaleSet, vm: ScaleSetVM, expand: bool) -> dict[str, Any]:
-    """A scale set's VM as ARM shows it: a scale-set VM (Uniform) or a VM (Flexible)."""
-    if expand and state.runner is not None and vm.power_state == "running":
-        vm.power_state = state.runner.power_state(vm.name)
-    props: dict[str, Any] = {
-        "provisioningState": vm.provisioning_state,
-        "latestModelApplied": True,
-        "timeCreated": datetime.datetime.fromtimestamp(vm.created_at, datetime.timezone.utc)
-        .isoformat()
-        .replace("+00:00", "Z"),
-    }
-    if expand:
-        props["instanceView"] = {
-            "statuses": [
-                {"code": f"ProvisioningState/{vm.provisioning_state.lower()}"},
-                {"code": f"PowerState/{vm.power_state}"},
-            ]
-        }
-    if scaleset.flexible:
-        props["priority"] = vm.priority
-        props["virtualMachineScaleSet"] = {"id": scaleset.id}
-        return {
-            "id": f"/subscriptions/{scaleset.sub}/resourceGroups/{scaleset.rg}/providers/"
-            f"{COMPUTE}/virtualMachines/{vm.name}",
-            "name": vm.name,
-            "type": f"{COMPUTE}/virtualMachines",
-            "location": scaleset.body.get("location", ""),
-            "properties": props,
-        }
-    return {
-        "id": f"{scaleset.id}/virtualMachines/{vm.instance_id}",
-        "name": vm.name,
-        "instanceId": vm.instance_id,
-        "type": f"{COMPUTE}/virtualMachineScaleSets/virtualMachines",
-        "location": scaleset.body.get("location", ""),
-        "tags": scaleset.body.get("tags", {}),
-        "properties": props,
-    }
 
 
 def _uniform_only(scaleset: ScaleSet, what: str) -> None:
@@ -411,7 +140,7 @@ def build_router(state: ArmState) -> Router:
         body = req.body
         if not isinstance(body, dict) or not body.get("location"):
             raise ArmError(400, "LocationRequired", "The location property is required.")
-        capacity = _capacity(body)
+        capacity = capacity_of(body)
         flexible.validate(body)
         with state.lock:
             state.group(sub, rg)
@@ -425,10 +154,10 @@ def build_router(state: ArmState) -> Router:
                 )
             scaleset = existing or ScaleSet(sub, rg, name, {})
             scaleset.body = copy.deepcopy(body)
-            _scale_to(state, scaleset, capacity)
+            scale_to(state, scaleset, capacity)
             state.scalesets[key] = scaleset
             headers = state.operation(req, sub, body["location"])
-            view = _vmss_view(scaleset, "Updating" if existing else "Creating")
+            view = vmss_view(scaleset, "Updating" if existing else "Creating")
         return Response(200 if existing else 201, view, headers)
 
     def patch_vmss(req: Request) -> Response:
@@ -437,19 +166,19 @@ def build_router(state: ArmState) -> Router:
         with state.lock:
             scaleset = state.scaleset(sub, rg, name)
             if "sku" in body:
-                _scale_to(
-                    state, scaleset, _capacity({"sku": {**scaleset.body["sku"], **body["sku"]}})
+                scale_to(
+                    state, scaleset, capacity_of({"sku": {**scaleset.body["sku"], **body["sku"]}})
                 )
             if "tags" in body:
                 scaleset.body["tags"] = dict(body["tags"] or {})
             headers = state.operation(req, sub, scaleset.body["location"])
-            return Response(200, _vmss_view(scaleset, "Updating"), headers)
+            return Response(200, vmss_view(scaleset, "Updating"), headers)
 
     def get_vmss(req: Request) -> Response:
         with state.lock:
             return Response(
                 200,
-                _vmss_view(state.scaleset(req.match["sub"], req.match["rg"], req.match["name"])),
+                vmss_view(state.scaleset(req.match["sub"], req.match["rg"], req.match["name"])),
             )
 
     def list_vmss(req: Request) -> Response:
@@ -457,7 +186,7 @@ def build_router(state: ArmState) -> Router:
         with state.lock:
             state.group(sub, rg)
             value = [
-                _vmss_view(s)
+                vmss_view(s)
                 for (s_sub, s_rg, _), s in sorted(state.scalesets.items())
                 if (s_sub, s_rg) == (sub.lower(), rg.lower())
             ]
@@ -471,7 +200,7 @@ def build_router(state: ArmState) -> Router:
             if scaleset is None:
                 return Response(204)
             for iid in list(scaleset.vms):
-                _remove(state, scaleset, iid)
+                remove_instance(state, scaleset, iid)
             return Response(202, None, state.operation(req, sub, scaleset.body["location"]))
 
     def list_vms(req: Request) -> Response:
@@ -494,7 +223,7 @@ def build_router(state: ArmState) -> Router:
                     404, "NotFound", f"Instances {', '.join(unknown)} are not in scale set."
                 )
             for iid in ids:
-                _remove(state, scaleset, iid)
+                remove_instance(state, scaleset, iid)
             scaleset.body["sku"]["capacity"] = len(scaleset.vms)
             return Response(
                 202, None, state.operation(req, req.match["sub"], scaleset.body["location"])
@@ -530,7 +259,7 @@ def build_router(state: ArmState) -> Router:
                     continue
                 if value is not None and tags.get(name) != value:
                     continue
-                view = _vmss_view(scaleset)
+                view = vmss_view(scaleset)
                 found.append(
                     {k: view[k] for k in ("id", "name", "type", "location") if k in view}
                     | {"tags": dict(tags)}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from azmanagers.emulator.server import ArmError
 
 if TYPE_CHECKING:
-    from azmanagers.emulator.arm import ScaleSet
+    from azmanagers.emulator.scalesets import ScaleSet
 
 NETWORK_API_VERSION = "2020-11-01"
 

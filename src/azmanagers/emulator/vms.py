@@ -9,8 +9,9 @@ import uuid
 from typing import Any
 
 from azmanagers.emulator import flexible
-from azmanagers.emulator.arm import ArmState, ScaleSet, ScaleSetVM, boot_log_links, vm_view
+from azmanagers.emulator.arm import boot_log_links
 from azmanagers.emulator.instances import VMIdentity, is_market_image
+from azmanagers.emulator.scalesets import ArmState, ScaleSet, ScaleSetVM, vm_view
 from azmanagers.emulator.server import ArmError, Request, Response, Router
 
 _RG = r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
