@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -130,6 +131,7 @@ def test_the_vm_and_job_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert main(["vm", "list"]) == 0
         assert "clivm" in capsys.readouterr().out
     finally:
+        _check_json_commands(tmp_path, capsys)
         assert main(["vm", "delete", "clivm"]) == 0
     assert main(["job", "list", "--vm", "clivm"]) == 1
     assert "no detached VM named 'clivm'" in capsys.readouterr().err
@@ -141,3 +143,87 @@ def test_a_vm_whose_service_never_starts_fails_with_its_boot_log(azm_home: Path)
     assert "broken" in [r.stem for r in records_dir().glob("*.json")]  # kept: rmproc cleans up
     azmanagers.rmproc("broken")
     assert not (azm_home / "state" / "local" / "vms" / "broken").exists()
+
+
+def _check_json_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--json`` on the VM and job commands: JSON a script can parse, never the token."""
+    from azmanagers.cli import main
+    from azmanagers.detached.vms import load_vm
+
+    capsys.readouterr()
+    assert main(["vm", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(v["name"], v["status"], v["answers"]) for v in listed] == [("clivm", "up", True)]
+    token = load_vm("clivm").token
+    script = tmp_path / "json-job.py"
+    script.write_text("print('from json')\n")
+    assert main(["job", "run", str(script), "--vm", "clivm", "--json"]) == 0
+    out = capsys.readouterr().out
+    started = json.loads(out)
+    assert started["name"] == "json-job.py" and started["status"] in ("queued", "running")
+    assert main(["job", "wait", started["id"], "--vm", "clivm", "--timeout", "60"]) == 0
+    capsys.readouterr()
+    assert main(["job", "status", started["id"], "--vm", "clivm", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["status"] == "succeeded" and status["exit_code"] == 0
+    assert main(["job", "list", "--vm", "clivm", "--json"]) == 0
+    jobs = json.loads(capsys.readouterr().out)
+    assert started["id"] in [j["id"] for j in jobs] and len(jobs) == 2
+    assert all(token not in text for text in (out, json.dumps(listed), json.dumps(jobs)))
+
+
+def test_vm_create_json_and_names_that_cannot_be_a_vm_name(
+    azm_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from azmanagers.cli import main
+
+    for name in ("v" * 300, "v" * 44, "vm1\n"):
+        assert main(["vm", "create", "--name", name]) == 1
+        assert "detached VM name" in capsys.readouterr().err
+    assert not (azm_home / "state" / "local" / "vms").exists()  # refused before anything
+    assert main(["vm", "create", "--name", "jsonvm", "--json"]) == 0
+    try:
+        created = json.loads(capsys.readouterr().out)
+        assert created["name"] == "jsonvm" and created["status"] == "up"
+        assert created["answers"] is True and "token" not in created
+        from azmanagers.detached.vms import load_vm
+
+        assert load_vm("jsonvm").token not in json.dumps(created)
+    finally:
+        assert main(["vm", "delete", "jsonvm"]) == 0
+
+
+def test_the_boot_log_is_private_and_never_holds_a_query_string(azm_home: Path) -> None:
+    vm = azmanagers.addproc(name="logged")
+    try:
+        vm.client().request("GET", "/v1/ping", query={"token": "query-secret-1"})
+        with pytest.raises(azmanagers.JobNotFoundError):
+            vm.client().request("GET", "/v1/jobs/0123456789abcdef", query={"t": "query-secret-2"})
+        boot_log = azm_home / "state" / "local" / "vms" / "logged" / "boot.log"
+        deadline = time.monotonic() + DEADLINE_S
+        while "/v1/jobs/0123456789abcdef" not in boot_log.read_text():
+            assert time.monotonic() < deadline, boot_log.read_text()
+            time.sleep(0.05)
+        text = boot_log.read_text()
+        assert "query-secret" not in text and vm.token not in text
+        assert "GET /v1/ping" in text
+        assert stat.S_IMODE(boot_log.stat().st_mode) == 0o600
+    finally:
+        azmanagers.rmproc(vm)
+
+
+def test_lone_surrogates_are_refused_before_sending_and_leave_no_job(azm_home: Path) -> None:
+    vm = azmanagers.addproc(name="surrogates")
+    try:
+        for kwargs in (
+            {"function_or_code": "print(1)  # \ud800"},
+            {"function_or_code": "print(1)", "job_name": "job \udfff"},
+            {"function_or_code": "print(1)", "env": {"K\ud800": "v"}},
+            {"function_or_code": "print(1)", "env": {"K": "\ud800"}},
+        ):
+            with pytest.raises(azmanagers.ConfigError, match="lone surrogate"):
+                azmanagers.detachat(vm, **kwargs)  # type: ignore[arg-type]
+        assert azmanagers.detached.list_jobs(vm) == []
+        assert azmanagers.detachat(vm, "print('ok')").result(timeout=DEADLINE_S) is None
+    finally:
+        azmanagers.rmproc(vm)

@@ -28,9 +28,15 @@ REQUEST_TIMEOUT_S = 30.0
 
 
 def _delete_local(folder: Path) -> None:
-    from azmanagers.providers.local.vms import LocalVMs
+    """Delete the process-VM in ``folder`` (``<home>/state/local/vms/<name>``) through the
+    provider registry, with the ``AZMANAGERS_HOME`` the folder lies in."""
+    from azmanagers.config.paths import HOME_ENV
+    from azmanagers.providers import get_provider
 
-    LocalVMs(folder.parent.parent).delete(folder.name)
+    if folder.parent.name != "vms" or folder.parents[1].name != "local":
+        raise ValueError(f"{folder} is not a local VM's folder (<home>/state/local/vms/<name>)")
+    os.environ[HOME_ENV] = str(folder.parents[3])
+    get_provider("local").delete_vm(folder.name)
 
 
 def _delete_azure() -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from azmanagers.cli.options import JsonOption, echo_json
 from azmanagers.cli.vm import VmOption, _when
 from azmanagers.errors import ConfigError
 
@@ -40,50 +41,63 @@ def job_run(
         typer.Option("--env", help="KEY=VALUE for the job; repeat for more.", show_default=False),
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", help="Stream its stdout.")] = False,
+    json_out: JsonOption = False,
 ) -> None:
-    """Run a Python script on a detached VM; print the job id (or, with --follow, its output)."""
+    """Run a Python script on a detached VM; print the job id (or, with --follow, its output;
+    with --json, its record)."""
     from azmanagers.detached.api import detachat
 
+    if json_out and follow:
+        raise ConfigError("--json and --follow do not go together: pick one.")
     try:
-        code = script.read_text()
-    except OSError as exc:
+        code = script.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {script}: {exc}") from None
     job = detachat(vm, code, env=_parse_env(env), job_name=script.name)
+    if json_out:
+        echo_json(job.record())
+        return
     typer.echo(job.id)
     if follow:
         _follow(vm, job.id, "stdout")
 
 
 @job_app.command("list")
-def job_list(vm: VmOption) -> None:
+def job_list(vm: VmOption, json_out: JsonOption = False) -> None:
     """List the jobs of a detached VM, oldest first."""
-    from azmanagers.detached.api import list_jobs
+    from azmanagers.detached.api import job_records
 
-    jobs = list_jobs(vm)
+    jobs = job_records(vm)
+    if json_out:
+        echo_json(jobs)
+        return
     if not jobs:
         typer.echo(f"no jobs on VM {vm}")
         return
     typer.echo(f"{'ID':<17} {'STATUS':<10} {'STARTED':<20} {'FINISHED':<20} NAME")
     for job in jobs:
         typer.echo(
-            f"{job['id']:<17} {job['status']:<10} {_when(job.get('started_at')):<20} "
-            f"{_when(job.get('finished_at')):<20} {job['name']}"
+            f"{job.id:<17} {job.status:<10} {_when(job.started_at):<20} "
+            f"{_when(job.finished_at):<20} {job.name}"
         )
 
 
 @job_app.command("status")
-def job_status(job_id: JobArgument, vm: VmOption) -> None:
+def job_status(job_id: JobArgument, vm: VmOption, json_out: JsonOption = False) -> None:
     """Show a job's status (and its error, if it failed)."""
-    from azmanagers.detached.api import DetachedJob
+    from azmanagers.detached.job import DetachedJob
 
-    info = DetachedJob.attach(vm, job_id).info()
-    typer.echo(info["status"])
-    if info.get("error_type") or info.get("error_message"):
-        typer.echo(f"{info.get('error_type') or 'error'}: {info.get('error_message')}")
+    info = DetachedJob.attach(vm, job_id).record()
+    if json_out:
+        echo_json(info)
+        return
+    typer.echo(info.status)
+    if info.error_type or info.error_message:
+        typer.echo(f"{info.error_type or 'error'}: {info.error_message}")
 
 
 def _follow(vm: str, job_id: str, stream: str) -> None:
-    from azmanagers.detached.api import DetachedJob
+    from azmanagers.detached.job import DetachedJob
 
     for text in DetachedJob.attach(vm, job_id).follow(stream):
         typer.echo(text, nl=False)
@@ -100,7 +114,7 @@ def job_logs(
     ] = False,
 ) -> None:
     """Print a job's stdout (or stderr)."""
-    from azmanagers.detached.api import DetachedJob
+    from azmanagers.detached.job import DetachedJob
 
     stream = "stderr" if stderr else "stdout"
     if follow:
@@ -118,7 +132,7 @@ def job_wait(
     ] = None,
 ) -> None:
     """Wait for a job to finish; exit 0 when it succeeded, 1 otherwise."""
-    from azmanagers.detached.api import DetachedJob
+    from azmanagers.detached.job import DetachedJob
 
     status = DetachedJob.attach(vm, job_id).wait(timeout)
     typer.echo(status)
@@ -129,6 +143,6 @@ def job_wait(
 @job_app.command("kill")
 def job_kill(job_id: JobArgument, vm: VmOption) -> None:
     """Stop a job's processes."""
-    from azmanagers.detached.api import DetachedJob
+    from azmanagers.detached.job import DetachedJob
 
     typer.echo(DetachedJob.attach(vm, job_id).kill())

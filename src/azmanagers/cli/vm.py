@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from azmanagers.cli.options import JsonOption, echo_json
+
 vm_app = typer.Typer(
     name="vm",
     help="Create, list and delete detached VMs (VMs running the detached service).",
@@ -31,6 +33,7 @@ def vm_create(
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="Seconds to wait for the service.")
     ] = None,
+    json_out: JsonOption = False,
 ) -> None:
     """Create a VM running the detached service and wait until it answers."""
     from azmanagers.detached.api import addproc
@@ -41,22 +44,28 @@ def vm_create(
         nic_template=nic,
         timeout=timeout,
     )
+    if json_out:
+        echo_json(vm.summary(answers=True))  # the record without its token
+        return
     typer.echo(f"VM {vm.name} ready at {vm.host}:{vm.port} ({vm.provider})")
 
 
 @vm_app.command("list")
-def vm_list() -> None:
+def vm_list(json_out: JsonOption = False) -> None:
     """List the detached VMs recorded on this machine, and whether each answers."""
     from azmanagers.detached.vms import list_vm_names, load_vm
 
-    names = list_vm_names()
-    if not names:
+    vms = [load_vm(name) for name in list_vm_names()]
+    summaries = [vm.summary(answers=vm.ping()) for vm in vms]
+    if json_out:
+        echo_json(summaries)
+        return
+    if not summaries:
         typer.echo("no detached VMs (create one with: azm vm create)")
         return
     typer.echo(f"{'NAME':<20} {'PROVIDER':<8} {'ADDRESS':<22} {'STATE':<8} CREATED")
-    for name in names:
-        vm = load_vm(name)
-        state = "up" if vm.ping() else "down"
+    for vm in summaries:
+        state = "up" if vm.answers else "down" if vm.status == "up" else vm.status
         address = f"{vm.host}:{vm.port}"
         typer.echo(
             f"{vm.name:<20} {vm.provider:<8} {address:<22} {state:<8} {_when(vm.created_at)}"
