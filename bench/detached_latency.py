@@ -56,7 +56,7 @@ def baseline(folder: Path) -> list[float]:
 def detached() -> tuple[list[float], list[float]]:
     """Per job: seconds from submit to running, and from submit to the result in hand."""
     import azmanagers
-    from azmanagers.detached.api import DetachedJob
+    from azmanagers.detached.job import DetachedJob
 
     vm = azmanagers.addproc("local")
     to_running, to_result = [], []

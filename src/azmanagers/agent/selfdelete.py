@@ -1,13 +1,4 @@
-"""Deletes a detached VM after a ``persist=False`` job, from outside its service.
-
-``python -m azmanagers.agent.selfdelete local VM_FOLDER GRACE_S``: a local process-VM;
-stops its processes and removes its folder.
-
-``python -m azmanagers.agent.selfdelete azure GRACE_S``: an Azure VM; asks IMDS for a token
-of the VM's managed identity and DELETEs the VM through ARM (its NIC and disks go with it:
-delete options). The identity needs a role that allows it (e.g. Virtual Machine
-Contributor on the resource group); no caller credential is ever on the VM.
-"""
+"""Deletes a detached VM after a ``persist=False`` job, from outside its service."""
 
 from __future__ import annotations
 
@@ -65,7 +56,14 @@ def _delete_azure() -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Wait the grace period, then delete this VM (see the module docstring)."""
+    """Wait the grace period, then delete this VM.
+
+    ``local VM_FOLDER GRACE_S``: a local process-VM; stops its processes and removes its
+    folder. ``azure GRACE_S``: an Azure VM; asks IMDS for a token of the VM's managed identity
+    and DELETEs the VM through ARM (its NIC and disks go with it: delete options). The
+    identity needs a role that allows it (e.g. Virtual Machine Contributor on the resource
+    group); no caller credential is ever on the VM.
+    """
     mode = argv[0]
     time.sleep(float(argv[-1]))
     try:

@@ -1,13 +1,4 @@
-"""Detached jobs: run a function or a code string on a VM, independent of this process.
-
-Usage::
-
-    vm = addproc("local")                      # a VM running the detached service
-    job = detachat(vm, train, data_path, epochs=3)
-    job.status(); job.read(); job.wait(timeout=600); job.result(); job.kill()
-    DetachedJob.attach(vm.name, job.id)        # later, from another process
-    rmproc(vm)
-"""
+"""Detached jobs: run a function or a code string on a VM, independent of this process."""
 
 from __future__ import annotations
 
@@ -52,6 +43,14 @@ def addproc(
     env: Mapping[str, str] | None = None,
 ) -> DetachedVM:
     """Create a VM from ``template`` running the detached service; return when it answers.
+
+    Usage::
+
+        vm = addproc("local")                      # a VM running the detached service
+        job = detachat(vm, train, data_path, epochs=3)
+        job.status(); job.read(); job.wait(timeout=600); job.result(); job.kill()
+        DetachedJob.attach(vm.name, job.id)        # later, from another process
+        rmproc(vm)
 
     Parameters
     ----------

@@ -1,9 +1,4 @@
-"""Detached VMs on the caller's side: create one with its service, remember it, delete it.
-
-A VM's record (``state/detached/<name>.json``, mode 0600) holds where its service listens,
-the service's certificate (pinned) and its bearer token, so any process of the same user
-can reach it later (``DetachedJob.attach``). The VM itself keeps only the token's hash.
-"""
+"""Detached VMs on the caller's side: create one with its service, record it, delete it."""
 
 from __future__ import annotations
 
@@ -62,7 +57,12 @@ def check_vm_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class DetachedVM(VMRecord):
-    """A VM running the detached service, as the caller records it."""
+    """A VM running the detached service, as the caller records it.
+
+    Its record (``state/detached/<name>.json``, mode 0600) holds where its service listens,
+    the service's certificate (pinned) and its bearer token, so any process of the same user
+    can reach it later (``DetachedJob.attach``). The VM itself keeps only the token's hash.
+    """
 
     def client(self) -> ServiceClient:
         """An HTTPS client of the VM's service (one per VM and process: it keeps its

@@ -1,12 +1,4 @@
-"""The detached service: an HTTPS API on a VM that runs jobs independent of the caller.
-
-Every request but the schema needs ``Authorization: Bearer <token>``, checked from the
-headers before any byte of a body is read; the VM keeps only the token's SHA-256. The server
-certificate is the VM's own; clients pin its fingerprint. Each job runs in its own process
-and directory (``run``); its record is in SQLite (``store``), so a restarted service keeps
-every job and adopts those still running (``jobs``). Routes and records are in
-``azmanagers.detached.wire``; the OpenAPI schema in ``schema``.
-"""
+"""The detached service: an HTTPS API on a VM that runs jobs independent of the caller."""
 
 from __future__ import annotations
 
@@ -277,7 +269,13 @@ class _NotFound(_Handler):
 def make_app(
     service: JobService, changed: asyncio.Condition | None = None
 ) -> tornado.web.Application:
-    """The service's routes over ``service``; ``changed`` is notified when jobs finish."""
+    """The service's routes over ``service``; ``changed`` is notified when jobs finish.
+
+    Every request but the schema needs ``Authorization: Bearer <token>``, checked from the
+    headers before any byte of a body is read; the VM keeps only the token's SHA-256. The
+    server certificate is the VM's own; clients pin its fingerprint. Routes and records are
+    those of ``azmanagers.detached.wire``; the OpenAPI document is ``schema.schema()``.
+    """
     args = {"service": service}
     routes: list[tuple[wire.Route, type[_Handler]]] = [
         (wire.SCHEMA, _Schema),

@@ -1,12 +1,4 @@
-"""The detached service's jobs: start each in its own process, watch it, keep its record.
-
-Each job runs ``azmanagers.agent.service.run`` in a directory of its own with a clean
-environment, in a session of its own (it survives a restart of the service). A kill stops
-every process carrying the job's marker variable (``procs``). Records live in SQLite
-(``store``): a restarted service adopts the jobs still running and marks those that died
-meanwhile as failed, with the reason. A job's record and directory are made together or
-not at all.
-"""
+"""The detached service's jobs: start each in its own process, watch it, keep its record."""
 
 from __future__ import annotations
 
@@ -83,7 +75,15 @@ class ServiceConfig:
 
 
 class JobService:
-    """Starts jobs, watches their processes, and keeps their records."""
+    """Starts jobs, watches their processes, and keeps their records.
+
+    Each job runs ``azmanagers.agent.service.run`` in a directory of its own with a clean
+    environment, in a session of its own (it survives a restart of the service). A kill stops
+    every process carrying the job's marker variable (``procs``). Records live in SQLite
+    (``store``): a restarted service adopts the jobs still running and marks those that died
+    meanwhile as failed, with the reason. A job's record and directory are made together or
+    not at all.
+    """
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config

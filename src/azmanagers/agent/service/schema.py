@@ -43,7 +43,7 @@ _JOB_ID = {
     "required": True,
     "schema": {"type": "string"},
 }
-_AUTH_ERRORS = {"401": _ERROR, "404": _ERROR, "400": _ERROR}
+_AUTH_ERRORS = {"401": _ERROR, "404": _ERROR, "400": _ERROR, "413": _ERROR}
 
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:

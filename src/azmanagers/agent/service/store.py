@@ -1,14 +1,4 @@
-"""The detached service's job records, in SQLite on the VM's disk: they survive a restart.
-
-Status values (``wire.JOB_STATUSES``):
-
-- ``queued``: accepted; its process is not started yet.
-- ``running``: its process runs.
-- ``succeeded``: it returned (a function's value is kept) or its code ran to the end.
-- ``failed``: it raised (type, message and traceback are kept), exited non-zero, or its
-  process died while the service was down.
-- ``killed``: stopped by a kill request.
-"""
+"""The detached service's job records, in SQLite on the VM's disk: they survive a restart."""
 
 from __future__ import annotations
 
@@ -24,6 +14,10 @@ from typing import Any
 from azmanagers.detached.wire import FINISHED_STATUSES, JOB_STATUSES, JobInfo
 
 STATUSES = JOB_STATUSES
+"""``queued``: accepted, its process not started yet; ``running``: its process runs;
+``succeeded``: it returned (a function's value is kept) or its code ran to the end;
+``failed``: it raised (type, message and traceback are kept), exited non-zero, or its process
+died while the service was down; ``killed``: stopped by a kill request."""
 FINISHED = FINISHED_STATUSES
 
 _SCHEMA = """
