@@ -60,5 +60,6 @@ def test_without_replace_evicted_the_cluster_shrinks(emulated_azure: Emulator) -
     emulated_azure.state.evict([victim], notice_s=2)
     eventually(lambda: cluster.evicted == [victim], "the eviction to be seen")
     assert cluster.target == 1
-    time.sleep(3 * cluster.settings.reconcile_interval_s)
+    cycles = cluster.reconcile_cycles
+    eventually(lambda: cluster.reconcile_cycles >= cycles + 3, "three more reconcile cycles")
     assert cluster.nworkers_provisioned() == 1

@@ -106,7 +106,8 @@ def test_client_restart_keeps_every_instance() -> None:
     client = distributed.default_client()
     client.restart(timeout=DEADLINE_S)
     eventually(lambda: set(azmanagers.workers()) == before, "the restarted workers to rejoin")
-    time.sleep(2 * cluster.settings.reconcile_interval_s)
+    cycles = cluster.reconcile_cycles
+    eventually(lambda: cluster.reconcile_cycles >= cycles + 2, "two more reconcile cycles")
     assert list(cluster.failures) == []
     assert cluster.target == 2
     assert client.submit(pow, 2, 5).result(timeout=30) == 32
@@ -293,3 +294,57 @@ def test_an_unwritable_home_is_a_clear_error_and_starts_nothing(
     with pytest.raises(ConfigError, match="Set AZMANAGERS_HOME to a writable folder"):
         azmanagers.addprocs("local", 1)
     assert api.clusters() == {}
+
+
+@pytest.mark.parametrize(
+    ("keywords", "fragment"),
+    [
+        ({"env": {"1BAD": "x"}}, "variable name '1BAD'"),
+        ({"env": {"A-B": "x"}}, "variable name 'A-B'"),
+        ({"memory_limit": "lots"}, "memory_limit"),
+        ({"memory_limit": "-4GiB"}, "memory_limit"),
+        ({"memory_limit": -1}, "memory_limit"),
+    ],
+)
+def test_bad_env_names_and_memory_limits_are_refused_before_anything_is_made(
+    azm_home: Path, keywords: dict[str, object], fragment: str
+) -> None:
+    with pytest.raises(ConfigError, match=fragment) as info:
+        azmanagers.addprocs("local", 1, **keywords)  # type: ignore[arg-type]
+    assert "use " in str(info.value)  # the message says what to write instead
+    assert api.clusters() == {}
+    pools = azm_home / "state" / "local" / "pools"
+    assert not pools.exists() or list(pools.iterdir()) == []
+    assert processes_under(azm_home) == []
+
+
+def test_memory_limits_dask_understands_are_accepted() -> None:
+    cluster = azmanagers.addprocs("local", 1, waitfor=True, timeout=DEADLINE_S, memory_limit="1GiB")
+    info = distributed.default_client().scheduler_info()["workers"]
+    assert [w["memory_limit"] for w in info.values()] == [2**30]
+    assert cluster.settings.memory_limit == "1GiB"
+
+
+def test_workers_get_one_blas_thread_as_dask_gives_a_worker_it_spawns() -> None:
+    """Dask's pre-spawn-environ (OMP/MKL/OPENBLAS_NUM_THREADS=1) reaches forked workers."""
+
+    def blas_pools() -> list[dict[str, object]]:
+        import numpy
+        import threadpoolctl
+
+        numpy.ones((4, 4)) @ numpy.ones((4, 4))
+        return [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+
+    azmanagers.addprocs("local", 1, waitfor=True, timeout=DEADLINE_S)
+    client = distributed.default_client()
+    pools = client.submit(blas_pools, pure=False).result(timeout=DEADLINE_S)
+    assert pools, "numpy loaded no BLAS library on the worker"
+    assert [p["num_threads"] for p in pools] == [1] * len(pools), pools
+    azmanagers.rmprocs()
+    # a value the user sets wins over Dask's default
+    azmanagers.addprocs(
+        "local", 1, waitfor=True, timeout=DEADLINE_S, env={"OPENBLAS_NUM_THREADS": "2"}
+    )
+    client = distributed.default_client()
+    pools = client.submit(blas_pools, pure=False).result(timeout=DEADLINE_S)
+    assert [p["num_threads"] for p in pools if p["internal_api"] == "openblas"] == [2], pools

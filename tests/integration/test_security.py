@@ -230,3 +230,60 @@ def test_a_worker_certificate_acts_only_on_workers_at_its_own_address(tmp_path: 
     msg = {"op": "retire_workers", "workers": [victim], "close_workers": True, "remove": True}
     reply = asyncio.run(_request_from("127.0.0.1", cluster.scheduler_address, security, msg))
     assert victim in reply, reply
+
+
+def _listening(pid: int) -> list[tuple[str, int]]:
+    """Return the TCP (host, port) pairs process ``pid`` listens on."""
+    import psutil
+
+    found = []
+    for conn in psutil.Process(pid).net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN:
+            found.append((conn.laddr.ip, conn.laddr.port))
+    return found
+
+
+def _answers_http(host: str, port: int, path: str = "/json/identity.json") -> bytes:
+    """Send a plain HTTP GET; return what came back (b'' when the connection closed)."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    with socket.create_connection((target, port), timeout=5) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {target}\r\n\r\n".encode())
+        try:
+            return sock.recv(1024)
+        except (ConnectionResetError, TimeoutError):
+            return b""
+
+
+def test_nothing_answers_plain_http_unless_the_dashboard_is_asked_for(azm_home: Path) -> None:
+    cluster = azmanagers.addprocs("local", 1, waitfor=True, timeout=60)
+    pids = [os.getpid(), *(p.pid for p in processes_under(azm_home))]
+    sockets = [(pid, address) for pid in pids for address in _listening(pid)]
+    assert len(sockets) >= 3, sockets  # the scheduler, the nanny and the worker listen (TLS)
+    for pid, (host, port) in sockets:
+        reply = _answers_http(host, port)
+        assert not reply.startswith(b"HTTP"), (pid, host, port, reply[:200])
+    assert cluster.scheduler is not None
+    assert "dashboard" not in cluster.scheduler.services
+    azmanagers.rmprocs()
+
+    cluster = azmanagers.addprocs("local", 1, waitfor=True, timeout=60, dashboard=True)
+    assert cluster.scheduler is not None
+    dashboard = cluster.scheduler.services["dashboard"]
+    (bound,) = {address for address in _listening(os.getpid()) if address[1] == dashboard.port}
+    assert bound[0] == "127.0.0.1"  # loopback only: reach it through an ssh tunnel
+    assert _answers_http(*bound).startswith(b"HTTP/1.1 200")
+    assert cluster.dashboard_link.startswith("http://127.0.0.1:")
+
+
+def test_a_queue_in_a_task_says_to_use_workers_can_submit() -> None:
+    def _use_a_queue() -> int:  # defined here: pickled by value for the workers
+        queue = distributed.Queue("azm-test-queue")
+        queue.put(1)
+        return int(queue.get())
+
+    azmanagers.addprocs("local", 1, waitfor=True, timeout=60)
+    client = distributed.default_client()
+    with pytest.raises(Exception, match="workers_can_submit=True") as info:
+        client.submit(_use_a_queue, pure=False).result(timeout=60)
+    assert not isinstance(info.value, ImportError), repr(info.value)
+    assert isinstance(info.value, PermissionError), repr(info.value)

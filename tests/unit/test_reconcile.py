@@ -397,3 +397,91 @@ def test_a_worker_that_left_may_rejoin_within_the_join_deadline(
     else:
         assert [f.instance for f in decision.failures] == ["a"]
         assert decision.create == 1
+
+
+# -- the Reconciler, without a Dask scheduler ------------------------------------------
+
+
+def _stuck_pool(provider: object, fake_python: object, name: str) -> None:
+    from azmanagers.providers.base import BootSpec, PoolSpec
+    from azmanagers.providers.tags import owner_id, resource_tags
+
+    boot = BootSpec(role="worker", payload={}, env={"AZMANAGERS_PYTHON": str(fake_python)})
+    spec = PoolSpec(name=name, boot=boot, tags=resource_tags(name, owner_id(), 3600.0))
+    provider.create_pool(spec)  # type: ignore[attr-defined]
+
+
+def test_the_reconciler_runs_a_pool_without_a_scheduler(fake_python: object) -> None:
+    """A set stands in for the scheduler: the reconciler creates, fails, replaces, removes."""
+    import asyncio
+    import time
+
+    from azmanagers.cluster.reconciler import Reconciler
+    from azmanagers.config.settings import ClusterSettings
+    from azmanagers.providers import get_provider
+
+    provider = get_provider("local")
+    joined: set[str] = set()
+    settings = ClusterSettings(join_timeout_s=1.5, max_replacements=1)
+    rec = Reconciler(provider, "headless", lambda: joined, settings)
+    _stuck_pool(provider, fake_python, "headless")
+    try:
+        assert rec.pace == provider.pace  # no override: the provider's own pace
+        rec.set_target(2)
+        asyncio.run(rec.step())
+        first, second = sorted(i.id for i in provider.list_instances("headless"))
+        joined.add(first)  # "the scheduler" saw one worker join
+        asyncio.run(rec.step())
+        assert set(rec.joined_at) == {first} and rec.plan == {first, second}
+        time.sleep(settings.join_timeout_s + 0.5)
+        asyncio.run(rec.step())  # the other missed its deadline: deleted and replaced
+        assert [(f[0], f[1]) for f in rec.failures] == [(second, "it did not join within 1.5 s")]
+        live = {i.id for i in provider.list_instances("headless") if i.id != second}
+        assert first in live and len(live) == 2
+        removed = rec.shrink({first})
+        asyncio.run(rec.retire(removed))
+        assert rec.target == 1 and first not in rec.plan
+        assert rec.errors.current is None
+    finally:
+        provider.delete_pool("headless", wait=True)
+
+
+def test_a_throttled_provider_is_not_called_until_its_retry_after(fake_python: object) -> None:
+    import asyncio
+
+    from azmanagers.cluster.reconciler import Reconciler
+    from azmanagers.config.settings import ClusterSettings
+    from azmanagers.errors import ThrottledError
+    from azmanagers.providers.local.provider import LocalProvider
+
+    class ThrottlingProvider(LocalProvider):
+        """The local provider, answering like ARM once its hourly reads are spent."""
+
+        lists = 0
+
+        def list_instances(self, pool: str) -> list[Instance]:
+            self.lists += 1
+            if self.lists >= 3:
+                raise ThrottledError("reads spent; try again after 3542 s", retry_after_s=3542)
+            return super().list_instances(pool)
+
+    provider = ThrottlingProvider()
+    rec = Reconciler(provider, "throttled", set, ClusterSettings(reconcile_interval_s=0.05))
+    _stuck_pool(provider, fake_python, "throttled")
+
+    async def run_for(seconds: float) -> None:
+        task = asyncio.ensure_future(rec.run())
+        await asyncio.sleep(seconds)
+        rec.set_target(1)  # a user's scale wakes the loop: still no call
+        await asyncio.sleep(seconds)
+        rec.stop()
+        await asyncio.wait_for(task, 10)
+
+    try:
+        asyncio.run(run_for(0.5))
+        assert provider.lists == 3  # two lists, the throttled one, then nothing
+        assert rec.gate.throttled_for_s() > 3000
+        with pytest.raises(ThrottledError, match=r"not checking the quota.*\d+ s more"):
+            rec.gate.call("checking the quota", provider.check_capacity, {}, 1)
+    finally:
+        provider.delete_pool("throttled", wait=True)

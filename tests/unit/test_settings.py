@@ -85,6 +85,8 @@ def test_full_precedence_chain_per_field(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_accepted_values_of_loose_fields() -> None:
     assert settle(memory_limit=2**30).memory_limit == 2**30
+    for size in ("auto", "4GiB", "500 MB", "0", 0):
+        assert settle(memory_limit=size).memory_limit == size
     assert settle(worker_host=None).worker_host is None  # explicit: let the VM choose
     assert settle({"worker_host": None}).worker_host is None
     assert settle(provider="local").provider == "local"
@@ -124,9 +126,14 @@ BAD_VALUES = [
     ("max_replacements", False, "whole number >= 0"),
     ("nthreads", "2.0", "whole number >= 1"),
     ("max_instances", {"n": 2}, "whole number >= 1"),
-    ("memory_limit", True, "wrong type"),
-    ("memory_limit", 2.5, "wrong type"),
-    ("memory_limit", ["4GB"], "wrong type"),
+    ("memory_limit", True, "is not a memory size"),
+    ("memory_limit", 2.5, "is not a memory size"),
+    ("memory_limit", ["4GB"], "is not a memory size"),
+    ("memory_limit", "lots", 'use "auto", a size such as "4GiB"'),
+    ("memory_limit", "-4GiB", "is not a memory size"),
+    ("memory_limit", -1, "is not a memory size"),
+    ("dashboard", "maybe", "true or false"),
+    ("dashboard_address", "", "HOST:PORT"),
     ("worker_host", 127, "wrong type"),
     ("provider", 3, "wrong type"),
     ("scheduler_host", ["h"], "wrong type"),
@@ -229,3 +236,31 @@ def test_bootstrap_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AZMANAGERS_BOOTSTRAP_PIP_ARGS", "--index-url 'unclosed")
     with pytest.raises(ConfigError, match=r"AZMANAGERS_BOOTSTRAP_PIP_ARGS.*shell quoting"):
         settle()
+
+
+def test_the_dashboard_is_off_and_bound_to_loopback_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert (settle().dashboard, settle().dashboard_address) == (False, "127.0.0.1:8787")
+    monkeypatch.setenv("AZMANAGERS_DASHBOARD", "yes")
+    assert settle().dashboard is True
+    assert settle(dashboard_address="127.0.0.1:9000").dashboard_address == "127.0.0.1:9000"
+
+
+def test_the_reconcile_interval_defaults_to_the_providers_pace() -> None:
+    assert settle().reconcile_interval_s is None
+    assert settle({"provider": "azure"}).reconcile_interval_s is None
+    assert settle(reconcile_interval_s=3).reconcile_interval_s == 3.0
+
+
+def test_env_names_and_values_are_checked() -> None:
+    from azmanagers.config.settings import check_env
+
+    check_env({"OMP_NUM_THREADS": "1", "_X9": ""})
+    with pytest.raises(ConfigError, match=r"env variable name '1BAD' is not valid.*e\.g\."):
+        check_env({"1BAD": "x"})
+    with pytest.raises(ConfigError, match="is not valid"):
+        check_env({"AB\n": "x"})  # a trailing newline does not pass either
+    with pytest.raises(ConfigError, match="must be a string") as info:
+        check_env({"SECRETISH": 12345})
+    assert "12345" not in str(info.value)  # values are never shown

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import importlib.util
 import logging
 import os
 import signal
@@ -16,7 +18,35 @@ from azmanagers.agent import EXIT_BAD_PAYLOAD, EXIT_ENV_FAILED, EXIT_SCHEDULER_U
 
 _ENV_READY = "AZMANAGERS_ENV_READY"
 WORKER_START_METHOD = "fork"
+"""Fork the worker from the nanny (it inherits the imported modules; spawn imports them again)."""
+PRE_SPAWN_ENVIRON = "distributed.nanny.pre-spawn-environ"
+REFUSAL_PREFIX = "azmanagers refused"
+"""How the scheduler guard's refusals begin (cluster.guard)."""
 logger = logging.getLogger("azmanagers.agent")
+
+
+def set_pre_spawn_environ() -> dict[str, str]:
+    """Export Dask's ``distributed.nanny.pre-spawn-environ`` (OMP/MKL/OPENBLAS_NUM_THREADS=1,
+    MALLOC_TRIM_THRESHOLD_) unless the user set them; return what was set.
+
+    A spawned worker gets them from its nanny before it starts; a forked one inherits its
+    nanny's libraries, and BLAS sizes its thread pool when numpy is first imported (importing
+    distributed does). So they must be set here, before anything imports numpy.
+    """
+    import dask.config
+
+    spec = importlib.util.find_spec("distributed")
+    if spec is None or spec.origin is None:
+        return {}
+    defaults = Path(spec.origin).with_name("distributed.yaml")
+    for config in dask.config.collect_yaml([str(defaults)]):
+        dask.config.update_defaults(config)
+    wanted = dask.config.get(PRE_SPAWN_ENVIRON, default={}) or {}
+    done = {}
+    for key, value in wanted.items():
+        if key not in os.environ:
+            os.environ[key] = done[key] = str(value)
+    return done
 
 
 def _say(message: str) -> None:
@@ -40,6 +70,7 @@ async def run_worker(payload: dict[str, Any]) -> int:
     The nanny restarts the worker when asked (``client.restart()``) or when it exceeds its
     memory limit, so the instance keeps its place in the cluster.
     """
+    set_pre_spawn_environ()  # before distributed (and so numpy) is imported
     import dask
     from distributed import Nanny
     from distributed.security import Security
@@ -66,6 +97,8 @@ async def run_worker(payload: dict[str, Any]) -> int:
         host=payload.get("worker_host") or os.environ.get("AZMANAGERS_WORKER_HOST"),
         death_timeout=float(payload.get("death_timeout_s", 60)),
         local_directory=str(instance_dir / "dask-scratch"),
+        worker_class=tls_only_worker(),
+        dashboard=False,
     )
 
     loop = asyncio.get_running_loop()
@@ -168,6 +201,54 @@ async def _watch_evictions(nanny: Any, name: str) -> None:
                     _say(f"retiring {name} did not finish before the eviction: {exc!r}")
                 return
         await asyncio.sleep(EVENTS_POLL_S)
+
+
+@functools.cache
+def tls_only_worker() -> type[Any]:
+    """Return the worker class the agent runs: Dask's Worker without its HTTP server.
+
+    Dask's worker serves metrics and health over plain HTTP without authentication; this
+    one serves nothing but its mutual-TLS comm. A task that needs a client (``get_client``,
+    ``Queue``, ``Variable``) on a cluster without ``workers_can_submit`` gets the scheduler
+    guard's refusal as a ``PermissionError`` (Dask's connection code reports it as an
+    ``ImportError``).
+    """
+    from distributed import Worker
+
+    class TLSOnlyWorker(Worker):
+        def start_http_server(
+            self,
+            routes: Any,
+            dashboard_address: Any,
+            default_port: int = 0,
+            ssl_options: Any = None,
+        ) -> None:
+            del routes, dashboard_address, default_port, ssl_options
+
+        def identity(self) -> dict[str, Any]:
+            info: dict[str, Any] = super().identity()
+            info["type"] = "Worker"  # Dask's type name, as tools expect
+            return info
+
+        def _get_client(self, timeout: float | None = None) -> Any:
+            try:
+                return super()._get_client(timeout)
+            except ImportError as exc:
+                if str(exc).startswith(REFUSAL_PREFIX):
+                    raise PermissionError(str(exc)) from None
+                raise
+
+    TLSOnlyWorker.__module__ = __name__
+    TLSOnlyWorker.__qualname__ = "TLSOnlyWorker"
+    return TLSOnlyWorker
+
+
+def __getattr__(name: str) -> Any:
+    """Let ``azmanagers.agent.worker.TLSOnlyWorker`` be imported by name (a spawned worker
+    unpickles its class so) without importing distributed with this module."""
+    if name == "TLSOnlyWorker":
+        return tls_only_worker()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _name_from_imds() -> str:

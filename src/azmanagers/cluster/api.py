@@ -9,9 +9,10 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from azmanagers.cluster.core import AzCluster, ProgressCallback, _check_count
+from azmanagers.cluster.core import AzCluster
 from azmanagers.cluster.customenv import requirements_for
-from azmanagers.config.settings import ClusterSettings, resolve
+from azmanagers.cluster.waits import ProgressCallback, check_count
+from azmanagers.config.settings import ClusterSettings, check_env, resolve
 from azmanagers.config.templates import load_template_scaleset, template_provider
 from azmanagers.errors import ConfigError
 from azmanagers.providers import get_provider
@@ -96,13 +97,16 @@ def addprocs(
                 f"addprocs() got an unknown keyword {key!r}.{extra} "
                 f"Known keywords: {', '.join(sorted(_ADDPROCS_KEYWORDS))}."
             )
-    _check_count(n)
+    check_count(n)
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}.")
-    if env is not None and not (
-        isinstance(env, Mapping) and all(isinstance(v, str) for v in env.values())
-    ):
-        raise ConfigError("env must map variable names to string values.")
+    if env is not None:
+        if not isinstance(env, Mapping):
+            raise ConfigError(
+                f"env must map variable names to string values (e.g. {{'MY_SETTING': '1'}}), "
+                f"got a {type(env).__name__}."
+            )
+        check_env(env)
     with _lock:
         cluster = _clusters.get(template)
         if cluster is not None and cluster.status.name in ("closing", "closed"):
@@ -202,7 +206,7 @@ def rmprocs(
         cluster.close()
         return
     if isinstance(workers, int) and not isinstance(workers, bool):
-        _check_count(workers)
+        check_count(workers)
         names = cluster.sync(_pick_workers, cluster, workers)
         if len(names) < workers:
             raise ConfigError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -24,7 +25,8 @@ class ClusterSettings:
     join_timeout_s: float = 120.0
     max_replacements: int = 3
     death_timeout_s: float = 30.0
-    reconcile_interval_s: float = 0.5
+    reconcile_interval_s: float | None = None
+    """Seconds between two lists of the pool; None: the provider's pace (``provider.pace``)."""
     scheduler_host: str = "127.0.0.1"
     worker_host: str | None = "127.0.0.1"
     retire_timeout_s: float = 60.0
@@ -40,6 +42,10 @@ class ClusterSettings:
     """With spot: this many instances are regular before any is spot (a priority mix)."""
     spot_regular_percentage_above_base: float = 0.0
     """With spot: this percentage of the instances beyond the base are regular (a mix)."""
+    dashboard: bool = False
+    """Serve Dask's dashboard (plain HTTP without authentication) on ``dashboard_address``."""
+    dashboard_address: str = "127.0.0.1:8787"
+    """Where the dashboard listens: loopback unless you choose otherwise (use an ssh tunnel)."""
     workers_can_submit: bool = False
     """Let tasks act as clients (get_client, Lock, Queue); a worker can then run code in the
     caller's process, so only for workers you trust like the caller's own machine."""
@@ -73,6 +79,8 @@ _FROM_ENV = (
     "spot_base_regular_priority_count",
     "spot_regular_percentage_above_base",
     "workers_can_submit",
+    "dashboard",
+    "dashboard_address",
     "bootstrap_requirement",
     "bootstrap_pip_args",
     "max_instances",
@@ -87,9 +95,51 @@ _FROM_ENV = (
 )
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MEMORY_HINT = 'use "auto", a size such as "4GiB" or "500MB", a number of bytes, or 0 for no limit'
+
+
+def check_env(env: Mapping[str, Any]) -> None:
+    """Raise ConfigError unless ``env`` maps valid variable names to strings.
+
+    Checked before anything is made, so a bad name never leaves a half-made pool behind.
+    """
+    for key, value in env.items():
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+            raise ConfigError(
+                f"env variable name {key!r} is not valid: use letters, digits and underscores, "
+                "not starting with a digit (e.g. MY_SETTING_1)."
+            )
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"env variable {key} must be a string, got a {type(value).__name__}; "
+                f'use str(...) (e.g. {{"{key}": "1"}}).'
+            )
+
+
+def _memory_limit(value: Any, source: str) -> str | int:
+    """Return ``value`` if a Dask worker accepts it as its memory limit, else raise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value >= 0:
+            return value
+    elif isinstance(value, str):
+        from dask.utils import parse_bytes
+
+        if value.strip().lower() == "auto":
+            return value
+        try:
+            if parse_bytes(value) >= 0:
+                return value
+        except (ValueError, TypeError):
+            pass
+    raise ConfigError(
+        f"memory_limit from {source} is not a memory size ({value!r}); {_MEMORY_HINT}."
+    )
+
+
 def _coerce(name: str, value: Any, source: str) -> Any:
     default = getattr(ClusterSettings(), name)
-    kind = type(default)
+    kind = float if name == "reconcile_interval_s" else type(default)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -119,9 +169,15 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             f"to 100, got {value!r}."
         )
     if name == "memory_limit":
-        if isinstance(value, (int, str)) and not isinstance(value, bool):
-            return value
-    elif name == "worker_host":
+        return _memory_limit(value, source)
+    if name == "dashboard_address":
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        raise ConfigError(
+            f"dashboard_address from {source} must be HOST:PORT (e.g. 127.0.0.1:8787), "
+            f"got {value!r}."
+        )
+    if name == "worker_host":
         if value is None or isinstance(value, str):
             return value
     elif kind is float:

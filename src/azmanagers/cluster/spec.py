@@ -1,0 +1,54 @@
+"""What a cluster's workers boot with: the pool spec and the agent's payload."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from azmanagers.config.settings import ClusterSettings
+from azmanagers.providers.base import BootSpec, PoolSpec
+from azmanagers.tls import ClusterCredentials
+
+
+def worker_pool_spec(
+    pool: str,
+    *,
+    scheduler: str,
+    credentials: ClusterCredentials,
+    settings: ClusterSettings,
+    tags: Mapping[str, str],
+    template: Mapping[str, object],
+    env: Mapping[str, str],
+    requirements: str | None,
+) -> PoolSpec:
+    """Return the spec of a pool whose instances run a Dask worker joining ``scheduler``.
+
+    The payload carries this cluster's CA and worker key pair only, never the caller's own
+    credentials; ``requirements`` (a custom environment) adds its build deadline.
+    """
+    payload: dict[str, object] = {
+        "scheduler": scheduler,
+        "tls": credentials.worker_payload(),
+        "nthreads": settings.nthreads,
+        "memory_limit": settings.memory_limit,
+        "death_timeout_s": settings.death_timeout_s,
+        "worker_host": settings.worker_host,
+        "cluster": pool,
+        "spot": settings.spot,
+    }
+    if requirements:
+        payload["requirements"] = requirements
+        payload["env_build_timeout_s"] = settings.env_build_timeout_s
+    return PoolSpec(
+        name=pool,
+        boot=BootSpec(
+            role="worker",
+            payload=payload,
+            env=env,
+            bootstrap_requirement=settings.bootstrap_requirement,
+            bootstrap_pip_args=settings.pip_args(),
+        ),
+        tags=tags,
+        template=template,
+        max_instances=settings.max_instances,
+        priority=settings.priority(),
+    )
