@@ -20,7 +20,7 @@ _EXPORTS = {
     "AzManagersError": "azmanagers.errors",
     "ClusterClosedError": "azmanagers.errors",
     "ConfigError": "azmanagers.errors",
-    "DetachedJob": "azmanagers.detached.api",
+    "DetachedJob": "azmanagers.detached.job",
     "DetachedServiceError": "azmanagers.errors",
     "DetachedVM": "azmanagers.detached.vms",
     "InstanceFailedError": "azmanagers.errors",
@@ -114,13 +114,13 @@ if TYPE_CHECKING:
         save_template_vm,
     )
     from azmanagers.detached.api import (
-        DetachedJob,
         addproc,
         detach,
         detachat,
         rmproc,
         variablebundle,
     )
+    from azmanagers.detached.job import DetachedJob
     from azmanagers.detached.vms import DetachedVM
     from azmanagers.errors import (
         AzManagersError,

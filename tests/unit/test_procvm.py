@@ -236,6 +236,8 @@ def test_a_finished_boot_script_is_stopped_or_failed_with_its_exit_status(
     assert instance.state is state
     assert instance.exit_status == status
     assert "agent ex-0000 says hello" in provider.instance_log("ex", "ex-0000")
+    (log,) = provider.root.rglob("ex-0000/boot.log")
+    assert log.stat().st_mode & 0o777 == 0o600  # what a VM's programs print is the owner's
 
 
 def test_a_missing_interpreter_fails_the_boot_and_the_log_says_why(

@@ -76,7 +76,9 @@ def start(instance_dir: Path, custom_data: str, env: Mapping[str, str]) -> subpr
     fd = os.open(script, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(custom_data)
-    log = open(instance_dir / BOOT_LOG_NAME, "ab", buffering=0)  # noqa: SIM115
+    log_fd = os.open(instance_dir / BOOT_LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(log_fd, 0o600)  # a boot log may hold what the VM's programs print: the owner's
+    log = os.fdopen(log_fd, "ab", buffering=0)
     try:
         return subprocess.Popen(
             [
