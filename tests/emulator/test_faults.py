@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import time
 import urllib.error
@@ -254,3 +255,69 @@ def test_scaling_from_the_event_loop_checks_quota_off_the_loop(
         time.sleep(0.05)
     assert cluster.target == 2
     assert "standardDSv3Family" in caplog.text
+
+
+def _list_calls(emu: Emulator, pool: str) -> int:
+    """How many times the pool's VMs were listed (one GET per reconcile list)."""
+    listing = f"/virtualmachinescalesets/{pool.lower()}/virtualmachines"
+    return sum(
+        1
+        for c in emu.server.calls_matching("GET")
+        if c.path.split("?", 1)[0].lower().endswith(listing)
+    )
+
+
+def test_a_steady_cluster_lists_its_pool_at_the_providers_pace(
+    emulated_azure: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Joins come from the scheduler: the pool is listed every steady_s once nothing changes,
+    and every after_change_s within change_window_s of a change."""
+    from azmanagers.providers.azure.provider import AzureProvider
+    from azmanagers.providers.base import Pace
+
+    pace = Pace(steady_s=2.0, after_change_s=0.5, change_window_s=4.0)
+    monkeypatch.setattr(AzureProvider, "pace", pace)
+    cluster = azmanagers.addprocs("myscaleset", 1, waitfor=True, timeout=DEADLINE_S)
+    assert cluster.reconciler.pace == pace
+    time.sleep(pace.change_window_s + pace.steady_s)  # the join was the last change
+    window_s = 8.0
+    before = _list_calls(emulated_azure, cluster.pool)
+    time.sleep(window_s)
+    steady = _list_calls(emulated_azure, cluster.pool) - before
+    assert 1 <= steady <= window_s / pace.steady_s + 2, f"{steady} lists in {window_s} s"
+    # a user's scale is a change: the pool is listed at the fast pace again
+    cluster.scale(2)
+    before = _list_calls(emulated_azure, cluster.pool)
+    cluster.wait_for_workers(2, timeout=DEADLINE_S)
+    time.sleep(2.0)
+    assert _list_calls(emulated_azure, cluster.pool) - before >= 3
+
+
+def test_a_429_with_a_long_retry_after_stops_every_call_until_it_passes(
+    emulated_azure: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from azmanagers.errors import ThrottledError
+
+    cluster = azmanagers.addprocs(
+        "myscaleset", 1, waitfor=True, timeout=DEADLINE_S, reconcile_interval_s=0.25
+    )
+    server = emulated_azure.server
+    with caplog.at_level(logging.WARNING, logger="azmanagers.cluster"):
+        emulated_azure.state.faults.update({"reads_per_hour": 0})  # the hour's reads are spent
+        deadline = time.monotonic() + 30
+        while not [c for c in server.calls if c.status == 429]:
+            assert time.monotonic() < deadline, "the reconciler made no read"
+            time.sleep(0.1)
+        spent = len(server.calls)
+        with pytest.raises(ThrottledError, match=r"not checking the quota.*\d+ s more"):
+            cluster.scale(3)  # the quota check is a read: refused here, not sent
+        cluster.scale(0)  # a scale-down needs no quota: the target moves, no call is made
+        time.sleep(5.0)  # 20 reconcile intervals
+    assert len(server.calls) == spent, server.calls[spent:]
+    assert cluster.target == 0
+    throttled = [r for r in caplog.records if "throttling us" in r.getMessage()]
+    assert len(throttled) == 1, [r.getMessage() for r in throttled]
+    assert re.search(r"no provider calls for \d{4} s", throttled[0].getMessage())
+    emulated_azure.state.faults.update({"reads_per_hour": 12_000})  # let the teardown read
