@@ -6,8 +6,14 @@ the requests the emulator answered. The baseline in the same run is the per-inst
 the peers pay (notes: one VM per worker costs dask-cloudprovider 5 to 7 calls per worker):
 5 calls x N.
 
-Last lines: ``figure: arm_calls_at_10 VALUE calls`` and ``figure: arm_calls_at_1000 VALUE calls``
-(goal: the same count for every N, at most 60 in all).
+Then one real worker on a steady cluster (nothing changes: the reconciler lists the pool at the
+provider's steady pace, joins come from the scheduler): its ARM reads over a minute, scaled to
+an hour (goal: at most 400; listing twice a second made about 7,600). Last, the hour's reads
+are spent: ARM answers 429 with a Retry-After of about an hour, and no call may follow.
+
+Last lines: ``figure: arm_calls_at_10 VALUE calls``, ``figure: arm_calls_at_1000 VALUE calls``
+(goal: the same count for every N, at most 60 in all) and
+``figure: arm_reads_per_idle_hour VALUE calls``.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 SIZES = (1, 10, 100, 1000)
 CYCLES = 10
@@ -24,6 +31,11 @@ PER_WORKER_PEER_CALLS = 5
 SUB = "00000000-0000-0000-0000-00000000bead"
 RG = "azm-bench"
 DEADLINE_S = 120.0
+IDLE_WINDOW_S = 60.0
+"""How long the steady cluster's reads are counted (then scaled to an hour)."""
+THROTTLED_WINDOW_S = 20.0
+"""How long no call may follow a 429 with a long Retry-After."""
+HOUR_S = 3600.0
 
 
 def count_calls(n: int) -> int:
@@ -63,20 +75,83 @@ def count_calls(n: int) -> int:
         emu.stop()
 
 
+def _reads(emu: object) -> int:
+    return len(emu.server.calls_matching("GET"))  # type: ignore[attr-defined]
+
+
+def idle_reads_and_throttle() -> tuple[float, float, int]:
+    """Return (reads per idle hour, the 429's Retry-After, calls made during it)."""
+    import azmanagers
+    from azmanagers.emulator import sample_scaleset_template, start_emulator
+    from azmanagers.providers.azure._clients import ArmSettings, resource_client
+
+    folder = tempfile.mkdtemp(prefix="azm-bench-emu-")
+    emu = start_emulator(run_instances=True, folder=Path(folder))
+    try:
+        os.environ.update(emu.environment())
+        resource_client(ArmSettings.from_environment(), SUB).resource_groups.create_or_update(
+            RG, {"location": "southcentralus"}
+        )
+        azmanagers.save_template_scaleset("idle", sample_scaleset_template("idle", SUB, RG))
+        cluster = azmanagers.addprocs("idle", 1, waitfor=True, timeout=DEADLINE_S)
+        pace = cluster.reconciler.pace
+        deadline = time.monotonic() + pace.change_window_s + DEADLINE_S
+        while cluster.reconciler.interval_s() < pace.steady_s:  # the join was a change
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster never became steady")
+            time.sleep(0.5)
+        start = _reads(emu)
+        time.sleep(IDLE_WINDOW_S)
+        per_hour = (_reads(emu) - start) * HOUR_S / IDLE_WINDOW_S
+        if cluster.nworkers() != 1:
+            raise RuntimeError("the idle cluster lost its worker")
+
+        emu.state.faults.update({"reads_per_hour": 0})  # the hour's reads are spent
+        cluster.reconciler.changed(wake=True)  # a change: list now, at the fast pace after
+        deadline = time.monotonic() + DEADLINE_S
+        while not (throttled := [c for c in emu.server.calls if c.status == 429]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("no read reached ARM after the reads were spent")
+            time.sleep(0.1)
+        retry_after_s = cluster.reconciler.gate.throttled_for_s()
+        spent = len(emu.server.calls)
+        time.sleep(THROTTLED_WINDOW_S)
+        during = len(emu.server.calls) - spent
+        del throttled
+        emu.state.faults.update({"reads_per_hour": 12_000})  # let the teardown poll
+        azmanagers.rmprocs()
+        return per_hour, retry_after_s, during
+    finally:
+        emu.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> int:
     home = tempfile.mkdtemp(prefix="azm-bench-home-")
     os.environ["AZMANAGERS_HOME"] = home
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     try:
         counts = {n: count_calls(n) for n in SIZES}
+        per_hour, retry_after_s, during = idle_reads_and_throttle()
     finally:
         shutil.rmtree(home, ignore_errors=True)
     print(f"{'N':>5} {'ARM calls':>10} {'per-worker peers (5 x N)':>25} {'ratio':>8}")
     for n, calls in counts.items():
         peer = PER_WORKER_PEER_CALLS * n
         print(f"{n:>5} {calls:>10} {peer:>25} {calls / peer:>8.3f}")
+    print(
+        f"steady cluster: {per_hour:.0f} ARM reads an hour (measured over {IDLE_WINDOW_S:g} s; "
+        "listing twice a second would make about 7,200)"
+    )
+    print(
+        f"reads spent: ARM answered 429, Retry-After {retry_after_s:.0f} s; ARM calls in the "
+        f"next {THROTTLED_WINDOW_S:g} s: {during}"
+    )
+    if during:
+        raise SystemExit("the cluster kept calling ARM during a Retry-After")
     print(f"figure: arm_calls_at_10 {counts[10]} calls")
     print(f"figure: arm_calls_at_1000 {counts[1000]} calls")
+    print(f"figure: arm_reads_per_idle_hour {per_hour:.0f} calls")
     return 0
 
 
