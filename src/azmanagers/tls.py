@@ -130,7 +130,9 @@ def make_cluster_credentials(cluster: str, hosts: list[str] | None = None) -> Cl
     """Create a fresh CA for ``cluster`` and the three key pairs it signs."""
     hosts = hosts or ["127.0.0.1", "localhost"]
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name(f"azmanagers CA {cluster}"))])
+    ca_name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, common_name(f"azmanagers CA {cluster}"))]
+    )
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_cert = (
         x509.CertificateBuilder()
