@@ -120,23 +120,40 @@ def is_alive(handle: ProcessHandle) -> bool:
         return False
 
 
-def group_members(handle: ProcessHandle, instance_dir: Path | None = None) -> list[psutil.Process]:
+def leader_matches(handle: ProcessHandle) -> bool:
+    """Tell whether ``handle.pid`` is still the process the record names (same start time).
+
+    After a reboot or a long time, a stale record's pid may lead someone else's session: only
+    a leader whose start time matches the record (within 0.01 s) is ours to signal.
+    """
+    if not handle.create_time:
+        return False
+    try:
+        return abs(psutil.Process(handle.pid).create_time() - handle.create_time) <= 0.01
+    except psutil.Error:
+        return False
+
+
+def group_members(
+    handle: ProcessHandle | None, instance_dir: Path | None = None
+) -> list[psutil.Process]:
     """Return the live processes of a process-VM.
 
-    They are the members of its session (started no earlier than its leader, so a reused pid
-    is not mistaken for it) and, given ``instance_dir``, any process whose environment names
-    that folder: a task that started a session of its own does not escape.
+    They are the members of its session while its leader is the process the record names
+    (``leader_matches``) and, given ``instance_dir``, any process whose environment names
+    that folder: a task that started a session of its own does not escape, and a reused pid
+    never makes someone else's session ours.
     """
     marker = str(instance_dir) if instance_dir is not None else None
+    session = handle.pid if handle is not None and leader_matches(handle) else None
     members = []
     for proc in psutil.process_iter(["pid"]):
         with contextlib.suppress(psutil.Error, OSError):
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if (
-                os.getsid(proc.pid) == handle.pid
-                and proc.create_time() >= handle.create_time - 0.01
-            ) or (marker is not None and proc.environ().get(_MARKER) == marker):
+            if (session is not None and os.getsid(proc.pid) == session) or (
+                marker is not None and proc.environ().get(_MARKER) == marker
+            ):
                 members.append(proc)
     return members
 
@@ -149,24 +166,38 @@ def exit_status(instance_dir: Path) -> int | None:
         return None
 
 
-def _signal_all(handle: ProcessHandle, members: list[psutil.Process], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(handle.pid, sig)
-    for proc in members:  # those that left the group
+def _signal_all(handle: ProcessHandle | None, members: list[psutil.Process], sig: int) -> None:
+    if handle is not None and leader_matches(handle):  # never a group whose leader is not ours
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(handle.pid, sig)
+    for proc in members:  # those that left the group, or whose leader is gone
         with contextlib.suppress(psutil.Error, OSError):
             proc.send_signal(sig)
 
 
 def stop(
-    handle: ProcessHandle,
+    handle: ProcessHandle | None,
     proc: subprocess.Popen[bytes] | None = None,
     *,
     instance_dir: Path | None = None,
     grace_s: float = STOP_GRACE_S,
 ) -> None:
-    """Stop every process of the process-VM: SIGTERM, SIGKILL after ``grace_s``; reap."""
+    """Stop every process of the process-VM: SIGTERM, SIGKILL after ``grace_s``; reap.
+
+    Parameters
+    ----------
+    handle
+        The VM's leader as its record names it; None when the record cannot be read (then
+        only the processes marked with ``instance_dir`` are stopped).
+    proc
+        The leader's ``Popen`` in the process that started it, to reap it.
+    instance_dir
+        The VM's folder: processes whose ``AZMANAGERS_INSTANCE_DIR`` names it are its own.
+    grace_s
+        Seconds between SIGTERM and SIGKILL, and the bound of each wait.
+    """
     members = group_members(handle, instance_dir)
-    if members or is_alive(handle):
+    if members:
         _signal_all(handle, members, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
