@@ -153,7 +153,10 @@ def _check_json_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     capsys.readouterr()
     assert main(["vm", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [(v["name"], v["status"], v["answers"]) for v in listed] == [("clivm", "up", True)]
+    assert listed["problems"] == []
+    assert [(v["name"], v["status"], v["answers"]) for v in listed["vms"]] == [
+        ("clivm", "up", True)
+    ]
     token = load_vm("clivm").token
     script = tmp_path / "json-job.py"
     script.write_text("print('from json')\n")

@@ -158,3 +158,42 @@ def test_a_new_vm_name_that_would_not_fit_is_refused_where_it_is_given(
     assert list_vm_names() == []
     assert not (azm_home / "state" / "local" / "vms").exists()  # nothing was made
     assert check_vm_name("v" * 40) == "v" * 40
+
+
+# -- breaker findings: a record is reserved whole, trusted only under its own name -----------
+
+
+def test_a_name_is_reserved_once_and_only_its_own_record_is_deleted(azm_home: Path) -> None:
+    store = RecordStore(SWEEPS, Sweep)
+    first = store.create(Sweep("nightly", 1))
+    assert first is not None and first.updated_at > 0
+    assert store.create(Sweep("nightly", 2)) is None  # taken: the first record stays whole
+    assert store.load("nightly") == first
+    assert [p.name for p in store.folder.iterdir()] == ["nightly.json"]  # no temporary left
+    store.delete("nightly", only=lambda found: found.runs == 2)  # not the one that call wrote
+    assert store.load("nightly") == first
+    store.delete("nightly", only=lambda found: found.runs == 1)
+    assert store.load("nightly") is None
+
+
+def test_a_copied_record_is_refused_by_the_name_of_its_file(azm_home: Path) -> None:
+    store = RecordStore(SWEEPS, Sweep)
+    store.save(Sweep("victim", 1))
+    copy = store.folder / "victim-backup.json"
+    copy.write_text(store.path("victim").read_text())
+    copy.chmod(0o600)
+    assert store.names() == ["victim", "victim-backup"]
+    with pytest.raises(ConfigError, match=r"victim-backup\.json.*names 'victim'"):
+        store.load("victim-backup")
+
+
+def test_a_record_others_can_read_is_made_0600_with_a_warning(
+    azm_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RecordStore(SWEEPS, Sweep)
+    written = store.save(Sweep("open", 1))
+    store.path("open").chmod(0o644)
+    with caplog.at_level("WARNING", logger="azmanagers.state"):
+        assert store.load("open") == written
+    assert stat.S_IMODE(store.path("open").stat().st_mode) == 0o600
+    assert "open.json" in caplog.text and "0644" in caplog.text

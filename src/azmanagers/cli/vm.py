@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from azmanagers.cli.options import JsonOption, echo_json
+
+if TYPE_CHECKING:
+    from azmanagers.detached.vms import VMSummary
 
 vm_app = typer.Typer(
     name="vm",
@@ -52,23 +55,32 @@ def vm_create(
 
 @vm_app.command("list")
 def vm_list(json_out: JsonOption = False) -> None:
-    """List the detached VMs recorded on this machine, and whether each answers."""
-    from azmanagers.detached.vms import list_vm_names, load_vm
+    """List the detached VMs recorded on this machine, and whether each answers.
 
-    vms = [load_vm(name) for name in list_vm_names()]
-    summaries = [vm.summary(answers=vm.ping()) for vm in vms]
+    A record file that cannot be read is reported (on stderr; with --json under
+    ``problems``) and the others are listed; the exit status is then 1.
+    """
+    from azmanagers.detached.listing import list_vms
+
+    listing = list_vms()
     if json_out:
-        echo_json(summaries)
-        return
-    if not summaries:
+        echo_json(listing)
+    elif not listing.vms and not listing.problems:
         typer.echo("no detached VMs (create one with: azm vm create)")
-        return
+    else:
+        _print_vms(listing.vms)
+        for problem in listing.problems:
+            typer.echo(f"cannot list {problem.file}: {problem.error}", err=True)
+    if listing.problems:
+        raise typer.Exit(1)
+
+
+def _print_vms(vms: list[VMSummary]) -> None:
     typer.echo(f"{'NAME':<20} {'PROVIDER':<8} {'ADDRESS':<22} {'STATE':<8} CREATED")
-    for vm in summaries:
-        state = "up" if vm.answers else "down" if vm.status == "up" else vm.status
-        address = f"{vm.host}:{vm.port}"
+    for vm in vms:
+        address = f"{vm.host}:{vm.port}" if vm.host else "-"  # not known until the VM exists
         typer.echo(
-            f"{vm.name:<20} {vm.provider:<8} {address:<22} {state:<8} {_when(vm.created_at)}"
+            f"{vm.name:<20} {vm.provider:<8} {address:<22} {vm.state:<8} {_when(vm.created_at)}"
         )
 
 

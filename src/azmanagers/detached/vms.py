@@ -89,8 +89,9 @@ class DetachedVM(VMRecord):
         running_jobs)."""
         return self.service_info().to_json()
 
-    def summary(self, answers: bool | None = None) -> VMSummary:
-        """The record without its secrets, for listings (``answers``: did it ping)."""
+    def summary(self, answers: bool | None = None, state: str = "") -> VMSummary:
+        """The record without its secrets, for listings (``answers``: did it ping;
+        ``state``: what was seen of it, see ``VMSummary.state``)."""
         return VMSummary(
             name=self.name,
             template=self.template,
@@ -102,6 +103,7 @@ class DetachedVM(VMRecord):
             created_at=self.created_at,
             updated_at=self.updated_at,
             answers=answers,
+            state=state or self.status,
         )
 
 
@@ -119,6 +121,11 @@ class VMSummary:
     created_at: float
     updated_at: float
     answers: bool | None = None
+    state: str = ""
+    """What was seen of the VM when listed: ``up`` (its service answered), ``down`` (recorded
+    up, no answer), ``booting``/``stopped``/``failed`` (the provider's view of a VM whose
+    service never answered), ``gone`` (the provider has no such VM: ``rmproc`` forgets it),
+    else the record's status (the provider could not be asked)."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -151,14 +158,28 @@ def load_vm(name: str) -> DetachedVM:
     return found
 
 
-def forget_vm(name: str) -> None:
-    """Delete the VM's record."""
-    _STORE.delete(name)
+def forget_vm(name: str, only_token: str | None = None) -> None:
+    """Delete the VM's record (with ``only_token``: only if the record holds that token,
+    i.e. it is the one this process wrote)."""
+    if only_token is None:
+        _STORE.delete(name)
+    else:
+        _STORE.delete(name, only=lambda found: found.token == only_token)
 
 
 def list_vm_names() -> list[str]:
     """The names of the recorded detached VMs."""
     return _STORE.names()
+
+
+def provider_of(template: str) -> Provider:
+    """The provider of a VM template."""
+    from azmanagers.config.template_schema import template_provider
+    from azmanagers.config.templates import load_template_vm
+    from azmanagers.providers import get_provider
+
+    tmpl = load_template_vm(template)
+    return get_provider(template_provider(tmpl), tmpl)
 
 
 def _free_local_port() -> int:
@@ -218,8 +239,9 @@ def create_vm(
         template=tmpl,
         nic_template=nic,
     )
-    # Recorded before the cloud call, so that a crash part-way leaves a record to rmproc.
-    vm = save_vm(
+    # Recorded before the cloud call, so that a crash part-way leaves a record to rmproc; the
+    # record is created only if there is none: it reserves the name.
+    reserved = _STORE.create(
         DetachedVM(
             name=name,
             template=template,
@@ -233,18 +255,28 @@ def create_vm(
             status="creating",
         )
     )
+    if reserved is None:
+        raise ConfigError(
+            f"a detached VM named {name!r} exists already (another create took the name); "
+            "rmproc it or pick another name."
+        )
+    vm = reserved
     try:
         info = provider.create_vm(spec)
-    except BaseException:
-        forget_vm(name)  # no VM was made (or the provider cleaned up): nothing to keep
+    except Exception:
+        forget_vm(name, only_token=token)  # the provider made no VM (or cleaned up)
         raise
+    # Interrupted (Ctrl-C) during the call, the VM may exist: the record stays ``creating``
+    # so that rmproc can delete it.
     vm = save_vm(replace(vm, host=info.address, status="booting"))
     limit = timeout or (LOCAL_READY_TIMEOUT_S if local else AZURE_READY_TIMEOUT_S)
     try:
         _wait_ready(vm, provider, limit, progress)
-    except BaseException:
+    except (DetachedServiceError, WaitTimeoutError):
         save_vm(replace(vm, status="failed"))  # kept: rmproc deletes the VM
         raise
+    # Interrupted while it boots, the VM runs on: the record stays ``booting`` (list_vms
+    # records it ``up`` once it answers).
     return save_vm(replace(vm, status="up"))
 
 
@@ -313,13 +345,8 @@ def _boot_log(provider: Provider, name: str) -> str:
 
 def delete_vm(vm: DetachedVM | str) -> None:
     """Delete a detached VM (its running jobs end with it) and forget its record."""
-    from azmanagers.config.template_schema import template_provider
-    from azmanagers.config.templates import load_template_vm
-    from azmanagers.providers import get_provider
-
     record = load_vm(vm) if isinstance(vm, str) else vm
-    tmpl = load_template_vm(record.template)
-    provider = get_provider(template_provider(tmpl), tmpl)
+    provider = provider_of(record.template)
     if _STORE.exists(record.name):
         save_vm(replace(record, status="deleting"))
     provider.delete_vm(record.name)

@@ -4,7 +4,13 @@ A record is a frozen dataclass with ``name``, ``status`` and ``updated_at``; a s
 one kind of record in ``AZMANAGERS_HOME/state/<kind>/<name>.json``, adding ``kind`` and
 ``schema_version``, written atomically with mode 0600 and never pickled, so another process
 (or a newer version) can read it. A record of an older schema is upgraded as it is read;
-one of a newer schema is refused with a ConfigError that says to upgrade. Detached VMs live
+one of a newer schema is refused with a ConfigError that says to upgrade. A record is read
+only from the file of its own name: a copy (``victim-backup.json`` naming ``victim``) is
+refused with an error naming the file. A record others may read or write (not 0600: someone
+copied it, or an old version wrote it) is made 0600 as it is read, with a warning logged: it
+may hold a token, and refusing it would strand the VM it records. ``create`` reserves a name
+atomically (no two processes both create ``x``), and ``delete(name, only=...)`` lets a call
+clean up its own record only, never one another call wrote since. Detached VMs live
 here now (kind ``detached``); named clusters and sweeps are the next kinds. The cloud's tags
 are the truth: a record is a cache of them.
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import re
+import stat
+import tempfile
 import time
 import types
 import typing
@@ -13,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from azmanagers.config.paths import atomic_write_text, state_dir
+from azmanagers.config.paths import FILE_MODE, atomic_write_text, ensure_dir, state_dir
 from azmanagers.errors import ConfigError
+
+logger = logging.getLogger("azmanagers.state")
 
 KIND_KEY = "kind"
 VERSION_KEY = "schema_version"
@@ -105,6 +111,36 @@ class RecordStore(Generic[R]):
 
     def save(self, record: R) -> R:
         """Write ``record`` atomically (mode 0600), stamping ``updated_at``; return it."""
+        stamped, text = self._stamped(record)
+        atomic_write_text(self.path(record.name), text)
+        return stamped
+
+    def create(self, record: R) -> R | None:
+        """Write ``record`` only if no record of its name exists; return it as written, or
+        None when the name is taken (the record there is left as it is).
+
+        The whole file appears at once (written aside, then hard-linked into place), so two
+        processes creating the same name cannot both succeed nor see half a record.
+        """
+        stamped, text = self._stamped(record)
+        path = self.path(record.name)
+        folder = ensure_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".new")
+        try:
+            os.fchmod(fd, FILE_MODE)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return stamped
+
+    def _stamped(self, record: R) -> tuple[R, str]:
         if record.status not in self.kind.statuses:
             raise ValueError(f"{record.status!r} is not a status of a {self.kind.name} record")
         stamped = dataclasses.replace(record, updated_at=time.time())
@@ -113,14 +149,15 @@ class RecordStore(Generic[R]):
             VERSION_KEY: self.kind.schema_version,
             **dataclasses.asdict(stamped),
         }
-        atomic_write_text(self.path(record.name), json.dumps(data, indent=1, sort_keys=True))
-        return stamped
+        return stamped, json.dumps(data, indent=1, sort_keys=True)
 
     def load(self, name: str) -> R | None:
         """Read the record ``name`` (upgrading an older schema); None when there is none."""
         path = self.path(name)
         try:
-            text = path.read_text(encoding="utf-8")
+            with open(path, encoding="utf-8") as handle:
+                self._make_private(path, handle.fileno())
+                text = handle.read()
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError) as exc:
@@ -133,9 +170,32 @@ class RecordStore(Generic[R]):
             raise self._bad(path, "not a JSON object")
         return self._from_json(path, data)
 
-    def delete(self, name: str) -> None:
-        """Delete the record ``name`` (nothing when there is none)."""
+    def delete(self, name: str, only: Callable[[R], bool] | None = None) -> None:
+        """Delete the record ``name`` (nothing when there is none).
+
+        With ``only``, delete it only when ``only(record)`` holds for the record stored now
+        (a call cleaning up after itself deletes its own record, not one written since); a
+        record that cannot be read is then kept.
+        """
+        if only is not None:
+            try:
+                found = self.load(name)
+            except ConfigError:
+                return
+            if found is None or not only(found):
+                return
         self.path(name).unlink(missing_ok=True)
+
+    def _make_private(self, path: Path, fd: int) -> None:
+        """A record holds secrets: one that others may read or write is made 0600 (warned)."""
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        if mode & 0o077:
+            os.fchmod(fd, FILE_MODE)
+            logger.warning(
+                "%s had mode %04o: others could read it (it may hold a token); made it 0600",
+                path,
+                mode,
+            )
 
     def _bad(self, path: Path, why: str) -> ConfigError:
         what = self.kind.description or f"{self.kind.name} record"
@@ -175,6 +235,12 @@ class RecordStore(Generic[R]):
                 raise self._bad(path, f"{key} = {value!r} is not a {self._types[key]}")
         if data.get("status") not in self.kind.statuses:
             raise self._bad(path, f"status {data.get('status')!r} is unknown")
+        if data.get("name") != path.stem:
+            raise self._bad(
+                path,
+                f"it names {data.get('name')!r}, but a record is read only from the file of "
+                f"its own name ({data.get('name')}.json; a copy is not a record)",
+            )
         return self.record_type(**data)
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from azmanagers.config.paths import HOME_ENV, atomic_write_json, read_json
 from azmanagers.errors import ConfigError, ProviderError
@@ -55,6 +58,26 @@ def read_tags(path: Path) -> dict[str, str] | None:
     return tags
 
 
+def _make_private_dirs(folder: Path) -> None:
+    """Create ``folder`` and each missing folder above it with mode 0700 (mkdir's
+    ``parents=True`` would make those 0755); ``folder`` itself must not exist."""
+    missing = [folder]
+    while not missing[-1].parent.exists():
+        missing.append(missing[-1].parent)
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=path != folder)
+
+
+def _remove_half_made(folder: Path) -> None:
+    """Stop what runs in a VM folder that has no record (its creator was killed part-way)
+    and remove it: the caller holds the VM's name, so nothing else is making it."""
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if proc.environ().get("AZMANAGERS_INSTANCE_DIR") == str(folder):
+                proc.kill()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 class LocalVMs:
     """Process-VMs that run a VM's boot script; the address of each is 127.0.0.1."""
 
@@ -80,31 +103,42 @@ class LocalVMs:
                     f"a local VM named {spec.name!r} exists; delete it first (azm vm delete) "
                     "or pick another name."
                 )
+            if folder.exists():  # half-made by a create killed before it wrote vm.json
+                _remove_half_made(folder)
             try:
-                folder.mkdir(parents=True, mode=0o700)
+                _make_private_dirs(folder)
             except OSError as exc:
                 raise ProviderError(f"cannot create local VM {spec.name}: {exc}") from exc
-            extra = {"AZMANAGERS_INSTANCE_ID": spec.name, "AZMANAGERS_AGENT_HOME": str(folder)}
-            if self.caller_home is not None:
-                extra[HOME_ENV] = str(self.caller_home)
-            env = procvm.instance_environment(folder, extra)
+            proc: subprocess.Popen[bytes] | None = None
             try:
-                proc = procvm.start(folder, boot.render(spec.boot), env)
-            except OSError as exc:
+                extra = {
+                    "AZMANAGERS_INSTANCE_ID": spec.name,
+                    "AZMANAGERS_AGENT_HOME": str(folder),
+                }
+                if self.caller_home is not None:
+                    extra[HOME_ENV] = str(self.caller_home)
+                env = procvm.instance_environment(folder, extra)
+                try:
+                    proc = procvm.start(folder, boot.render(spec.boot), env)
+                except OSError as exc:
+                    raise ProviderError(f"cannot start local VM {spec.name}: {exc}") from exc
+                handle = procvm.handle_of(proc)
+                atomic_write_json(
+                    folder / VM_FILE,
+                    {
+                        "name": spec.name,
+                        "pid": handle.pid,
+                        "create_time": handle.create_time,
+                        "created_at": time.time(),
+                        "tags": dict(spec.tags),
+                    },
+                )
+            except BaseException:  # an error or Ctrl-C: no half-made VM is left
+                if proc is not None:
+                    procvm.stop(procvm.handle_of(proc), proc, instance_dir=folder)
                 shutil.rmtree(folder, ignore_errors=True)
-                raise ProviderError(f"cannot start local VM {spec.name}: {exc}") from exc
-            handle = procvm.handle_of(proc)
+                raise
             self._procs[spec.name] = proc
-            atomic_write_json(
-                folder / VM_FILE,
-                {
-                    "name": spec.name,
-                    "pid": handle.pid,
-                    "create_time": handle.create_time,
-                    "created_at": time.time(),
-                    "tags": dict(spec.tags),
-                },
-            )
         info = self.get(spec.name)
         if info is None:  # pragma: no cover - we just wrote it
             raise ProviderError(f"local VM {spec.name} vanished as it was created.")
