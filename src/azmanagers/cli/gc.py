@@ -29,8 +29,10 @@ def gc_command(
                 f"{verb} {item.provider} {item.kind} {item.name} "
                 f"(cluster {item.cluster}): {item.reason}"
             )
-        if not report.collected:
+        if not report.collected and not report.not_collected:
             typer.echo("nothing to collect")
+        elif not report.collected:
+            typer.echo(f"nothing {verb}: see what could not be collected below", err=True)
         for problem in report.not_collected:
             where = f" ({problem.file})" if problem.file else ""
             typer.echo(f"not collected: {problem.what}{where}: {problem.error}", err=True)

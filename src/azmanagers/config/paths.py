@@ -88,7 +88,8 @@ def read_json(path: Path, *, default: Any = None) -> Any:
     Raises
     ------
     ConfigError
-        The file cannot be read, is not UTF-8, or is not JSON; the message names it.
+        The file cannot be read, is not UTF-8, is not JSON, nests too deeply or holds a
+        number too long to convert; the message names it.
     """
     try:
         text = path.read_text(encoding="utf-8")
@@ -101,12 +102,20 @@ def read_json(path: Path, *, default: Any = None) -> Any:
     except UnicodeDecodeError as exc:
         raise ConfigError(
             f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}). "
-            "Fix or remove the file (save it as UTF-8); nothing was changed."
+            "Fix or remove the file (save it as UTF-8)."
         ) from exc
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}). "
-            "Fix or remove the file; nothing was changed."
+            "Fix or remove the file."
+        ) from exc
+    except RecursionError:
+        raise ConfigError(
+            f"{path} nests its JSON too deeply to be read. Fix or remove the file."
+        ) from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits
+        raise ConfigError(
+            f"{path} cannot be read as JSON ({exc}). Fix or remove the file."
         ) from exc

@@ -198,9 +198,11 @@ def _collect(place: _Place, report: GcReport, *, cluster: str | None) -> None:
     except Exception as exc:  # one provider must not stop the others
         report.not_collected.append(NotCollected(place.label, "", str(exc)))
         return
+    reported: dict[str, NotCollected] = {}
     for record in unreadable:  # whose it is cannot be told: reported, never deleted
         what = f"an unreadable {provider.name} record"
-        report.not_collected.append(NotCollected(what, record.path, record.reason))
+        reported[record.path] = NotCollected(what, record.path, record.reason)
+        report.not_collected.append(reported[record.path])
     for resource in resources:
         reason = _reason(resource)
         if reason is None:
@@ -217,7 +219,21 @@ def _collect(place: _Place, report: GcReport, *, cluster: str | None) -> None:
             try:
                 provider.delete_owned_resource(resource)
             except Exception as exc:  # one resource must not stop the others
-                what = f"{provider.name} {resource.kind} {resource.name}"
-                report.not_collected.append(NotCollected(what, "", str(exc)))
+                _failed(report, reported, f"{provider.name} {resource.kind} {resource.name}", exc)
                 continue
         report.collected.append(found)
+
+
+def _failed(report: GcReport, reported: dict[str, NotCollected], what: str, exc: Exception) -> None:
+    """Report a deletion that failed, with each unreadable record its message names.
+
+    An unreadable record the deletion tripped on was reported before the deletion; its
+    entry gives way to the deletion's, which says what was done and keeps the file.
+    """
+    message = str(exc)
+    named = [path for path in reported if path in message]
+    for path in named:
+        report.not_collected.remove(reported.pop(path))
+        report.not_collected.append(NotCollected(what, path, message))
+    if not named:
+        report.not_collected.append(NotCollected(what, "", message))

@@ -27,7 +27,8 @@ _POLL_S = 0.1
 # Variables a process-VM inherits from the caller: nothing else of the caller's
 # environment (tokens, keys, credentials) reaches an instance.
 _INHERITED = ("PATH", "LANG", "LC_ALL", "TZ", "SYSTEMROOT")
-_MARKER = "AZMANAGERS_INSTANCE_DIR"
+MARKER = "AZMANAGERS_INSTANCE_DIR"
+"""The variable naming a process-VM's folder; every process it starts inherits it."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ def instance_environment(instance_dir: Path, extra: Mapping[str, str]) -> dict[s
         {
             "HOME": str(instance_dir),
             "TMPDIR": str(tmp),
-            _MARKER: str(instance_dir),
+            MARKER: str(instance_dir),
             "AZMANAGERS_PYTHON": sys.executable,
             "PYTHONPATH": package_root(),
             "PYTHONUNBUFFERED": "1",
@@ -152,7 +153,7 @@ def group_members(
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue
             if (session is not None and os.getsid(proc.pid) == session) or (
-                marker is not None and proc.environ().get(_MARKER) == marker
+                marker is not None and proc.environ().get(MARKER) == marker
             ):
                 members.append(proc)
     return members

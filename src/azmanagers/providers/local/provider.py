@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,44 @@ from azmanagers.providers.tags import TAG_CLUSTER, TAG_OWNER, owner_alive
 _POOL_FILE = "pool.json"
 _INSTANCE_FILE = "instance.json"
 _DELETE_WAIT_S = 30.0
+_INSTANCE_KEYS = {"id": str, "pid": int, "create_time": float, "created_at": float}
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """An instance folder whose record cannot be read: where, and why."""
+
+    folder: Path
+    path: str
+    reason: str
+
+
+def _is_a(value: object, kind: type) -> bool:
+    """Tell whether a JSON value is of ``kind`` (a whole number counts as a float)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
+def _read_instance(folder: Path) -> dict[str, Any] | None:
+    """Return an instance's record; None while it has none (it is being started).
+
+    Raises
+    ------
+    ConfigError
+        The record is not UTF-8 JSON, not an object, or lacks a key of the right type.
+    """
+    path = folder / _INSTANCE_FILE
+    info = read_json(path)
+    if info is None and not path.exists():
+        return None
+    if not isinstance(info, dict) or not all(
+        _is_a(info.get(key), kind) for key, kind in _INSTANCE_KEYS.items()
+    ):
+        raise ConfigError(
+            f"{path} is not an instance record (a JSON object with {', '.join(_INSTANCE_KEYS)})."
+        )
+    return info
 
 
 class LocalProvider:
@@ -191,8 +230,8 @@ class LocalProvider:
         out = []
         instances_dir = self._pool_dir(pool) / "instances"
         for entry in sorted(instances_dir.iterdir()) if instances_dir.exists() else []:
-            info = read_json(entry / _INSTANCE_FILE)
-            if not isinstance(info, dict):
+            info = _read_instance(entry)
+            if info is None:
                 continue
             proc = self._procs.get(info["id"])
             if proc is not None:
@@ -226,8 +265,8 @@ class LocalProvider:
             removed = 0
             for instance_id in instance_ids:
                 instance_dir = self._instance_dir(pool, instance_id)
-                info = read_json(instance_dir / _INSTANCE_FILE)
-                if not isinstance(info, dict) or info.get("deleting"):
+                info = _read_instance(instance_dir)
+                if info is None or info.get("deleting"):
                     continue
                 info["deleting"] = True
                 atomic_write_json(instance_dir / _INSTANCE_FILE, info)
@@ -264,7 +303,12 @@ class LocalProvider:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def delete_pool(self, pool: str, *, wait: bool = True) -> None:
-        """Stop every instance of the pool and remove its folder."""
+        """Stop every instance of the pool and remove its folder.
+
+        An instance whose record cannot be read still has its processes stopped (found by
+        their ``AZMANAGERS_INSTANCE_DIR``); its record and the pool folder are then kept and
+        ``ProviderError`` names the record, once every other instance was deleted.
+        """
         pool_dir = self._pool_dir(pool)
         if not (pool_dir / _POOL_FILE).exists():
             return
@@ -272,15 +316,18 @@ class LocalProvider:
             meta = self._pool_meta(pool)
             meta["deleting"] = True
             atomic_write_json(pool_dir / _POOL_FILE, meta)
-            ids = [i.id for i in self._scan(pool)]
-            self.delete_instances(pool, ids)
+            readable, unreadable = self._instance_records(pool)
+            self.delete_instances(pool, [str(info["id"]) for info in readable])
+            for record in unreadable:
+                self._stop_unreadable(record.folder)
 
         key = f"pool:{pool}"
 
         def finish() -> None:
             try:
                 self.wait_deleted()
-                shutil.rmtree(pool_dir, ignore_errors=True)
+                if not unreadable:
+                    shutil.rmtree(pool_dir, ignore_errors=True)
             finally:
                 self._stopping.pop(key, None)
 
@@ -290,6 +337,43 @@ class LocalProvider:
             thread = threading.Thread(target=finish, name=f"azm-delete-{pool}", daemon=True)
             self._stopping[key] = thread
             thread.start()
+        if unreadable:
+            done = "were stopped" if wait else "are being stopped"
+            raise ProviderError(
+                f"local pool {pool!r} was not wholly deleted: "
+                + "; ".join(f"{r.path} cannot be read ({r.reason})" for r in unreadable)
+                + f". Its processes (found by their {procvm.MARKER}) {done} and the pool's "
+                f"other instances deleted; {pool_dir} was kept with what could not be read: "
+                "look at it, then remove that folder."
+            )
+
+    def _stop_unreadable(self, folder: Path) -> None:
+        """Stop, in the background, the processes marked with an unreadable instance's folder."""
+        key = f"unreadable:{folder}"
+
+        def run() -> None:
+            try:
+                procvm.stop(None, instance_dir=folder)
+            finally:
+                self._stopping.pop(key, None)
+
+        thread = threading.Thread(target=run, name=f"azm-stop-{folder.name}", daemon=True)
+        self._stopping[key] = thread
+        thread.start()
+
+    def _instance_records(self, pool: str) -> tuple[list[dict[str, Any]], list[_Unreadable]]:
+        """Return the pool's readable instance records and the ones that cannot be read."""
+        readable, unreadable = [], []
+        instances_dir = self._pool_dir(pool) / "instances"
+        for entry in sorted(instances_dir.iterdir()) if instances_dir.is_dir() else []:
+            try:
+                info = _read_instance(entry)
+            except ConfigError as exc:
+                unreadable.append(_Unreadable(entry, str(entry / _INSTANCE_FILE), str(exc)))
+                continue
+            if info is not None:
+                readable.append(info)
+        return readable, unreadable
 
     def instance_log(self, pool: str, instance_id: str, *, tail_bytes: int = 4096) -> str:
         """Return the end of the instance's boot log (also after it was deleted)."""
@@ -340,13 +424,25 @@ class LocalProvider:
         return out
 
     def list_unreadable_resources(self) -> list[UnreadableResource]:
-        """Return each ``pool.json`` or ``vm.json`` that cannot be read, and why."""
+        """Return each ``pool.json`` or ``vm.json`` that cannot be read, and why.
+
+        An instance record (``instance.json``) of a pool that cannot be read is listed too:
+        deleting its pool stops its processes by their marker but keeps the record.
+        """
         out = []
-        for _kind, _name, path in self._records():
+        for kind, name, path in self._records():
             try:
                 read_tags(path)
             except ConfigError as exc:
                 out.append(UnreadableResource(path=str(path), reason=str(exc)))
+                continue
+            for record in self._instance_records(name)[1] if kind == "pool" else []:
+                reason = (
+                    f"{record.reason} Deleting pool {name!r} stops this instance's processes "
+                    f"(found by their {procvm.MARKER}) and keeps {record.folder}: look at "
+                    f"it, then remove {record.folder.parent.parent}."
+                )
+                out.append(UnreadableResource(path=record.path, reason=reason))
         return out
 
     def delete_owned_resource(self, resource: OwnedResource) -> None:

@@ -1,0 +1,35 @@
+"""Config files that fight back: hostile JSON, concurrent saves, loose permissions, bad values."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from azmanagers.config import manifest, paths, templates
+from azmanagers.errors import ConfigError
+
+HOSTILE_JSON = {
+    "deep": b"[" * 100_000 + b"]" * 100_000,
+    "deep object": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+    "huge integer": b'{"x": ' + b"9" * 5000 + b"}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_JSON))
+def test_hostile_json_gives_a_config_error_naming_the_file(
+    name: str, azm_home: Path
+) -> None:
+    # Before: RecursionError, or ValueError "Exceeds the limit (4300 digits)", no file name.
+    azm_home.mkdir()
+    path = azm_home / "templates_scaleset.json"
+    path.write_bytes(HOSTILE_JSON[name])
+    with pytest.raises(ConfigError, match=str(path)):
+        paths.read_json(path)
+    with pytest.raises(ConfigError, match="templates_scaleset.json"):
+        templates.list_templates("scaleset")
