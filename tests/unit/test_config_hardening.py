@@ -33,3 +33,32 @@ def test_hostile_json_gives_a_config_error_naming_the_file(
         paths.read_json(path)
     with pytest.raises(ConfigError, match="templates_scaleset.json"):
         templates.list_templates("scaleset")
+
+
+def _save_five(worker: int) -> None:
+    for i in range(5):
+        templates.save_template_scaleset(f"w{worker}-t{i}", {"provider": "local"})
+
+
+def test_concurrent_saves_keep_every_template(azm_home: Path) -> None:
+    # Before: read-modify-write without a lock; 8 x 5 saves kept about a dozen.
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_save_five, args=(w,)) for w in range(8)]
+    for proc in workers:
+        proc.start()
+    for proc in workers:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    expected = {f"w{w}-t{i}" for w in range(8) for i in range(5)}
+    assert set(templates.stored_template_names("scaleset")) == expected
+    removers = [
+        context.Process(target=templates.remove_template, args=("scaleset", f"w{w}-t0"))
+        for w in range(8)
+    ]
+    for proc in removers:
+        proc.start()
+    for proc in removers:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    left = {f"w{w}-t{i}" for w in range(8) for i in range(1, 5)}
+    assert set(templates.stored_template_names("scaleset")) == left

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,29 @@ def atomic_write_text(path: Path, text: str, mode: int = FILE_MODE) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for a read-change-write of ``path`` (other processes wait).
+
+    The lock is ``flock`` on ``.<name>.lock`` beside the file (mode 0600), so two savers
+    each see the other's change instead of overwriting it.
+    """
+    ensure_dir(path.parent)
+    lock_path = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot lock {path} ({lock_path}: {exc.strerror}). Set {HOME_ENV} to a writable "
+            "folder."
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from azmanagers.config.paths import atomic_write_json, home, read_json
+from azmanagers.config.paths import atomic_write_json, home, locked, read_json
 from azmanagers.config.template_builders import (
     build_nictemplate,
     build_sstemplate,
@@ -93,9 +93,10 @@ def _save(kind: TemplateKind, name: str, template: Mapping[str, Any]) -> Path:
             f"{source}, template {name!r}: cannot be stored as JSON ({exc}). "
             "Use only strings, numbers, booleans, lists and dicts."
         ) from exc
-    path, data = _read_file(kind)
-    data[name] = stored
-    atomic_write_json(path, data)
+    with locked(templates_path(kind)):  # another saver's template is kept, not overwritten
+        path, data = _read_file(kind)
+        data[name] = stored
+        atomic_write_json(path, data)
     return path
 
 
@@ -308,15 +309,16 @@ def remove_template(kind: str, name: str) -> Path:
         corrupt, or it cannot be written.
     """
     checked = _check_kind(kind)
-    path, data = _read_file(checked)
-    if name not in data:
-        builtins = _builtins(checked)
-        if name in builtins:
-            raise ConfigError(
-                f"{kind} template {name!r} is built in and cannot be removed ({path} holds no "
-                "override of it). Nothing was changed."
-            )
-        raise _unknown_name(checked, name, path, sorted(set(data) | set(builtins)))
-    del data[name]
-    atomic_write_json(path, data)
+    with locked(templates_path(checked)):
+        path, data = _read_file(checked)
+        if name not in data:
+            builtins = _builtins(checked)
+            if name in builtins:
+                raise ConfigError(
+                    f"{kind} template {name!r} is built in and cannot be removed ({path} holds "
+                    "no override of it). Nothing was changed."
+                )
+            raise _unknown_name(checked, name, path, sorted(set(data) | set(builtins)))
+        del data[name]
+        atomic_write_json(path, data)
     return path
