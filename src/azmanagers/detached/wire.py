@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -14,6 +15,10 @@ FINISHED_STATUSES = frozenset({"succeeded", "failed", "killed"})
 STREAMS = ("stdout", "stderr")
 JOB_KINDS = ("code", "call")
 MAX_JOB_NAME_CHARS = 200
+RESERVED_ENV_PREFIX = "AZMANAGERS_"
+"""A job's env may not set variables starting with this: the service sets them."""
+MAX_INT_DIGITS = 100
+"""The most digits a number in a request body may have (none needs more)."""
 SIZE_HEADER = "X-Azm-Size"
 """An output read's header: the stream's size so far, in bytes."""
 NEXT_OFFSET_HEADER = "X-Azm-Next-Offset"
@@ -93,6 +98,39 @@ def check_text(value: str, what: str) -> str:
             "Unicode text (encode binary data as base64)"
         ) from None
     return value
+
+
+def encode_body(value: object) -> bytes:
+    """A request body as the client sends it (JSON, UTF-8): its size is what counts."""
+    return json.dumps(value).encode()
+
+
+def decode_body(data: bytes) -> object:
+    """Parse a request body as JSON; WireError saying what is wrong when it is not."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WireError(
+            f"the body is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})"
+        ) from None
+    try:
+        return json.loads(text or "null", parse_int=_bounded_int)
+    except RecursionError:
+        raise WireError("the body is nested too deeply: send a flat JSON object") from None
+    except ValueError as exc:
+        if isinstance(exc, WireError):
+            raise
+        raise WireError(f"the body is not JSON ({exc})") from None
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise WireError(
+            f"the body holds a number of {digits} digits; a number may have at most "
+            f"{MAX_INT_DIGITS}"
+        )
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -246,12 +284,28 @@ class JobRequest:
         name = data.get("name", "")
         if not isinstance(name, str) or len(name) > MAX_JOB_NAME_CHARS:
             raise WireError(f"'name' must be a string of at most {MAX_JOB_NAME_CHARS} characters")
-        env = data.get("env") or {}
-        if not isinstance(env, Mapping) or not all(
+        env = data.get("env")
+        if env is None:
+            env = {}
+        if not isinstance(env, Mapping):
+            raise WireError(
+                f"'env' must be a JSON object mapping variable names to string values, "
+                f"got {type(env).__name__}"
+            )
+        if not all(
             isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v
             for k, v in env.items()
         ):
             raise WireError("'env' must map variable names to string values")
+        reserved = sorted(k for k in env if k.upper().startswith(RESERVED_ENV_PREFIX))
+        if reserved:
+            raise WireError(
+                f"'env' may not set {', '.join(reserved)}: variables starting with "
+                f"{RESERVED_ENV_PREFIX} belong to azmanagers (they mark a job's processes so "
+                "that a kill or a VM's deletion reaches them); rename the variable"
+            )
+        if "\0" in name:
+            raise WireError("'name' must not hold a NUL character")
         persist = data.get("persist", True)
         if not isinstance(persist, bool):
             raise WireError("'persist' must be true or false")

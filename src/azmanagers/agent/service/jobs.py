@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from azmanagers.agent.service import run as jobrun
+from azmanagers.agent.service.gate import FIRST_REQUEST_S, MAX_CONNECTIONS
 from azmanagers.agent.service.procs import JOB_MARKER, Running, alive, create_time, kill_job
 from azmanagers.agent.service.store import FINISHED, JobRecord, JobStore
 from azmanagers.detached.wire import JobError, JobRequest, JobResult
@@ -72,6 +73,10 @@ class ServiceConfig:
     """How this VM deletes itself after a ``persist=False`` job: ``local`` or '' (it cannot)."""
     body_timeout_s: float = 60.0
     """The longest a request's body may take to arrive (64 MiB at about 1 MiB/s)."""
+    max_connections: int = MAX_CONNECTIONS
+    """The most connections open at once (see ``gate.ConnectionGate``)."""
+    first_request_timeout_s: float = FIRST_REQUEST_S
+    """How long a new connection may take to send an authenticated request."""
 
 
 class JobService:
@@ -263,9 +268,14 @@ class JobService:
         return found
 
     def kill(self, job_id: str) -> JobRecord:
-        """Stop every process of a job (TERM, then KILL after a grace period)."""
+        """Stop every process of a job (TERM, then KILL after a grace period).
+
+        A job that has finished keeps its status, but what it left running (a daemon still
+        carrying its marker) is stopped all the same.
+        """
         record = self.record(job_id)
         if record.status in FINISHED:
+            kill_job(job_id, self.running.pop(job_id, None))
             return record
         run = self.running.pop(job_id, None)
         killed = self.store.finish(job_id, "killed", error_message="killed on request")
