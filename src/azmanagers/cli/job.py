@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,6 +11,7 @@ import typer
 
 from azmanagers.cli.options import JsonOption, echo_json
 from azmanagers.cli.vm import VmOption, _when
+from azmanagers.detached.wire import MAX_JOB_NAME_CHARS
 from azmanagers.errors import ConfigError
 
 job_app = typer.Typer(
@@ -27,9 +29,31 @@ def _parse_env(pairs: list[str] | None) -> dict[str, str]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--env takes KEY=VALUE, got {pair!r}.")
+            raise ConfigError(f"--env takes KEY=VALUE, got {_shown(pair)!r}.")
+        for part, what in ((key, "its name"), (value, "its value")):
+            try:
+                part.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ConfigError(
+                    f"--env {_shown(key)}: {what} is not UTF-8 text (byte "
+                    f"{os.fsencode(part[exc.start : exc.end])[0]:#04x}); a job's environment "
+                    "takes UTF-8 text. Check your shell's locale or the value's source."
+                ) from None
         env[key] = value
     return env
+
+
+def _shown(text: str) -> str:
+    """Command-line text as it can be printed (undecodable bytes replaced)."""
+    return os.fsencode(text).decode("utf-8", errors="replace")
+
+
+def _job_name(script: Path) -> str:
+    """A job name from a script's file name: undecodable bytes replaced, cut to fit."""
+    name = _shown(script.name)
+    if len(name) > MAX_JOB_NAME_CHARS:
+        name = name[: MAX_JOB_NAME_CHARS - 3] + "..."
+    return name
 
 
 @job_app.command("run")
@@ -52,8 +76,8 @@ def job_run(
     try:
         code = script.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {script}: {exc}") from None
-    job = detachat(vm, code, env=_parse_env(env), job_name=script.name)
+        raise ConfigError(f"cannot read {_shown(str(script))}: {exc}") from None
+    job = detachat(vm, code, env=_parse_env(env), job_name=_job_name(script))
     if json_out:
         echo_json(job.record())
         return
@@ -132,8 +156,9 @@ def job_wait(
     ] = None,
 ) -> None:
     """Wait for a job to finish; exit 0 when it succeeded, 1 otherwise."""
-    from azmanagers.detached.job import DetachedJob
+    from azmanagers.detached.job import DetachedJob, check_timeout
 
+    check_timeout(timeout, "--timeout")
     status = DetachedJob.attach(vm, job_id).wait(timeout)
     typer.echo(status)
     if status != "succeeded":

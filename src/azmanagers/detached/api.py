@@ -11,7 +11,7 @@ from typing import Any
 
 from azmanagers.detached.job import DetachedJob
 from azmanagers.detached.vms import DetachedVM, can_delete_itself, create_vm, delete_vm, load_vm
-from azmanagers.detached.wire import JobInfo, JobRequest, WireError
+from azmanagers.detached.wire import JobInfo, JobRequest, WireError, encode_body
 from azmanagers.errors import ConfigError
 
 __all__ = [
@@ -170,7 +170,7 @@ def _submit(
         JobRequest.from_json(request.to_json())  # the service's own checks, before sending
     except WireError as exc:
         raise ConfigError(f"the job cannot be sent: {exc}.") from None
-    size = sum(len(str(v)) for v in request.to_json().values())
+    size = len(encode_body(request.to_json()))  # the bytes the client sends, escapes and all
     if size > MAX_JOB_BYTES:
         raise ConfigError(
             f"the job is {size / 2**20:.0f} MiB; a detached job takes at most "

@@ -87,7 +87,7 @@ class ServiceClient:
     ) -> Any:
         """Send one request; return the decoded JSON (or ``(bytes, headers)`` with ``raw``)."""
         url = path + (f"?{urlencode(query)}" if query else "")
-        data = json.dumps(body).encode() if body is not None else None
+        data = wire.encode_body(body) if body is not None else None
         headers = {"Authorization": f"Bearer {self.address.token}"}
         if data is not None:
             headers["Content-Type"] = "application/json"

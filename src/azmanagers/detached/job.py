@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import codecs
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +16,19 @@ from azmanagers.errors import ConfigError, JobFailedError, WaitTimeoutError
 WAIT_STEP_S = 30.0
 """One wait request blocks at most this long; longer waits ask again."""
 FOLLOW_POLL_S = 0.5
+
+
+def check_timeout(timeout: float | None, what: str = "timeout") -> None:
+    """Refuse a timeout that is not None nor a finite positive number of seconds."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ConfigError(f"{what} must be a positive number of seconds, got {timeout!r}.")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(
+            f"{what} must be a positive number of seconds, got {timeout!r}; "
+            "leave it out to wait until the job ends."
+        )
 
 
 class DetachedJob:
@@ -64,11 +79,14 @@ class DetachedJob:
     def follow(self, stdio: str = "stdout", poll_s: float = FOLLOW_POLL_S) -> Iterator[str]:
         """Yield the job's output as it comes, until the job has finished."""
         offset = 0
+        # A character's bytes may come in two reads: decoded as one stream, never per read.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while True:
             finished = self.record().finished
             data, offset = self._read_bytes(stdio, offset)
-            if data:
-                yield data.decode(errors="replace")
+            text = decoder.decode(data, final=finished)
+            if text:
+                yield text
             if finished:
                 return
             time.sleep(poll_s)
@@ -76,8 +94,10 @@ class DetachedJob:
     def wait(self, timeout: float | None = None) -> str:
         """Block until the job finishes (or ``timeout`` seconds pass); return its status.
 
-        Raises ``WaitTimeoutError`` when the job is still running at ``timeout``.
+        Raises ``WaitTimeoutError`` when the job is still running at ``timeout``, and
+        ``ConfigError`` when ``timeout`` is not a positive number of seconds.
         """
+        check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = WAIT_STEP_S
