@@ -136,5 +136,9 @@ class DetachedJob:
         )
 
     def kill(self) -> str:
-        """Stop the job's processes (also those in sessions of their own); return its status."""
+        """Stop the job's processes (also those in sessions of their own); return its status.
+
+        A job that had finished keeps its status; what it left running (a daemon it started)
+        is stopped all the same.
+        """
         return self.vm.client().kill(self.id).status

@@ -77,8 +77,12 @@ def schema() -> dict[str, Any]:
                 "format": "byte",
                 "description": "base64 of a cloudpickled dict: variablebundle() in the job",
             },
-            "env": {"type": "object", "additionalProperties": {"type": "string"}},
-            "name": {"type": "string", "maxLength": 200},
+            "env": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "the job's variables; names starting AZMANAGERS_ are refused",
+            },
+            "name": {"type": "string", "maxLength": 200, "description": "no NUL character"},
             "persist": {"type": "boolean"},
         },
     }
