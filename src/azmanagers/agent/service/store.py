@@ -40,40 +40,16 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 
 @dataclass(frozen=True)
-class JobRecord:
-    """One job as the service keeps it."""
+class JobRecord(JobInfo):
+    """One job as the service keeps it: what the API shows, plus the process's start time."""
 
-    id: str
-    name: str
-    kind: str
-    status: str
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    pid: int | None = None
     pid_started_at: float | None = None
     """The process's start time (psutil): tells the job's process from a reused pid."""
-    exit_code: int | None = None
-    error_type: str | None = None
-    error_message: str | None = None
-    persist: bool = True
 
     def info(self) -> JobInfo:
         """The record as the API shows it."""
-        return JobInfo(
-            id=self.id,
-            name=self.name,
-            kind=self.kind,
-            status=self.status,
-            created_at=self.created_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            pid=self.pid,
-            exit_code=self.exit_code,
-            error_type=self.error_type,
-            error_message=self.error_message,
-            persist=self.persist,
-        )
+        shown = {f.name: getattr(self, f.name) for f in fields(JobInfo)}
+        return JobInfo(**shown)
 
     def public(self) -> dict[str, Any]:
         """The record as the API's JSON."""
