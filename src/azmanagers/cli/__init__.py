@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Protocol, cast
 
 import typer
 
@@ -66,14 +67,38 @@ def _register() -> None:
     _registered = True
 
 
+class _UsageProblem(Protocol):
+    """What click's exceptions offer: ``show()`` prints click's message, ``exit_code``."""
+
+    exit_code: int
+
+    def show(self) -> None:
+        """Print the usage line, the hint and ``Error: ...`` to stderr."""
+
+
+def _click_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """Return click's exception and abort classes, of typer's own click and of the installed one.
+
+    Some typer versions ship a click of their own (``typer._click``): ``click.ClickException``
+    is then not what typer raises. Its classes are found from what typer exports.
+    """
+    import click
+
+    shown = {c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"}
+    shown.add(click.ClickException)
+    aborts = {typer.Abort, click.exceptions.Abort}
+    return tuple(shown), tuple(aborts)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run ``azm``; return the exit code (0 on success)."""
+    """Run ``azm``; return the exit code (0 on success, 2 for a usage error)."""
     _register()
     args = sys.argv[1:] if argv is None else argv
     _state["debug"] = "--debug" in args
+    shown, aborts = _click_errors()
     try:
         # Without standalone mode, click returns a ``typer.Exit``'s code instead of raising it.
-        code = app(args=args, standalone_mode=False)
+        code = app(args=args, prog_name="azm", standalone_mode=False)
     except AzManagersError as exc:
         if _state["debug"]:
             raise
@@ -84,14 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except typer.Exit as exc:
         return int(exc.exit_code)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
-            return 1
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
+    except shown as exc:  # a usage error: click's usage line, a hint, and exit code 2
+        problem = cast(_UsageProblem, exc)
+        problem.show()
+        return int(problem.exit_code)
+    except aborts:
+        typer.echo("Aborted.", err=True)
+        return 1
+    except Exception as exc:
         if _state["debug"]:
             raise
         typer.echo(

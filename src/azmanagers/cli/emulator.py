@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +22,7 @@ emulator_app = typer.Typer(
 @emulator_app.command("serve")
 def emulator_serve(
     folder: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--folder", help="Where to keep its CA, env file and VM folders (default: temp)."
         ),
@@ -35,16 +37,17 @@ def emulator_serve(
     import signal
     import threading
 
-    folder = usable_folder(folder) if folder else Path(tempfile.mkdtemp(prefix="azm-emulator-"))
+    if folder is None:
+        where = Path(tempfile.mkdtemp(prefix="azm-emulator-"))
+    else:
+        where = usable_folder(folder)
 
     from azmanagers.config.paths import atomic_write_text
     from azmanagers.emulator import start_emulator
 
-    emu = start_emulator(run_instances=run_instances, folder=folder)
-    env_file = folder / "emulator.env"
-    atomic_write_text(
-        env_file, "".join(f"export {k}={v}\n" for k, v in emu.environment().items())
-    )  # mode 0600: it holds the bearer token
+    emu = start_emulator(run_instances=run_instances, folder=where)
+    env_file = where / "emulator.env"
+    atomic_write_text(env_file, env_script(emu.environment()))  # 0600: it holds the token
     typer.echo(f"ARM emulator at {emu.server.base_url} (CA {emu.server.ca_file})")
     typer.echo(f"to use it: source {env_file}")
     stop = threading.Event()
@@ -57,12 +60,17 @@ def emulator_serve(
         typer.echo("emulator stopped")
 
 
-def usable_folder(folder: Path) -> Path:
+def env_script(variables: Mapping[str, str]) -> str:
+    """Return ``export NAME=VALUE`` lines, each value shell-quoted (safe to ``source``)."""
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in variables.items())
+
+
+def usable_folder(given: str | Path) -> Path:
     """Return ``folder`` (created, mode 0700, if missing) once it is a folder we can write.
 
     Parameters
     ----------
-    folder : Path
+    given : str or Path
         The ``--folder`` given.
 
     Returns
@@ -73,11 +81,13 @@ def usable_folder(folder: Path) -> Path:
     Raises
     ------
     ConfigError
-        It is a file, lies under a file, or cannot be created or written; the message names
-        it and says what to do.
+        It is empty, is a file, lies under a file, or cannot be created or written; the
+        message names it and says what to do.
     """
-    folder = folder.expanduser()
     fix = "Pass a folder you can write (it is created if missing), or leave --folder out."
+    if not str(given).strip():
+        raise ConfigError(f"--folder is empty. {fix}")  # not the current folder by accident
+    folder = Path(given).expanduser()
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--folder {folder} is a file, not a folder. {fix}")
     try:
