@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import shlex
@@ -96,13 +97,18 @@ _FROM_ENV = (
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+"""One label of a host name (RFC 1123); used with ``fullmatch``."""
+_MAX_HOSTNAME_CHARS = 253
 _MEMORY_HINT = 'use "auto", a size such as "4GiB" or "500MB", a number of bytes, or 0 for no limit'
 
 
 def check_env(env: Mapping[str, Any]) -> None:
-    """Raise ConfigError unless ``env`` maps valid variable names to strings.
+    """Raise ConfigError unless ``env`` maps valid variable names to strings a process can get.
 
-    Checked before anything is made, so a bad name never leaves a half-made pool behind.
+    Names are letters, digits and ``_`` (so no ``=``, NUL or surrogate); values are UTF-8
+    text without NUL. Checked before anything is made, so a bad entry never leaves a
+    half-made pool behind. Messages name the key, never the value (it may be a secret).
     """
     for key, value in env.items():
         if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
@@ -115,6 +121,41 @@ def check_env(env: Mapping[str, Any]) -> None:
                 f"env variable {key} must be a string, got a {type(value).__name__}; "
                 f'use str(...) (e.g. {{"{key}": "1"}}).'
             )
+        # The value may be a secret: the messages name the key, never the value.
+        if "\x00" in value:
+            raise ConfigError(
+                f"the value of env variable {key!r} holds a NUL character, which no process "
+                "environment can carry (it would be cut there); remove it."
+            )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                f"the value of env variable {key!r} cannot be encoded as UTF-8 (it holds a lone "
+                "surrogate, e.g. from decoding bytes with errors='surrogateescape'); pass "
+                "proper text."
+            ) from None
+
+
+def _host(name: str, value: str, source: str) -> str:
+    """Return ``value`` if it is an IP address or a host name, else raise ConfigError."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    labels = value.split(".")
+    if (
+        len(value) <= _MAX_HOSTNAME_CHARS
+        and all(_HOST_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()  # "256.1.1.1" is a bad address, not a name
+    ):
+        return value
+    raise ConfigError(
+        f"{name} from {source} is neither an IP address nor a host name: {value!r}. Use an "
+        "address of this machine such as 127.0.0.1 or 10.0.0.4, or a name such as "
+        "head-0.internal."
+    )
 
 
 def _memory_limit(value: Any, source: str) -> str | int:
@@ -130,7 +171,7 @@ def _memory_limit(value: Any, source: str) -> str | int:
         try:
             if parse_bytes(value) >= 0:
                 return value
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):  # "1e400": too big for any machine
             pass
     raise ConfigError(
         f"memory_limit from {source} is not a memory size ({value!r}); {_MEMORY_HINT}."
@@ -177,9 +218,11 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             f"dashboard_address from {source} must be HOST:PORT (e.g. 127.0.0.1:8787), "
             f"got {value!r}."
         )
-    if name == "worker_host":
-        if value is None or isinstance(value, str):
-            return value
+    if name == "worker_host" and value is None:
+        return value
+    if name in ("scheduler_host", "worker_host"):
+        if isinstance(value, str):
+            return _host(name, value, source)
     elif kind is float:
         try:
             number = float(value)

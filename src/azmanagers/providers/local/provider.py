@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 from azmanagers.config.paths import (
     atomic_write_json,
     atomic_write_text,
+    ensure_dir,
     home,
     read_json,
     state_dir,
@@ -50,6 +52,18 @@ class _Unreadable:
     folder: Path
     path: str
     reason: str
+
+
+def _new_pool_record(spec: PoolSpec) -> dict[str, Any]:
+    """Return the ``pool.json`` of a new pool."""
+    return {
+        "name": spec.name,
+        "tags": dict(spec.tags),
+        "capacity": 0,
+        "next_index": 0,
+        "max_instances": spec.max_instances,
+        "created_at": time.time(),
+    }
 
 
 def _is_a(value: object, kind: type) -> bool:
@@ -127,20 +141,19 @@ class LocalProvider:
             pool_dir = self._pool_dir(spec.name)
             if (pool_dir / _POOL_FILE).exists():
                 return
-            (pool_dir / "instances").mkdir(parents=True, exist_ok=True, mode=0o700)
-            (pool_dir / "logs").mkdir(exist_ok=True, mode=0o700)
-            atomic_write_text(pool_dir / procvm.BOOT_SCRIPT_NAME, boot.render(spec.boot))
-            atomic_write_json(
-                pool_dir / _POOL_FILE,
-                {
-                    "name": spec.name,
-                    "tags": dict(spec.tags),
-                    "capacity": 0,
-                    "next_index": 0,
-                    "max_instances": spec.max_instances,
-                    "created_at": time.time(),
-                },
-            )
+            # Made whole in a temporary folder, then renamed: never a pool without pool.json.
+            pools = ensure_dir(pool_dir.parent)
+            made = Path(tempfile.mkdtemp(dir=pools, prefix=f".{spec.name}.", suffix=".new"))
+            try:
+                (made / "instances").mkdir(mode=0o700)
+                (made / "logs").mkdir(mode=0o700)
+                atomic_write_text(made / procvm.BOOT_SCRIPT_NAME, boot.render(spec.boot))
+                atomic_write_json(made / _POOL_FILE, _new_pool_record(spec))
+                shutil.rmtree(pool_dir, ignore_errors=True)  # a leftover without pool.json
+                made.rename(pool_dir)
+            except (OSError, ValueError) as exc:
+                shutil.rmtree(made, ignore_errors=True)
+                raise ProviderError(f"cannot create local pool {spec.name!r}: {exc}") from exc
 
     def check_capacity(
         self, template: object, add: int, *, current: int = 0, priority: Priority = REGULAR
@@ -403,7 +416,11 @@ class LocalProvider:
         """(kind, name, record file) of every pool and VM folder that has a record."""
         pools_dir = self.root / "pools"
         pools = sorted(pools_dir.iterdir()) if pools_dir.is_dir() else []
-        found = [("pool", p.name, p / _POOL_FILE) for p in pools if (p / _POOL_FILE).exists()]
+        found = [
+            ("pool", p.name, p / _POOL_FILE)
+            for p in pools
+            if not p.name.startswith(".") and (p / _POOL_FILE).exists()  # not one being made
+        ]
         return found + [("vm", name, path) for name, path in self.vms.records()]
 
     def list_owned_resources(self, *, cluster: str | None = None) -> list[OwnedResource]:
