@@ -11,10 +11,10 @@ from typing import Any
 
 from azmanagers.cluster.core import AzCluster
 from azmanagers.cluster.customenv import requirements_for
-from azmanagers.cluster.waits import ProgressCallback, check_count
+from azmanagers.cluster.waits import ProgressCallback, check_count, check_timeout
 from azmanagers.config.settings import ClusterSettings, check_env, resolve
 from azmanagers.config.templates import load_template_scaleset, template_provider
-from azmanagers.errors import ConfigError
+from azmanagers.errors import AzManagersError, ConfigError
 from azmanagers.providers import get_provider
 
 logger = logging.getLogger("azmanagers")
@@ -98,8 +98,8 @@ def addprocs(
                 f"Known keywords: {', '.join(sorted(_ADDPROCS_KEYWORDS))}."
             )
     check_count(n)
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}.")
+    if timeout is not None:
+        check_timeout(timeout)
     if env is not None:
         if not isinstance(env, Mapping):
             raise ConfigError(
@@ -112,6 +112,7 @@ def addprocs(
         if cluster is not None and cluster.status.name in ("closing", "closed"):
             _forget(template)
             cluster = None
+        made_here = cluster is None
         if cluster is None:
             tmpl = load_template_scaleset(template)
             resolved = resolve(
@@ -140,10 +141,15 @@ def addprocs(
             )
         try:
             target = cluster.grow(n)
-        except Exception:
-            if cluster.target == 0:  # nothing to keep: do not leave an empty cluster behind
+        except Exception as exc:
+            # Only a cluster made by this very call is closed: an existing one (even at
+            # target 0 after scale(0)) keeps its scheduler, Client and data.
+            if made_here:
                 _forget(template)
-                cluster.close()
+                try:
+                    cluster.close()
+                except AzManagersError as close_error:  # a pool left behind: say so
+                    raise close_error from exc
             raise
     if waitfor:
         cluster.wait_for_workers(target, timeout=timeout, progress=progress)

@@ -18,14 +18,24 @@ from distributed.deploy.adaptive import Adaptive
 from distributed.deploy.cluster import Cluster
 from distributed.protocol.pickle import dumps as pickle_dumps
 from distributed.scheduler import Scheduler
+from distributed.utils import format_dashboard_link
 
 from azmanagers.agent.logforward import LogForwardPlugin
 from azmanagers.cluster import guard as scheduler_guard
 from azmanagers.cluster.hooks import ClusterHooks, SchedulerWorkers, emit_worker_log
 from azmanagers.cluster.reconciler import Reconciler
-from azmanagers.cluster.scheduler import start_scheduler
+from azmanagers.cluster.scheduler import (
+    dashboard_host,
+    parse_dashboard_address,
+    start_scheduler,
+)
 from azmanagers.cluster.spec import worker_pool_spec
-from azmanagers.cluster.waits import ProgressCallback, check_count, wait_for_workers
+from azmanagers.cluster.waits import (
+    ProgressCallback,
+    check_count,
+    check_timeout,
+    wait_for_workers,
+)
 from azmanagers.config.settings import ClusterSettings
 from azmanagers.errors import AzManagersError, ClusterClosedError, ConfigError
 from azmanagers.providers.base import Provider
@@ -73,6 +83,10 @@ class AzCluster(Cluster):
         asynchronous: bool = False,
         loop: Any = None,
     ) -> None:
+        self.dashboard_address = (
+            parse_dashboard_address(settings.dashboard_address) if settings.dashboard else None
+        )
+        """Where the dashboard listens (checked before anything starts); None: no dashboard."""
         name = f"{template_name}-{uuid.uuid4().hex[:6]}"
         self.template = dict(template or {})
         super().__init__(asynchronous=asynchronous, loop=loop, name=name)
@@ -129,8 +143,7 @@ class AzCluster(Cluster):
         self.scheduler = await start_scheduler(
             self.settings.scheduler_host,
             self.security,
-            dashboard=self.settings.dashboard,
-            dashboard_address=self.settings.dashboard_address,
+            dashboard_address=self.dashboard_address,
         )
         if not self.settings.workers_can_submit:
             scheduler_guard.guard(self.scheduler, self.credentials.client_common_name())
@@ -265,7 +278,9 @@ class AzCluster(Cluster):
         """Scale with Dask's adaptive policy, between ``minimum`` and ``maximum`` workers.
 
         ``maximum`` defaults to (and may not exceed) the template's ``max_instances``.
+        Raises ``ClusterClosedError`` on a closed cluster.
         """
+        self._check_open()
         cap = self.settings.max_instances
         if maximum is None:
             maximum = cap
@@ -370,16 +385,31 @@ class AzCluster(Cluster):
         ``WaitTimeoutError`` (the message says how many joined).
         """
         check_count(n_workers)
+        wait_s = self.default_wait_s() if timeout is None else check_timeout(timeout)
         self._check_open()
-        wait_s = self.default_wait_s() if timeout is None else float(timeout)
         wait_for_workers(self, n_workers, wait_s, progress)
+
+    @property
+    def dashboard_link(self) -> str:
+        """The dashboard's URL at the address it is bound to ('' without a dashboard).
+
+        A dashboard on every interface (``0.0.0.0``) is linked by this machine's host name.
+        """
+        if self.dashboard_address is None or self.scheduler is None:
+            return ""
+        server = self.scheduler.http_server
+        return str(format_dashboard_link(dashboard_host(server.address), server.port))
 
     def instance_logs(self) -> dict[str, str]:
         """Return the boot log of every instance this cluster has had, by instance name."""
         return self.reconciler.instance_logs()
 
     def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> Any:
-        """Return Dask's logs plus every instance's boot log (keys ``boot:<instance>``)."""
+        """Return Dask's logs plus every instance's boot log (keys ``boot:<instance>``).
+
+        Raises ``ClusterClosedError`` on a closed cluster (its scheduler is gone).
+        """
+        self._check_open()
         logs = super().get_logs(cluster=cluster, scheduler=scheduler, workers=workers)
         for name, text in self.instance_logs().items():
             logs[f"boot:{name}"] = text

@@ -2,10 +2,102 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import logging
+import socket
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 from distributed.scheduler import Scheduler
 from distributed.security import Security
+
+from azmanagers.errors import ConfigError
+
+logger = logging.getLogger("azmanagers.cluster")
+
+MAX_PORT = 65_535
+_EVERY_INTERFACE = "0.0.0.0"
+_ADDRESS_HINT = (
+    "give HOST:PORT with an IPv4 address or host name of this machine, e.g. 127.0.0.1:8787 "
+    "(loopback; reach it through an ssh tunnel) or 127.0.0.1:0 for any free port"
+)
+
+
+@dataclass(frozen=True)
+class DashboardAddress:
+    """Where the dashboard listens: an IPv4 address of this machine and a port (0: any free)."""
+
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        """Whether only this machine can reach it."""
+        return ipaddress.IPv4Address(self.host).is_loopback
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _refuse(address: str, why: str) -> ConfigError:
+    return ConfigError(f"dashboard_address {address!r}: {why}; {_ADDRESS_HINT}.")
+
+
+def parse_dashboard_address(address: str) -> DashboardAddress:
+    """Check ``address`` (``HOST:PORT``, ``:PORT``, ``PORT`` or ``HOST``) as Dask binds it.
+
+    An empty host is every interface (``0.0.0.0``) and a bare host any free port, as in Dask. A host name is resolved to
+    its IPv4 address here, and the address must belong to this machine (a trial bind), so a
+    bad value is a ``ConfigError`` before anything starts, not a raw socket error later.
+    """
+    text = address.strip()
+    if "[" in text or text.count(":") > 1:
+        raise _refuse(address, "IPv6 addresses are not supported by Dask's dashboard")
+    host, colon, port_text = text.rpartition(":")
+    if not colon and not port_text.isdigit():  # a bare host, as Dask takes it: any free port
+        host, port_text = port_text, "0"
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > MAX_PORT:
+        raise _refuse(address, f"the port must be from 0 to {MAX_PORT}")
+    host = host or _EVERY_INTERFACE
+    try:
+        ip = str(ipaddress.IPv4Address(host))
+    except ValueError:
+        try:
+            found = socket.getaddrinfo(host, None, family=socket.AF_INET, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            raise _refuse(address, f"{host!r} is not a host name or address of this machine")
+        ip = str(found[0][4][0])
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((ip, 0))
+    except OSError as exc:
+        raise _refuse(address, f"{ip} is not an address of this machine ({exc.strerror})")
+    return DashboardAddress(ip, int(port_text))
+
+
+def warn_if_exposed(bound_host: str, port: int) -> None:
+    """Warn (log and ``warnings.warn``) when the dashboard listens beyond loopback."""
+    ip = ipaddress.IPv4Address(bound_host)
+    if ip.is_loopback:
+        return
+    where = "every network interface" if ip.is_unspecified else f"the network address {ip}"
+    text = (
+        f"the Dask dashboard listens on {where} (port {port}) over plain HTTP with no "
+        "authentication: anyone who can reach this machine can see your tasks and worker "
+        "logs; bind it to 127.0.0.1 (the default) and use an ssh tunnel instead."
+    )
+    logger.warning(text)
+    warnings.warn(text, UserWarning, stacklevel=4)
+
+
+def dashboard_host(bound_host: str) -> str:
+    """The host to put in a link to a dashboard bound to ``bound_host``."""
+    if ipaddress.IPv4Address(bound_host).is_unspecified:
+        with contextlib.suppress(OSError):
+            return socket.gethostname()
+    return bound_host
 
 
 class TLSOnlyScheduler(Scheduler):
@@ -34,21 +126,23 @@ class TLSOnlyScheduler(Scheduler):
 
 
 async def start_scheduler(
-    host: str, security: Security, *, dashboard: bool, dashboard_address: str
+    host: str, security: Security, *, dashboard_address: DashboardAddress | None
 ) -> Scheduler:
-    """Start a TLS scheduler on ``host`` (a free port); with ``dashboard``, Dask's HTTP server
-    on ``dashboard_address`` (loopback by default: reach it through an ssh tunnel)."""
+    """Start a TLS scheduler on ``host`` (a free port); with a ``dashboard_address``, Dask's
+    HTTP server there (loopback by default: reach it through an ssh tunnel), with a warning
+    when it listens beyond loopback."""
     scheduler: Scheduler
-    if dashboard:
+    if dashboard_address is not None:
         scheduler = await Scheduler(
             host=host,
             port=0,
             protocol="tls",
             security=security,
             dashboard=True,
-            dashboard_address=dashboard_address,
+            dashboard_address=str(dashboard_address),
             validate=False,
         )
+        warn_if_exposed(scheduler.http_server.address, scheduler.http_server.port)
     else:
         scheduler = await TLSOnlyScheduler(
             host=host,

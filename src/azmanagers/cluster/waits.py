@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -87,3 +88,21 @@ def check_count(n: object, *, allow_zero: bool = False) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 0 or (n == 0 and not allow_zero):
         least = "0" if allow_zero else "1"
         raise ConfigError(f"the number of workers must be a whole number >= {least}, got {n!r}.")
+
+
+def check_timeout(timeout: object) -> float:
+    """Return ``timeout`` as seconds, or raise ConfigError unless it is a finite number > 0.
+
+    ``nan`` and ``inf`` would make a wait without a deadline, and ``True`` is not one second.
+    """
+    if (
+        isinstance(timeout, (int, float))
+        and not isinstance(timeout, bool)
+        and math.isfinite(timeout)
+        and timeout > 0
+    ):
+        return float(timeout)
+    raise ConfigError(
+        f"timeout must be a finite number of seconds > 0 (e.g. timeout=300), got {timeout!r}; "
+        "leave it out for the default deadline."
+    )
