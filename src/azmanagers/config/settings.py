@@ -70,6 +70,8 @@ class ClusterSettings:
 
 
 MIN_TTL_S = 60.0
+MIN_RECONCILE_INTERVAL_S = 0.1
+"""The shortest reconcile_interval_s: each interval lists the pool (on Azure, an ARM read)."""
 AZURE_JOIN_TIMEOUT_S = 600.0
 """The join deadline on Azure by default: VM allocation and boot take minutes, not seconds."""
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -228,6 +230,12 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             number = -1.0
+        if name == "reconcile_interval_s" and number < MIN_RECONCILE_INTERVAL_S:
+            raise ConfigError(
+                f"reconcile_interval_s from {source} must be at least "
+                f"{MIN_RECONCILE_INTERVAL_S:g} seconds, got {value!r}; leave it unset for the "
+                "provider's own pace."
+            )
         least = MIN_TTL_S if name == "ttl_s" else 0.0
         if least < number < float("inf") and not isinstance(value, bool):
             return number
