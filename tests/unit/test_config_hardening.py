@@ -62,3 +62,47 @@ def test_concurrent_saves_keep_every_template(azm_home: Path) -> None:
         assert proc.exitcode == 0
     left = {f"w{w}-t{i}" for w in range(8) for i in range(1, 5)}
     assert set(templates.stored_template_names("scaleset")) == left
+
+
+GOOD_MANIFEST = {
+    "resourcegroup": "my-rg_1.(x)",
+    "subscriptionid": "00000000-0000-0000-0000-000000000000",
+    "ssh_user": "azm_user-1",
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("resourcegroup", "rg\n"),
+        ("resourcegroup", "rg "),
+        ("resourcegroup", "rg."),
+        ("resourcegroup", "r" * 91),
+        ("resourcegroup", "rg;x"),
+        ("resourcegroup", "rg/x"),
+        ("ssh_user", "u ser\n;x"),
+        ("ssh_user", "user\n"),
+        ("ssh_user", "1user"),
+        ("ssh_user", "User"),
+        ("ssh_user", "u" * 33),
+        ("ssh_user", "us:er"),
+    ],
+)
+def test_the_manifest_refuses_values_azure_or_linux_would_refuse(
+    key: str, value: str, azm_home: Path
+) -> None:
+    # Before: accepted and written (e.g. "rg\n" and "u ser\n;x").
+    with pytest.raises(ConfigError, match=f"key '{key}'"):
+        manifest.write_manifest(**{**GOOD_MANIFEST, key: value})
+    assert not manifest.manifest_path().exists()
+    azm_home.mkdir(exist_ok=True)
+    manifest.manifest_path().write_text(json.dumps({**GOOD_MANIFEST, key: value}))
+    with pytest.raises(ConfigError, match=f"manifest.json: key '{key}'"):
+        manifest.load_manifest()
+
+
+def test_the_manifest_takes_azure_and_linux_names(azm_home: Path) -> None:
+    manifest.write_manifest(**GOOD_MANIFEST)
+    assert manifest.load_manifest().resourcegroup == "my-rg_1.(x)"
+    manifest.write_manifest(**{**GOOD_MANIFEST, "resourcegroup": "r" * 90, "ssh_user": "_u"})
+    assert manifest.load_manifest().ssh_user == "_u"

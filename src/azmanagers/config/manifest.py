@@ -23,6 +23,12 @@ OPTIONAL_KEYS = {
 GUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 """A subscription id; used with ``fullmatch`` (``match`` with ``$`` accepts a final newline)."""
 
+RESOURCE_GROUP_RE = re.compile(r"[\w().-]{0,89}[\w()-]")
+"""Azure's rule for a resource group name: 1-90 letters, digits, ``_ - . ( )``, not ending in
+``.``; used with ``fullmatch``."""
+SSH_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+"""A Linux user name as ``useradd`` takes it by default (at most 32 characters)."""
+
 HOW_TO_WRITE = (
     "Write one with azmanagers.write_manifest(resourcegroup=..., subscriptionid=..., "
     "ssh_user=...) or `azm manifest write --resourcegroup RG --subscriptionid SUB "
@@ -83,6 +89,18 @@ def _check_value(key: str, value: object, *, where: str, fix: str) -> str:
             "Find it with `az account show --query id` or in the Azure portal. "
             f"{fix}"
         )
+    if key == "resourcegroup" and not RESOURCE_GROUP_RE.fullmatch(value):
+        raise ConfigError(
+            f"{where}: key 'resourcegroup' is not a resource group name Azure takes: "
+            f"{value!r}. Use 1 to 90 letters, digits, '_', '-', '.', '(' or ')', not ending "
+            f"in '.' (no spaces or newlines). {fix}"
+        )
+    if key == "ssh_user" and not SSH_USER_RE.fullmatch(value):
+        raise ConfigError(
+            f"{where}: key 'ssh_user' is not a Linux user name: {value!r}. Use 1 to 32 "
+            f"lower-case letters, digits, '_' or '-', starting with a letter or '_' "
+            f"(e.g. azureuser). {fix}"
+        )
     return value
 
 
@@ -117,7 +135,8 @@ def write_manifest(
     Raises
     ------
     ConfigError
-        A value is empty or not a string, the subscription id is not a GUID, or
+        A value is empty or not a string, the subscription id is not a GUID, the resource
+        group is not a name Azure takes, the ssh user is not a Linux user name, or
         AZMANAGERS_HOME cannot be written. Nothing is written in that case.
     """
     values = {
