@@ -71,7 +71,7 @@ def test_wait_for_workers_refuses_non_finite_and_bool_timeouts(fake_python: Path
     def wait_nan() -> None:
         try:
             cluster.wait_for_workers(1, timeout=math.nan)
-        except BaseException as exc:  # noqa: BLE001 - reported to the test's thread
+        except BaseException as exc:  # reported to the test's thread
             outcome.append(exc)
 
     waiter = threading.Thread(target=wait_nan, daemon=True)
@@ -192,9 +192,7 @@ def test_a_users_thread_count_applies_to_every_blas_library() -> None:
         names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
         return [int(p["num_threads"]) for p in pools], {k: os.environ.get(k) for k in names}
 
-    azmanagers.addprocs(
-        "local", 1, waitfor=True, timeout=DEADLINE_S, env={"OMP_NUM_THREADS": "2"}
-    )
+    azmanagers.addprocs("local", 1, waitfor=True, timeout=DEADLINE_S, env={"OMP_NUM_THREADS": "2"})
     client = distributed.default_client()
     threads, environ = client.submit(blas, pure=False).result(timeout=DEADLINE_S)
     assert environ == {"OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}

@@ -25,6 +25,7 @@ from azmanagers.cluster import guard as scheduler_guard
 from azmanagers.cluster.hooks import ClusterHooks, SchedulerWorkers, emit_worker_log
 from azmanagers.cluster.reconciler import Reconciler
 from azmanagers.cluster.scheduler import (
+    dashboard_bound,
     dashboard_host,
     parse_dashboard_address,
     start_scheduler,
@@ -397,8 +398,8 @@ class AzCluster(Cluster):
         """
         if self.dashboard_address is None or self.scheduler is None:
             return ""
-        server = self.scheduler.http_server
-        return str(format_dashboard_link(dashboard_host(server.address), server.port))
+        host, port = dashboard_bound(self.scheduler)
+        return str(format_dashboard_link(dashboard_host(host), port))
 
     def instance_logs(self) -> dict[str, str]:
         """Return the boot log of every instance this cluster has had, by instance name."""

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 
 from azmanagers.cluster.gate import ThrottleGate
 from azmanagers.cluster.latch import ErrorLatch
+from azmanagers.cluster.pace import reconcile_pace
 from azmanagers.cluster.policy import Decision, decide
 from azmanagers.cluster.waits import indent
 from azmanagers.config.settings import ClusterSettings
 from azmanagers.errors import InstanceFailedError, ProviderError, ThrottledError
-from azmanagers.providers.base import Instance, InstanceState, Pace, Provider
+from azmanagers.providers.base import Instance, InstanceState, Provider
 from azmanagers.providers.tags import owner_id, resource_tags
 
 if TYPE_CHECKING:
@@ -81,8 +82,7 @@ class Reconciler:
         self.join_timeout_s = settings.join_timeout_s if join_timeout_s is None else join_timeout_s
         self._joined = joined
         self._workers = workers
-        interval = settings.reconcile_interval_s
-        self.pace = provider.pace if interval is None else Pace(interval, interval, 0.0)
+        self.pace = reconcile_pace(provider, settings.reconcile_interval_s, self.name)
         """How often the pool is listed: the provider's, or the user's fixed interval."""
         self.tags = resource_tags(self.name, owner_id(), settings.ttl_s)
         self.gate = ThrottleGate(self.name)

@@ -48,9 +48,10 @@ def _refuse(address: str, why: str) -> ConfigError:
 def parse_dashboard_address(address: str) -> DashboardAddress:
     """Check ``address`` (``HOST:PORT``, ``:PORT``, ``PORT`` or ``HOST``) as Dask binds it.
 
-    An empty host is every interface (``0.0.0.0``) and a bare host any free port, as in Dask. A host name is resolved to
-    its IPv4 address here, and the address must belong to this machine (a trial bind), so a
-    bad value is a ``ConfigError`` before anything starts, not a raw socket error later.
+    An empty host is every interface (``0.0.0.0``) and a bare host any free port, as in
+    Dask. A host name is resolved to its IPv4 address here, and the address must belong to
+    this machine (a trial bind), so a bad value is a ``ConfigError`` before anything starts,
+    not a raw socket error later.
     """
     text = address.strip()
     if "[" in text or text.count(":") > 1:
@@ -67,13 +68,15 @@ def parse_dashboard_address(address: str) -> DashboardAddress:
         try:
             found = socket.getaddrinfo(host, None, family=socket.AF_INET, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):
-            raise _refuse(address, f"{host!r} is not a host name or address of this machine")
+            why = f"{host!r} is not a host name or address of this machine"
+            raise _refuse(address, why) from None
         ip = str(found[0][4][0])
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.bind((ip, 0))
     except OSError as exc:
-        raise _refuse(address, f"{ip} is not an address of this machine ({exc.strerror})")
+        why = f"{ip} is not an address of this machine ({exc.strerror})"
+        raise _refuse(address, why) from None
     return DashboardAddress(ip, int(port_text))
 
 
@@ -90,6 +93,14 @@ def warn_if_exposed(bound_host: str, port: int) -> None:
     )
     logger.warning(text)
     warnings.warn(text, UserWarning, stacklevel=4)
+
+
+def dashboard_bound(scheduler: Scheduler) -> tuple[str, int]:
+    """The (IPv4 address, port) the scheduler's dashboard is bound to."""
+    from distributed.comm.utils import get_tcp_server_addresses
+
+    host, port = get_tcp_server_addresses(scheduler.http_server)[0][:2]
+    return str(host), int(port)
 
 
 def dashboard_host(bound_host: str) -> str:
@@ -142,7 +153,7 @@ async def start_scheduler(
             dashboard_address=str(dashboard_address),
             validate=False,
         )
-        warn_if_exposed(scheduler.http_server.address, scheduler.http_server.port)
+        warn_if_exposed(*dashboard_bound(scheduler))
     else:
         scheduler = await TLSOnlyScheduler(
             host=host,

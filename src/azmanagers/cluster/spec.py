@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from azmanagers.config.settings import ClusterSettings
+from azmanagers.providers import boot
 from azmanagers.providers.base import BootSpec, PoolSpec
 from azmanagers.tls import ClusterCredentials
 
@@ -23,7 +24,9 @@ def worker_pool_spec(
     """Return the spec of a pool whose instances run a Dask worker joining ``scheduler``.
 
     The payload carries this cluster's CA and worker key pair only, never the caller's own
-    credentials; ``requirements`` (a custom environment) adds its build deadline.
+    credentials; ``requirements`` (a custom environment) adds its build deadline. The boot
+    script is rendered here once, so one that would not fit Azure's customData (a huge
+    ``env``) is a ``ConfigError`` before the pool is created, on every provider.
     """
     payload: dict[str, object] = {
         "scheduler": scheduler,
@@ -38,15 +41,17 @@ def worker_pool_spec(
     if requirements:
         payload["requirements"] = requirements
         payload["env_build_timeout_s"] = settings.env_build_timeout_s
+    boot_spec = BootSpec(
+        role="worker",
+        payload=payload,
+        env=env,
+        bootstrap_requirement=settings.bootstrap_requirement,
+        bootstrap_pip_args=settings.pip_args(),
+    )
+    boot.render(boot_spec)  # raises ConfigError if it is over the customData limit
     return PoolSpec(
         name=pool,
-        boot=BootSpec(
-            role="worker",
-            payload=payload,
-            env=env,
-            bootstrap_requirement=settings.bootstrap_requirement,
-            bootstrap_pip_args=settings.pip_args(),
-        ),
+        boot=boot_spec,
         tags=tags,
         template=template,
         max_instances=settings.max_instances,
