@@ -20,6 +20,8 @@ _ENV_READY = "AZMANAGERS_ENV_READY"
 WORKER_START_METHOD = "fork"
 """Fork the worker from the nanny (it inherits the imported modules; spawn imports them again)."""
 PRE_SPAWN_ENVIRON = "distributed.nanny.pre-spawn-environ"
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+"""The thread-count variables of the BLAS libraries, in the order the user's value is taken."""
 REFUSAL_PREFIX = "azmanagers refused"
 """How the scheduler guard's refusals begin (cluster.guard)."""
 logger = logging.getLogger("azmanagers.agent")
@@ -28,6 +30,10 @@ logger = logging.getLogger("azmanagers.agent")
 def set_pre_spawn_environ() -> dict[str, str]:
     """Export Dask's ``distributed.nanny.pre-spawn-environ`` (OMP/MKL/OPENBLAS_NUM_THREADS=1,
     MALLOC_TRIM_THRESHOLD_) unless the user set them; return what was set.
+
+    A user who sets one of ``BLAS_THREAD_VARIABLES`` (e.g. ``env={"OMP_NUM_THREADS": "2"}``)
+    means it for every BLAS library: the unset others get the same value (the first set, in
+    the order OMP, OPENBLAS, MKL), not Dask's 1 (OpenBLAS would keep one thread).
 
     A spawned worker gets them from its nanny before it starts; a forked one inherits its
     nanny's libraries, and BLAS sizes its thread pool when numpy is first imported (importing
@@ -41,7 +47,10 @@ def set_pre_spawn_environ() -> dict[str, str]:
     defaults = Path(spec.origin).with_name("distributed.yaml")
     for config in dask.config.collect_yaml([str(defaults)]):
         dask.config.update_defaults(config)
-    wanted = dask.config.get(PRE_SPAWN_ENVIRON, default={}) or {}
+    wanted = dict(dask.config.get(PRE_SPAWN_ENVIRON, default={}) or {})
+    chosen = next((os.environ[k] for k in BLAS_THREAD_VARIABLES if os.environ.get(k)), None)
+    if chosen is not None:  # the user's thread count, for every BLAS library alike
+        wanted.update({key: chosen for key in BLAS_THREAD_VARIABLES})
     done = {}
     for key, value in wanted.items():
         if key not in os.environ:
