@@ -132,3 +132,29 @@ def test_gc_collects_every_orphan_and_reports_each_unreadable_file(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_gc_skips_unusable_templates_and_resource_groups_that_do_not_exist(
+    emulated_azure: Emulator, azm_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: gc called ARM with subscriptionid "not-a-guid", and a resource group that does
+    # not exist was reported as an error (a 404) instead of a place with nothing in it.
+    templates = azm_home / "templates_scaleset.json"
+    data = json.loads(templates.read_text())
+    bad_sub = {**data["myscaleset"], "subscriptionid": "not-a-guid"}
+    bad_group = {**data["myscaleset"], "resourcegroup": "rg\n;x"}
+    missing = {**data["myscaleset"], "resourcegroup": "no-such-group"}
+    data.update({"bad-sub": bad_sub, "bad-group": bad_group, "missing": missing})
+    templates.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert azm(["gc", "--dry-run", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    problems = {p["what"]: p for p in report["not_collected"]}
+    assert set(problems) == {"scale-set template 'bad-sub'", "scale-set template 'bad-group'"}
+    for problem in problems.values():
+        assert problem["file"] == str(templates)
+    assert "not-a-guid" in problems["scale-set template 'bad-sub'"]["error"]
+    assert "resourcegroup" in problems["scale-set template 'bad-group'"]["error"]
+    called = [c.path for c in emulated_azure.server.calls]
+    assert not any("not-a-guid" in path or "%3Bx" in path or ";x" in path for path in called)
+    assert any("no-such-group" in path for path in called)  # looked there: nothing to collect

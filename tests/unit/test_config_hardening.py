@@ -106,3 +106,12 @@ def test_the_manifest_takes_azure_and_linux_names(azm_home: Path) -> None:
     assert manifest.load_manifest().resourcegroup == "my-rg_1.(x)"
     manifest.write_manifest(**{**GOOD_MANIFEST, "resourcegroup": "r" * 90, "ssh_user": "_u"})
     assert manifest.load_manifest().ssh_user == "_u"
+
+
+@pytest.mark.parametrize("group", ["rg\n", "rg;x", "rg."])
+def test_an_azure_template_refuses_a_bad_resource_group(group: str, azm_home: Path) -> None:
+    from tests.unit.test_templates import _ss
+
+    with pytest.raises(ConfigError, match="resourcegroup.*not a resource group name"):
+        templates.save_template_scaleset("t", {**_ss(), "resourcegroup": group})
+    assert not templates.templates_path("scaleset").exists()

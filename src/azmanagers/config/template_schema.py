@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Literal, NoReturn
 
+from azmanagers.config.manifest import RESOURCE_GROUP_RE
 from azmanagers.errors import ConfigError
 
 TemplateKind = Literal["scaleset", "vm", "nic"]
@@ -626,7 +627,13 @@ def _check_azure_outer(check: _Check, template: Mapping[str, Any]) -> Mapping[st
             f"must look like a GUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx), got {subscription!r}",
             "Set it to your Azure subscription id (`az account show --query id`)",
         )
-    check.string(template, "resourcegroup", "", fix="Set it to the Azure resource group")
+    group = check.string(template, "resourcegroup", "", fix="Set it to the Azure resource group")
+    if group is not None and not RESOURCE_GROUP_RE.fullmatch(group):
+        check.fail(
+            "resourcegroup",
+            f"is not a resource group name Azure takes: {group!r}",
+            "Use 1 to 90 letters, digits, '_', '-', '.', '(' or ')', not ending in '.'",
+        )
     check.string(
         template,
         "tempdisk",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from azmanagers.errors import ProviderError
+from azmanagers.errors import NotFoundError, ProviderError
 from azmanagers.providers.base import OwnedResource, Provider
 from azmanagers.providers.tags import DETACHED_OWNER, TAG_CLUSTER, TAG_OWNER, is_expired
 
@@ -99,13 +99,34 @@ def _azure_places(problems: list[NotCollected]) -> set[tuple[str, str]]:
             what = f"scale-set template {name!r}"
             problems.append(NotCollected(what, str(templates_path("scaleset")), str(exc)))
             continue
-        sub = str(template.get("subscriptionid") or (manifest.subscriptionid if manifest else ""))
-        group = str(template.get("resourcegroup") or (manifest.resourcegroup if manifest else ""))
-        if sub and group:
+        sub = template.get("subscriptionid") or (manifest.subscriptionid if manifest else "")
+        group = template.get("resourcegroup") or (manifest.resourcegroup if manifest else "")
+        unusable = _unusable_place(sub, group)
+        if unusable:  # never sent to Azure: it cannot name a place of ours
+            what = f"scale-set template {name!r}"
+            problems.append(NotCollected(what, str(templates_path("scaleset")), unusable))
+        elif sub and group:
             places.add((sub, group))
     if manifest is not None:
         places.add((manifest.subscriptionid, manifest.resourcegroup))
     return places
+
+
+def _unusable_place(sub: object, group: object) -> str:
+    """Return why a template's subscription and resource group cannot be used ('' if they can)."""
+    from azmanagers.config.manifest import GUID_RE, RESOURCE_GROUP_RE
+
+    if not isinstance(sub, str) or (sub and not GUID_RE.fullmatch(sub)):
+        return (
+            f"its subscriptionid {sub!r} is not a GUID, so gc does not call Azure for it. "
+            "Fix the template (`az account show --query id` gives the id) or remove it."
+        )
+    if not isinstance(group, str) or (group and not RESOURCE_GROUP_RE.fullmatch(group)):
+        return (
+            f"its resourcegroup {group!r} is not a resource group name Azure takes, so gc "
+            "does not call Azure for it. Fix the template or remove it."
+        )
+    return ""
 
 
 def _places(problems: list[NotCollected]) -> list[_Place]:
@@ -195,6 +216,9 @@ def _collect(place: _Place, report: GcReport, *, cluster: str | None) -> None:
     try:
         resources = provider.list_owned_resources(cluster=cluster)
         unreadable = provider.list_unreadable_resources()
+    except NotFoundError:  # e.g. a resource group that does not exist: nothing of ours there
+        logger.info("gc: %s: not found, nothing to collect there", place.label)
+        return
     except Exception as exc:  # one provider must not stop the others
         report.not_collected.append(NotCollected(place.label, "", str(exc)))
         return
