@@ -22,9 +22,7 @@ HOSTILE_JSON = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_JSON))
-def test_hostile_json_gives_a_config_error_naming_the_file(
-    name: str, azm_home: Path
-) -> None:
+def test_hostile_json_gives_a_config_error_naming_the_file(name: str, azm_home: Path) -> None:
     # Before: RecursionError, or ValueError "Exceeds the limit (4300 digits)", no file name.
     azm_home.mkdir()
     path = azm_home / "templates_scaleset.json"
@@ -115,3 +113,46 @@ def test_an_azure_template_refuses_a_bad_resource_group(group: str, azm_home: Pa
     with pytest.raises(ConfigError, match="resourcegroup.*not a resource group name"):
         templates.save_template_scaleset("t", {**_ss(), "resourcegroup": group})
     assert not templates.templates_path("scaleset").exists()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_every_folder_made_for_azmanagers_home_is_0700(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: mkdir(parents=True, mode=0o700) made the parents 0755 (only the last got 0700).
+    there = tmp_path / "there"
+    there.mkdir(mode=0o750)
+    there.chmod(0o750)
+    home = there / "a" / "b" / "home"
+    monkeypatch.setenv("AZMANAGERS_HOME", str(home))
+    old = os.umask(0o022)
+    try:
+        templates.save_template_scaleset("t", {"provider": "local"})
+        made = paths.ensure_dir(paths.home() / "state" / "x" / "y")
+    finally:
+        os.umask(old)
+    for folder in (there / "a", there / "a" / "b", home, home / "state", made.parent, made):
+        assert _mode(folder) == 0o700, f"{folder} is {oct(_mode(folder))}"
+    assert _mode(there) == 0o750  # a folder that was there is left as it was
+
+
+def test_a_config_file_readable_by_others_is_made_0600_with_one_warning(
+    azm_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: a 0644 manifest or template file (they may hold secrets) was read as it was.
+    manifest.write_manifest(**GOOD_MANIFEST)
+    templates.save_template_scaleset("t", {"provider": "local"})
+    for path in (manifest.manifest_path(), templates.templates_path("scaleset")):
+        path.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="azmanagers"):
+        for _ in range(3):
+            manifest.load_manifest()
+            templates.list_templates("scaleset")
+    assert _mode(manifest.manifest_path()) == 0o600
+    assert _mode(templates.templates_path("scaleset")) == 0o600
+    warned = [r.getMessage() for r in caplog.records if "0600" in r.getMessage()]
+    assert len(warned) == 2, warned  # once per file
+    assert str(manifest.manifest_path()) in warned[0] or str(manifest.manifest_path()) in warned[1]

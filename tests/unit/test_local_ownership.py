@@ -132,3 +132,16 @@ def test_gc_stops_every_instance_of_a_pool_with_one_unreadable_record(
     captured = capsys.readouterr()
     assert "nothing to collect" not in captured.out
     assert str(broken / "instance.json") in captured.err
+
+
+def test_the_exit_status_file_is_0600(tmp_path: Path) -> None:
+    # Before: written by the shell with the umask's mode (0644).
+    old = os.umask(0o022)
+    try:
+        proc = procvm.start(tmp_path / "vm", "exit 3\n", procvm.instance_environment(tmp_path, {}))
+    finally:
+        os.umask(old)
+    assert proc.wait(timeout=30) == 3
+    status = tmp_path / "vm" / procvm.EXIT_STATUS_NAME
+    assert procvm.exit_status(tmp_path / "vm") == 3
+    assert status.stat().st_mode & 0o777 == 0o600

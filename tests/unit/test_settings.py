@@ -116,7 +116,7 @@ BAD_VALUES = [
     ("join_timeout_s", True, "positive number of seconds"),
     ("join_timeout_s", None, "positive number of seconds"),
     ("death_timeout_s", [1], "positive number of seconds"),
-    ("reconcile_interval_s", "-0.1", "positive number of seconds"),
+    ("reconcile_interval_s", "-0.1", "at least 0.1 seconds"),
     ("ttl_s", "0", "more than 60 seconds"),
     ("ttl_s", 59, "more than 60 seconds"),
     ("max_replacements", -1, "whole number >= 0"),

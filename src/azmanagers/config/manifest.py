@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from azmanagers.config.paths import HOME_ENV, atomic_write_json, home, read_json
+from azmanagers.config.paths import HOME_ENV, atomic_write_json, home, private_file, read_json
 from azmanagers.errors import ConfigError
 
 MANIFEST_FILENAME = "manifest.json"
@@ -169,6 +169,7 @@ def load_manifest() -> Manifest:
         missing or has a wrong value. The message names the file and the key.
     """
     path = manifest_path()
+    private_file(path)  # it may hold secrets: 0600, as written
     data: Any = read_json(path)
     if data is None and not path.exists():
         raise ConfigError(f"no manifest at {path} ({HOME_ENV} is {home()}). {HOW_TO_WRITE}")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from azmanagers.errors import ConfigError
+
+logger = logging.getLogger("azmanagers.config")
 
 HOME_ENV = "AZMANAGERS_HOME"
 FILE_MODE = 0o600
@@ -32,9 +36,23 @@ def state_dir() -> Path:
 
 
 def ensure_dir(path: Path) -> Path:
-    """Create ``path`` (mode 0700) if needed; raise ConfigError when it cannot be written."""
+    """Create ``path`` if needed; raise ConfigError when it cannot be written.
+
+    Every folder it creates, the missing parents included, is mode 0700 whatever the
+    umask; folders that were there are left as they are.
+    """
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        missing = []
+        for folder in (path, *path.parents):
+            if folder.exists():
+                break
+            missing.append(folder)
+        for folder in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # made meanwhile by someone else
+                folder.mkdir(mode=DIR_MODE)
+                os.chmod(folder, DIR_MODE)  # the umask may have taken bits from mkdir's mode
+        if not path.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(path))
     except OSError as exc:
         raise ConfigError(
             f"cannot create {path}: {exc.strerror}. Set {HOME_ENV} to a writable folder."
@@ -94,6 +112,30 @@ def locked(path: Path) -> Iterator[None]:
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically, mode 0600."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+_WARNED_MODES: set[str] = set()
+
+
+def private_file(path: Path) -> None:
+    """Make a config file found readable or writable by others 0600, warning once per file.
+
+    Config files may hold secrets (a template's custom data, tags, key paths).
+    """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if not mode & 0o077:
+            return
+        os.chmod(path, FILE_MODE)
+    except OSError:
+        return  # not ours to change (or gone): reading it says what is wrong, if anything
+    if str(path) not in _WARNED_MODES:
+        _WARNED_MODES.add(str(path))
+        logger.warning(
+            "%s was mode %s (others could read it); made it 0600, as azmanagers writes it.",
+            path,
+            oct(mode),
+        )
 
 
 def read_json(path: Path, *, default: Any = None) -> Any:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from azmanagers.config.paths import atomic_write_json, home, locked, read_json
+from azmanagers.config.paths import atomic_write_json, home, locked, private_file, read_json
 from azmanagers.config.template_builders import (
     build_nictemplate,
     build_sstemplate,
@@ -71,6 +71,7 @@ def _builtins(kind: TemplateKind) -> dict[str, dict[str, Any]]:
 def _read_file(kind: TemplateKind) -> tuple[Path, dict[str, Any]]:
     """Return the path and the stored templates of ``kind`` (empty when there is no file)."""
     path = templates_path(kind)
+    private_file(path)  # it may hold secrets: 0600, as written
     data = read_json(path, default={})
     if not isinstance(data, dict):
         raise ConfigError(

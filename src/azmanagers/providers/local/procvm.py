@@ -85,7 +85,7 @@ def start(instance_dir: Path, custom_data: str, env: Mapping[str, str]) -> subpr
             [
                 "/bin/bash",
                 "-c",
-                '/bin/bash "$1"; status=$?; echo "$status" > "$2"; exit "$status"',
+                '/bin/bash "$1"; status=$?; (umask 077; echo "$status" > "$2"); exit "$status"',
                 "azm-boot",
                 str(script),
                 str(instance_dir / EXIT_STATUS_NAME),
