@@ -23,6 +23,8 @@ BOOT_LOG_NAME = "boot.log"
 EXIT_STATUS_NAME = "exit_status"
 STOP_GRACE_S = 3.0
 _POLL_S = 0.1
+START_TIME_TOLERANCE_S = 0.01
+"""A record's start time and its process's agree within this (psutil rounds them)."""
 
 # Variables a process-VM inherits from the caller: nothing else of the caller's
 # environment (tokens, keys, credentials) reaches an instance.
@@ -114,7 +116,10 @@ def is_alive(handle: ProcessHandle) -> bool:
     """Tell whether the process-VM's leader still runs (not a zombie, not a reused pid)."""
     try:
         proc = psutil.Process(handle.pid)
-        if handle.create_time and abs(proc.create_time() - handle.create_time) > 0.01:
+        if (
+            handle.create_time
+            and abs(proc.create_time() - handle.create_time) > START_TIME_TOLERANCE_S
+        ):
             return False
         return bool(proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
@@ -130,7 +135,8 @@ def leader_matches(handle: ProcessHandle) -> bool:
     if not handle.create_time:
         return False
     try:
-        return abs(psutil.Process(handle.pid).create_time() - handle.create_time) <= 0.01
+        started = psutil.Process(handle.pid).create_time()
+        return bool(abs(started - handle.create_time) <= START_TIME_TOLERANCE_S)
     except psutil.Error:
         return False
 

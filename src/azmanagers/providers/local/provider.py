@@ -5,18 +5,14 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from azmanagers.config.paths import (
     atomic_write_json,
-    atomic_write_text,
-    ensure_dir,
     home,
     read_json,
     state_dir,
@@ -35,63 +31,11 @@ from azmanagers.providers.base import (
     VMInfo,
     VMSpec,
 )
-from azmanagers.providers.local import procvm
+from azmanagers.providers.local import _records, procvm
 from azmanagers.providers.local.vms import LocalVMs, read_tags
 from azmanagers.providers.tags import TAG_CLUSTER, TAG_OWNER, owner_alive
 
-_POOL_FILE = "pool.json"
-_INSTANCE_FILE = "instance.json"
 _DELETE_WAIT_S = 30.0
-_INSTANCE_KEYS = {"id": str, "pid": int, "create_time": float, "created_at": float}
-
-
-@dataclass(frozen=True)
-class _Unreadable:
-    """An instance folder whose record cannot be read: where, and why."""
-
-    folder: Path
-    path: str
-    reason: str
-
-
-def _new_pool_record(spec: PoolSpec) -> dict[str, Any]:
-    """Return the ``pool.json`` of a new pool."""
-    return {
-        "name": spec.name,
-        "tags": dict(spec.tags),
-        "capacity": 0,
-        "next_index": 0,
-        "max_instances": spec.max_instances,
-        "created_at": time.time(),
-    }
-
-
-def _is_a(value: object, kind: type) -> bool:
-    """Tell whether a JSON value is of ``kind`` (a whole number counts as a float)."""
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
-
-
-def _read_instance(folder: Path) -> dict[str, Any] | None:
-    """Return an instance's record; None while it has none (it is being started).
-
-    Raises
-    ------
-    ConfigError
-        The record is not UTF-8 JSON, not an object, or lacks a key of the right type.
-    """
-    path = folder / _INSTANCE_FILE
-    info = read_json(path)
-    if info is None and not path.exists():
-        return None
-    if not isinstance(info, dict) or not all(
-        _is_a(info.get(key), kind) for key, kind in _INSTANCE_KEYS.items()
-    ):
-        raise ConfigError(
-            f"{path} is not an instance record (a JSON object with {', '.join(_INSTANCE_KEYS)})."
-        )
-    return info
 
 
 class LocalProvider:
@@ -127,7 +71,7 @@ class LocalProvider:
         return self._pool_dir(pool) / "instances" / instance_id
 
     def _pool_meta(self, pool: str) -> dict[str, Any]:
-        meta = read_json(self._pool_dir(pool) / _POOL_FILE)
+        meta = read_json(self._pool_dir(pool) / _records.POOL_FILE)
         if not isinstance(meta, dict):
             raise NotFoundError(
                 f"local pool {pool!r} does not exist: create it first, or check its name."
@@ -139,21 +83,9 @@ class LocalProvider:
         """Create the pool folder and its boot script (idempotent)."""
         with self._lock:
             pool_dir = self._pool_dir(spec.name)
-            if (pool_dir / _POOL_FILE).exists():
+            if (pool_dir / _records.POOL_FILE).exists():
                 return
-            # Made whole in a temporary folder, then renamed: never a pool without pool.json.
-            pools = ensure_dir(pool_dir.parent)
-            made = Path(tempfile.mkdtemp(dir=pools, prefix=f".{spec.name}.", suffix=".new"))
-            try:
-                (made / "instances").mkdir(mode=0o700)
-                (made / "logs").mkdir(mode=0o700)
-                atomic_write_text(made / procvm.BOOT_SCRIPT_NAME, boot.render(spec.boot))
-                atomic_write_json(made / _POOL_FILE, _new_pool_record(spec))
-                shutil.rmtree(pool_dir, ignore_errors=True)  # a leftover without pool.json
-                made.rename(pool_dir)
-            except (OSError, ValueError) as exc:
-                shutil.rmtree(made, ignore_errors=True)
-                raise ProviderError(f"cannot create local pool {spec.name!r}: {exc}") from exc
+            _records.make_pool(pool_dir, spec, boot.render)
 
     def check_capacity(
         self, template: object, add: int, *, current: int = 0, priority: Priority = REGULAR
@@ -166,7 +98,7 @@ class LocalProvider:
         with self._lock:
             meta = self._pool_meta(pool)
             meta["tags"] = dict(tags)
-            atomic_write_json(self._pool_dir(pool) / _POOL_FILE, meta)
+            atomic_write_json(self._pool_dir(pool) / _records.POOL_FILE, meta)
 
     def scale_pool(self, pool: str, capacity: int) -> None:
         """Start or stop process-VMs until ``capacity`` are live."""
@@ -191,10 +123,10 @@ class LocalProvider:
                 index = int(meta["next_index"])
                 meta["next_index"] = index + 1
                 # Persist the index first: a failed start must not make the next try reuse it.
-                atomic_write_json(self._pool_dir(pool) / _POOL_FILE, meta)
+                atomic_write_json(self._pool_dir(pool) / _records.POOL_FILE, meta)
                 self._start_instance(pool, f"{pool}-{index:04d}", custom_data, meta)
                 meta["capacity"] = int(meta.get("capacity", 0)) + 1
-                atomic_write_json(self._pool_dir(pool) / _POOL_FILE, meta)
+                atomic_write_json(self._pool_dir(pool) / _records.POOL_FILE, meta)
 
     def _start_instance(
         self, pool: str, instance_id: str, custom_data: str, meta: dict[str, Any]
@@ -220,7 +152,7 @@ class LocalProvider:
         handle = procvm.handle_of(proc)
         self._procs[instance_id] = proc
         atomic_write_json(
-            instance_dir / _INSTANCE_FILE,
+            instance_dir / _records.INSTANCE_FILE,
             {
                 "id": instance_id,
                 "pid": handle.pid,
@@ -235,7 +167,7 @@ class LocalProvider:
     def list_instances(self, pool: str) -> list[Instance]:
         """Return every instance of the pool (one folder scan)."""
         with self._lock:
-            if not (self._pool_dir(pool) / _POOL_FILE).exists():
+            if not (self._pool_dir(pool) / _records.POOL_FILE).exists():
                 return []
             return self._scan(pool)
 
@@ -243,7 +175,7 @@ class LocalProvider:
         out = []
         instances_dir = self._pool_dir(pool) / "instances"
         for entry in sorted(instances_dir.iterdir()) if instances_dir.exists() else []:
-            info = _read_instance(entry)
+            info = _records.read_instance(entry)
             if info is None:
                 continue
             proc = self._procs.get(info["id"])
@@ -278,11 +210,11 @@ class LocalProvider:
             removed = 0
             for instance_id in instance_ids:
                 instance_dir = self._instance_dir(pool, instance_id)
-                info = _read_instance(instance_dir)
+                info = _records.read_instance(instance_dir)
                 if info is None or info.get("deleting"):
                     continue
                 info["deleting"] = True
-                atomic_write_json(instance_dir / _INSTANCE_FILE, info)
+                atomic_write_json(instance_dir / _records.INSTANCE_FILE, info)
                 removed += 1
                 handle = procvm.ProcessHandle(int(info["pid"]), float(info["create_time"]))
                 thread = threading.Thread(
@@ -294,7 +226,7 @@ class LocalProvider:
                 self._stopping[instance_id] = thread
                 thread.start()
             meta["capacity"] = max(0, int(meta["capacity"]) - removed)
-            atomic_write_json(self._pool_dir(pool) / _POOL_FILE, meta)
+            atomic_write_json(self._pool_dir(pool) / _records.POOL_FILE, meta)
 
     def _stop_instance(self, pool: str, instance_id: str, handle: procvm.ProcessHandle) -> None:
         proc = self._procs.pop(instance_id, None)
@@ -323,13 +255,13 @@ class LocalProvider:
         ``ProviderError`` names the record, once every other instance was deleted.
         """
         pool_dir = self._pool_dir(pool)
-        if not (pool_dir / _POOL_FILE).exists():
+        if not (pool_dir / _records.POOL_FILE).exists():
             return
         with self._lock:  # mark, list and delete under one lock: no start slips in between
             meta = self._pool_meta(pool)
             meta["deleting"] = True
-            atomic_write_json(pool_dir / _POOL_FILE, meta)
-            readable, unreadable = self._instance_records(pool)
+            atomic_write_json(pool_dir / _records.POOL_FILE, meta)
+            readable, unreadable = _records.instance_records(self._pool_dir(pool))
             self.delete_instances(pool, [str(info["id"]) for info in readable])
             for record in unreadable:
                 self._stop_unreadable(record.folder)
@@ -374,20 +306,6 @@ class LocalProvider:
         self._stopping[key] = thread
         thread.start()
 
-    def _instance_records(self, pool: str) -> tuple[list[dict[str, Any]], list[_Unreadable]]:
-        """Return the pool's readable instance records and the ones that cannot be read."""
-        readable, unreadable = [], []
-        instances_dir = self._pool_dir(pool) / "instances"
-        for entry in sorted(instances_dir.iterdir()) if instances_dir.is_dir() else []:
-            try:
-                info = _read_instance(entry)
-            except ConfigError as exc:
-                unreadable.append(_Unreadable(entry, str(entry / _INSTANCE_FILE), str(exc)))
-                continue
-            if info is not None:
-                readable.append(info)
-        return readable, unreadable
-
     def instance_log(self, pool: str, instance_id: str, *, tail_bytes: int = 4096) -> str:
         """Return the end of the instance's boot log (also after it was deleted)."""
         live = self._instance_dir(pool, instance_id) / procvm.BOOT_LOG_NAME
@@ -417,9 +335,10 @@ class LocalProvider:
         pools_dir = self.root / "pools"
         pools = sorted(pools_dir.iterdir()) if pools_dir.is_dir() else []
         found = [
-            ("pool", p.name, p / _POOL_FILE)
+            ("pool", p.name, p / _records.POOL_FILE)
             for p in pools
-            if not p.name.startswith(".") and (p / _POOL_FILE).exists()  # not one being made
+            if not p.name.startswith(".")
+            and (p / _records.POOL_FILE).exists()  # not one being made
         ]
         return found + [("vm", name, path) for name, path in self.vms.records()]
 
@@ -453,7 +372,9 @@ class LocalProvider:
             except ConfigError as exc:
                 out.append(UnreadableResource(path=str(path), reason=str(exc)))
                 continue
-            for record in self._instance_records(name)[1] if kind == "pool" else []:
+            for record in (
+                _records.instance_records(self._pool_dir(name))[1] if kind == "pool" else []
+            ):
                 reason = (
                     f"{record.reason} Deleting pool {name!r} stops this instance's processes "
                     f"(found by their {procvm.MARKER}) and keeps {record.folder}: look at "
