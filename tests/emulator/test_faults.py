@@ -321,3 +321,58 @@ def test_a_429_with_a_long_retry_after_stops_every_call_until_it_passes(
     assert len(throttled) == 1, [r.getMessage() for r in throttled]
     assert re.search(r"no provider calls for \d{4} s", throttled[0].getMessage())
     emulated_azure.state.faults.update({"reads_per_hour": 12_000})  # let the teardown read
+
+
+def _scale_sets(emu: Emulator) -> list[str]:
+    return [name for (_, _, name) in emu.state.scalesets]
+
+
+def test_close_while_arm_throttles_for_long_raises_naming_the_pool_left(
+    emulated_azure: Emulator,
+) -> None:
+    """Breaker b3: a DELETE answered 429 (Retry-After ~1 h) was only logged; rmprocs returned
+    and the scale set stayed, billing. Now everything local closes, then rmprocs raises."""
+    import distributed
+
+    from azmanagers.cluster import api
+    from azmanagers.errors import ThrottledError
+
+    cluster = azmanagers.addprocs("myscaleset", 1)
+    client = distributed.default_client()
+    emulated_azure.state.faults.update({"throttle_rate": 1.0, "retry_after_s": 3500})
+    try:
+        started = time.monotonic()
+        with pytest.raises(ThrottledError) as info:
+            azmanagers.rmprocs()
+        assert time.monotonic() - started < 60  # no sleeping through an hour's Retry-After
+        message = str(info.value)
+        assert cluster.pool in message and "azm gc" in message, message
+        assert "once this process has exited" in message
+        assert re.search(r"accepts calls again in about \d+ s \(at \d\d:\d\d:\d\d UTC\)", message)
+        assert info.value.retry_after_s > 3000
+        # everything local is closed: no cluster, no scheduler, no client
+        assert cluster.status.name == "closed" and api.clusters() == {}
+        assert client.status == "closed"
+        assert cluster.pool.lower() in _scale_sets(emulated_azure)
+    finally:
+        emulated_azure.state.faults.update({"throttle_rate": 0.0})
+        cluster.provider.delete_pool(cluster.pool, wait=True)
+    assert _scale_sets(emulated_azure) == []
+
+
+def test_close_retries_a_delete_throttled_for_a_short_while(emulated_azure: Emulator) -> None:
+    """A short Retry-After is waited out within close's deadline: the scale set is deleted."""
+    import threading
+
+    cluster = azmanagers.addprocs("myscaleset", 1)
+    emulated_azure.state.faults.update({"throttle_rate": 1.0, "retry_after_s": 2})
+    # the SDK retries a 2 s Retry-After six times (~12 s); the throttling lasts longer
+    lift = threading.Timer(16.0, emulated_azure.state.faults.update, [{"throttle_rate": 0.0}])
+    lift.start()
+    try:
+        azmanagers.rmprocs()
+    finally:
+        lift.cancel()
+        emulated_azure.state.faults.update({"throttle_rate": 0.0})
+    assert cluster.status.name == "closed"
+    assert cluster.pool.lower() not in _scale_sets(emulated_azure)

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
 import collections
-import contextlib
 import logging
 import threading
 import uuid
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -18,19 +15,14 @@ from distributed.deploy.adaptive import Adaptive
 from distributed.deploy.cluster import Cluster
 from distributed.protocol.pickle import dumps as pickle_dumps
 from distributed.scheduler import Scheduler
-from distributed.utils import format_dashboard_link
 
 from azmanagers.agent.logforward import LogForwardPlugin
 from azmanagers.cluster import guard as scheduler_guard
 from azmanagers.cluster.hooks import ClusterHooks, SchedulerWorkers, emit_worker_log
 from azmanagers.cluster.reconciler import Reconciler
-from azmanagers.cluster.scheduler import (
-    dashboard_bound,
-    dashboard_host,
-    parse_dashboard_address,
-    start_scheduler,
-)
+from azmanagers.cluster.scheduler import dashboard_link, parse_dashboard_address, start_scheduler
 from azmanagers.cluster.spec import worker_pool_spec
+from azmanagers.cluster.teardown import LIVE_CLUSTERS, stop_and_delete
 from azmanagers.cluster.waits import (
     ProgressCallback,
     check_count,
@@ -45,9 +37,6 @@ from azmanagers.tls import make_cluster_credentials
 logger = logging.getLogger("azmanagers.cluster")
 
 WORKER_LOG_BUFFER = 2000
-CLOSE_WAIT_S = 60.0
-
-_live_clusters: weakref.WeakSet[AzCluster] = weakref.WeakSet()
 
 
 class AzCluster(Cluster):
@@ -127,13 +116,16 @@ class AzCluster(Cluster):
         self._scale_seq = 0
         self._reconcile_task: asyncio.Task[None] | None = None
         self._pending_checks: set[asyncio.Future[None]] = set()
-        _live_clusters.add(self)
+        LIVE_CLUSTERS.add(self)
         if not self.called_from_running_loop:
             self._loop_runner.start()
             try:
                 self.sync(self._start)
-            except BaseException:
-                self.close()
+            except BaseException as exc:
+                try:
+                    self.close()
+                except AzManagersError as close_error:  # a pool left behind: say so
+                    raise close_error from exc
                 raise
 
     # -- start and stop ------------------------------------------------------------------
@@ -178,33 +170,26 @@ class AzCluster(Cluster):
         self.status = Status.closing
         if self._adaptive is not None:
             self._adaptive.stop()
-        if self._reconcile_task is not None:
-            # Let the current cycle finish (it may be starting instances), then stop.
-            self.reconciler.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._reconcile_task), CLOSE_WAIT_S)
-            except (asyncio.TimeoutError, Exception):
-                self._reconcile_task.cancel()
-        # Deleting the pool is tried even while throttled: left behind, it would keep billing.
-        try:
-            try:
-                await asyncio.to_thread(self.provider.delete_pool, self.pool, wait=True)
-            except RuntimeError:  # interpreter exit: executors refuse new work; block instead
-                self.provider.delete_pool(self.pool, wait=True)
-        except AzManagersError:
-            logger.exception("cluster %s: deleting pool %s failed", self.name, self.pool)
+        left = await stop_and_delete(self.reconciler, self._reconcile_task)
         self.status = Status.running  # let the base class close its comms
         await super()._close()
         if self.scheduler is not None:
             await self.scheduler.close()
-        _live_clusters.discard(self)
+        LIVE_CLUSTERS.discard(self)
+        if left is not None:
+            raise left
 
     def close(self, timeout: float | None = None) -> Any:
-        """Delete every instance, stop the scheduler and the event loop."""
-        result = super().close(timeout)
-        if not self.asynchronous:
-            self._loop_runner.stop()
-        return result
+        """Delete every instance, stop the scheduler and the event loop.
+
+        Raises ``ThrottledError`` or ``ProviderError`` (after closing everything local) when
+        the pool could not be deleted: the message names it and says what deletes it.
+        """
+        try:
+            return super().close(timeout)
+        finally:
+            if not self.asynchronous:
+                self._loop_runner.stop()
 
     # -- scaling ---------------------------------------------------------------------------
     def scale(self, n: int = 0, memory: Any = None, cores: Any = None) -> None:
@@ -378,12 +363,9 @@ class AzCluster(Cluster):
     ) -> None:
         """Block until ``n_workers`` workers have joined.
 
-        ``timeout`` is in seconds (by default ``default_wait_s()``: a wait always has a
-        deadline); ``progress(joined, n_workers)`` is called whenever the count changes.
-        Raises ``InstanceFailedError`` or ``ProviderError`` (instances failed past the
-        replacement budget, or the provider kept failing, since this wait began),
-        ``ThrottledError`` (no provider call allowed before the deadline), or
-        ``WaitTimeoutError`` (the message says how many joined).
+        ``timeout``: a finite number of seconds (default ``default_wait_s()``: a wait always
+        has a deadline); ``progress(joined, n_workers)`` is called as the count changes.
+        Raises what ``waits.wait_for_workers`` says (``WaitTimeoutError`` at the deadline).
         """
         check_count(n_workers)
         wait_s = self.default_wait_s() if timeout is None else check_timeout(timeout)
@@ -398,8 +380,7 @@ class AzCluster(Cluster):
         """
         if self.dashboard_address is None or self.scheduler is None:
             return ""
-        host, port = dashboard_bound(self.scheduler)
-        return str(format_dashboard_link(dashboard_host(host), port))
+        return dashboard_link(self.scheduler)
 
     def instance_logs(self) -> dict[str, str]:
         """Return the boot log of every instance this cluster has had, by instance name."""
@@ -424,10 +405,3 @@ def _on_running_loop() -> bool:
     except RuntimeError:
         return False
     return True
-
-
-@atexit.register
-def _close_all_clusters() -> None:
-    for cluster in list(_live_clusters):
-        with contextlib.suppress(Exception):
-            cluster.close(timeout=30)

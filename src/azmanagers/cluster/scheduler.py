@@ -103,12 +103,18 @@ def dashboard_bound(scheduler: Scheduler) -> tuple[str, int]:
     return str(host), int(port)
 
 
-def dashboard_host(bound_host: str) -> str:
-    """The host to put in a link to a dashboard bound to ``bound_host``."""
-    if ipaddress.IPv4Address(bound_host).is_unspecified:
+def dashboard_link(scheduler: Scheduler) -> str:
+    """The URL of ``scheduler``'s dashboard at the address it is bound to.
+
+    A dashboard on every interface (``0.0.0.0``) is linked by this machine's host name.
+    """
+    from distributed.utils import format_dashboard_link
+
+    host, port = dashboard_bound(scheduler)
+    if ipaddress.IPv4Address(host).is_unspecified:
         with contextlib.suppress(OSError):
-            return socket.gethostname()
-    return bound_host
+            host = socket.gethostname()
+    return str(format_dashboard_link(host, port))
 
 
 class TLSOnlyScheduler(Scheduler):
