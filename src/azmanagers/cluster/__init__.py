@@ -2,15 +2,17 @@
 
 What lives here: ``core.py`` (AzCluster, a distributed ``Cluster``: scale, adapt, waits, logs,
 close), ``reconciler.py`` (the Reconciler: the loop and its bookkeeping, usable without an
-AzCluster, e.g. on a head node), ``policy.py`` (the pure ``decide``), ``gate.py`` (no provider
-call while throttled), ``latch.py`` (the error waits raise), ``hooks.py`` (the scheduler
-plugin: joins, departures, worker log records), ``scheduler.py`` (a TLS-only scheduler; HTTP
-only for a dashboard asked for), ``guard.py`` (what a worker's certificate may ask),
-``spec.py`` (the workers' pool spec and payload), ``waits.py``, ``customenv.py`` and
-``api.py`` (addprocs, rmprocs, workers, nworkers).
+AzCluster, e.g. on a head node), ``pace.py`` (how often it lists the pool), ``policy.py``
+(the pure ``decide``), ``gate.py`` (no provider call while throttled), ``latch.py`` (the error
+waits raise), ``hooks.py`` (the scheduler plugin: joins, departures, worker log records),
+``scheduler.py`` (a TLS-only scheduler; HTTP only for a dashboard asked for, its address
+checked first), ``guard.py`` (what a worker's certificate may ask), ``spec.py`` (the workers'
+pool spec and payload, its boot script checked to fit), ``teardown.py`` (the pool delete at
+close, loud when it fails; closing at exit), ``waits.py``, ``customenv.py`` and ``api.py``
+(addprocs, rmprocs, workers, nworkers).
 
 What it may import: ``azmanagers.providers`` (the Protocol, its dataclasses, ``tags`` and the
-registry; never a provider's own module), ``config``, ``state``, ``tls``, ``errors``, and from
+registry and ``boot``; never a provider's own module), ``config``, ``state``, ``tls``, ``errors``, and from
 ``agent`` only what the workers run (``LOG_TOPIC``, the log-forwarding worker plugin); never
 ``cli``.
 """
