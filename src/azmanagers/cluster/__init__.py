@@ -11,8 +11,8 @@ pool spec and payload, its boot script checked to fit), ``teardown.py`` (the poo
 close, loud when it fails; closing at exit), ``waits.py``, ``customenv.py`` and ``api.py``
 (addprocs, rmprocs, workers, nworkers).
 
-What it may import: ``azmanagers.providers`` (the Protocol, its dataclasses, ``tags`` and the
-registry and ``boot``; never a provider's own module), ``config``, ``state``, ``tls``, ``errors``, and from
-``agent`` only what the workers run (``LOG_TOPIC``, the log-forwarding worker plugin); never
-``cli``.
+What it may import: ``azmanagers.providers`` (the Protocol, its dataclasses, ``tags``, ``boot``
+and the registry; never a provider's own module), ``config``, ``state``, ``tls``, ``errors``,
+and from ``agent`` only what the workers run (``LOG_TOPIC``, the log-forwarding worker
+plugin); never ``cli``.
 """
