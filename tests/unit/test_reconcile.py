@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -485,3 +485,49 @@ def test_a_throttled_provider_is_not_called_until_its_retry_after(fake_python: o
             rec.gate.call("checking the quota", provider.check_capacity, {}, 1)
     finally:
         provider.delete_pool("throttled", wait=True)
+
+
+def test_a_delete_the_provider_refused_is_retried_once_it_accepts_calls(
+    fake_python: object,
+) -> None:
+    """An instance whose delete was throttled is not forgotten: a later step deletes it."""
+    import asyncio
+    import time
+
+    from azmanagers.cluster.reconciler import Reconciler
+    from azmanagers.config.settings import ClusterSettings
+    from azmanagers.errors import ThrottledError
+    from azmanagers.providers.local.provider import LocalProvider
+
+    class RefusingProvider(LocalProvider):
+        """The local provider, refusing the first delete as a throttled ARM would."""
+
+        refused = 0
+
+        def delete_instances(self, pool: str, instance_ids: Sequence[str]) -> None:
+            if not self.refused:
+                self.refused += 1
+                raise ThrottledError("writes spent; try again after 1 s", retry_after_s=0.5)
+            super().delete_instances(pool, instance_ids)
+
+    provider = RefusingProvider()
+    rec = Reconciler(provider, "refused", set, ClusterSettings())
+    _stuck_pool(provider, fake_python, "refused")
+    try:
+        rec.set_target(2)
+        asyncio.run(rec.step())
+        names = sorted(i.id for i in provider.list_instances("refused"))
+        assert len(names) == 2
+        with pytest.raises(ThrottledError):
+            asyncio.run(rec.retire(rec.shrink({names[0]})))
+        assert rec.target == 1
+        time.sleep(rec.gate.throttled_for_s() + 0.1)  # the Retry-After passes
+        asyncio.run(rec.step())
+        live = {
+            i.id
+            for i in provider.list_instances("refused")
+            if i.state is not InstanceState.DELETING
+        }
+        assert live == {names[1]}, "the refused delete was never sent again"
+    finally:
+        provider.delete_pool("refused", wait=True)

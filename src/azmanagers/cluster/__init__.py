@@ -3,8 +3,9 @@
 What lives here: ``core.py`` (AzCluster, a distributed ``Cluster``: scale, adapt, waits, logs,
 close), ``reconciler.py`` (the Reconciler: the loop and its bookkeeping, usable without an
 AzCluster, e.g. on a head node), ``pace.py`` (how often it lists the pool), ``policy.py``
-(the pure ``decide``), ``gate.py`` (no provider call while throttled), ``latch.py`` (the error
-waits raise), ``hooks.py`` (the scheduler plugin: joins, departures, worker log records),
+(the pure ``decide``), ``gate.py`` (no provider call while throttled), ``deletes.py`` (instance
+deletes; a refused one is sent again), ``latch.py`` (the error waits raise), ``hooks.py``
+(the scheduler plugin: joins, departures, worker log records),
 ``scheduler.py`` (a TLS-only scheduler; HTTP only for a dashboard asked for, its address
 checked first), ``guard.py`` (what a worker's certificate may ask), ``spec.py`` (the workers'
 pool spec and payload, its boot script checked to fit), ``teardown.py`` (the pool delete at

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Set
 from typing import TYPE_CHECKING
 
+from azmanagers.cluster.deletes import Deletes
 from azmanagers.cluster.gate import ThrottleGate
 from azmanagers.cluster.latch import ErrorLatch
 from azmanagers.cluster.pace import reconcile_pace
@@ -87,6 +88,7 @@ class Reconciler:
         self.tags = resource_tags(self.name, owner_id(), settings.ttl_s)
         self.gate = ThrottleGate(self.name)
         """Every provider call goes through it: a 429 stops them all until its Retry-After."""
+        self.deletes = Deletes(provider, pool, self.gate)
         self.errors = ErrorLatch()
         """The error waits raise: a spent replacement budget, or a failing provider."""
         self.failures: collections.deque[tuple[str, str, str]] = collections.deque(
@@ -255,10 +257,10 @@ class Reconciler:
                 await self._sleep(self.interval_s())
 
     async def _sleep(self, seconds: float) -> None:
-        assert self._wake is not None
+        wake = self._wake or asyncio.Event()  # run(), the only caller, makes it first
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        self._wake.clear()
+            await asyncio.wait_for(wake.wait(), seconds)
+        wake.clear()
 
     def stop(self) -> None:
         """Make ``run()`` return after its current step."""
@@ -290,6 +292,8 @@ class Reconciler:
         )
         joined = set(self._joined())
         decision, vanished = self._decide(instances, joined)
+        if await self.deletes.retry(instances):
+            self.changed()
         for name in joined & {i.id for i in instances}:
             self.on_join(name)
         decision = self._on_vanished(vanished, decision)
@@ -310,10 +314,7 @@ class Reconciler:
             await self.retire(set(retired))
         if delete:
             self.mark_removing(set(delete))
-            await self.gate.acall(
-                "deleting instances", self.provider.delete_instances, self.pool, delete
-            )
-            self.changed()
+            await self._delete(delete)
         if decision.create:
             # Grow only, relative to what the provider counts as live after the deletions
             # (instances still retiring included): shrinking always names its instances.
@@ -403,9 +404,10 @@ class Reconciler:
         if self._workers is not None:
             with contextlib.suppress(Exception):
                 await self._workers.retire(names)
-        await self.gate.acall(
-            "deleting instances", self.provider.delete_instances, self.pool, sorted(names)
-        )
+        await self._delete(sorted(names))
+
+    async def _delete(self, names: list[str]) -> None:
+        await self.deletes.delete(names)
         self.changed()
 
     async def _renew_tags(self) -> None:
