@@ -73,9 +73,9 @@ def test_a_job_may_not_set_azmanagers_variables(key: str) -> None:
 @pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -5.0, 0.0])
 def test_a_wait_needs_a_finite_positive_timeout(timeout: float) -> None:
     job = DetachedJob(_nowhere(), "0123456789abcdef")
-    with pytest.raises(ConfigError, match="timeout must be a positive number of seconds"):
+    with pytest.raises(ConfigError, match="timeout must be a finite number of seconds > 0"):
         job.wait(timeout)
-    with pytest.raises(ConfigError, match="timeout must be a positive number of seconds"):
+    with pytest.raises(ConfigError, match="timeout must be a finite number of seconds > 0"):
         job.result(timeout)
 
 
@@ -126,7 +126,7 @@ def test_the_job_commands_take_any_file_name_and_refuse_bad_input_clearly(
     for bad in ("nan", "-5", "0", "inf"):
         capsys.readouterr()
         assert main(["job", "wait", started["id"], "--vm", vm.name, "--timeout", bad]) == 1
-        assert "--timeout must be a positive number of seconds" in capsys.readouterr().err
+        assert "--timeout must be a finite number of seconds > 0" in capsys.readouterr().err
     jobs = azmanagers.detached.list_jobs(vm)
     assert len(jobs) == (2 if sys.platform != "darwin" else 1)
     for job in jobs:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from distributed.core import Status
 
+from azmanagers.config.settings import check_timeout as settings_check_timeout
 from azmanagers.errors import ClusterClosedError, ConfigError, ThrottledError, WaitTimeoutError
 
 if TYPE_CHECKING:
@@ -91,18 +91,8 @@ def check_count(n: object, *, allow_zero: bool = False) -> None:
 
 
 def check_timeout(timeout: object) -> float:
-    """Return ``timeout`` as seconds, or raise ConfigError unless it is a finite number > 0.
-
-    ``nan`` and ``inf`` would make a wait without a deadline, and ``True`` is not one second.
-    """
-    if (
-        isinstance(timeout, (int, float))
-        and not isinstance(timeout, bool)
-        and math.isfinite(timeout)
-        and timeout > 0
-    ):
-        return float(timeout)
-    raise ConfigError(
-        f"timeout must be a finite number of seconds > 0 (e.g. timeout=300), got {timeout!r}; "
-        "leave it out for the default deadline."
-    )
+    """Return a wait's ``timeout`` in seconds, or raise ConfigError (see settings)."""
+    seconds = settings_check_timeout(timeout, without="leave it out for the default deadline")
+    if seconds is None:
+        raise ConfigError("timeout must be a finite number of seconds > 0, got None.")
+    return seconds

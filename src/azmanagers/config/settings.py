@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import shlex
@@ -103,6 +104,28 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 """One label of a host name (RFC 1123); used with ``fullmatch``."""
 _MAX_HOSTNAME_CHARS = 253
 _MEMORY_HINT = 'use "auto", a size such as "4GiB" or "500MB", a number of bytes, or 0 for no limit'
+
+
+def check_timeout(
+    timeout: object, what: str = "timeout", *, without: str = "leave it out for the default"
+) -> float | None:
+    """Return a wait's ``timeout`` in seconds (None stays None), or raise ConfigError.
+
+    It must be a finite number > 0: ``nan`` and ``inf`` would make a wait without a deadline,
+    and ``True`` is not one second. ``without`` says what leaving it out does.
+    """
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, (int, float))
+        and not isinstance(timeout, bool)
+        and math.isfinite(timeout)
+        and timeout > 0
+    ):
+        return float(timeout)
+    raise ConfigError(
+        f"{what} must be a finite number of seconds > 0 (e.g. 300), got {timeout!r}; {without}."
+    )
 
 
 def check_env(env: Mapping[str, Any]) -> None:

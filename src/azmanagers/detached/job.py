@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import codecs
-import math
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from azmanagers.config import settings
 from azmanagers.detached import wire
 from azmanagers.detached.vms import DetachedVM, load_vm
 from azmanagers.errors import ConfigError, JobFailedError, WaitTimeoutError
@@ -20,15 +20,7 @@ FOLLOW_POLL_S = 0.5
 
 def check_timeout(timeout: float | None, what: str = "timeout") -> None:
     """Refuse a timeout that is not None nor a finite positive number of seconds."""
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise ConfigError(f"{what} must be a positive number of seconds, got {timeout!r}.")
-    if not (math.isfinite(timeout) and timeout > 0):
-        raise ConfigError(
-            f"{what} must be a positive number of seconds, got {timeout!r}; "
-            "leave it out to wait until the job ends."
-        )
+    settings.check_timeout(timeout, what, without="leave it out to wait until the job ends")
 
 
 class DetachedJob:
