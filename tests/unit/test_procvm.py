@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from azmanagers.errors import NotFoundError, ProviderError
+from azmanagers.errors import ConfigError, NotFoundError, ProviderError
 from azmanagers.providers import boot
 from azmanagers.providers.base import (
     BootSpec,
@@ -587,3 +587,11 @@ def test_a_local_vm_deletes_itself_through_the_registry(
             with contextlib.suppress(psutil.Error):
                 psutil.Process(int(pid_path.read_text())).kill()
     assert "Error" not in (tmp_path / "deleter.log").read_text()
+
+
+@pytest.mark.parametrize("name", ["vmé", "vm²", "", "a" * 65, "vm\n", "../x"])
+def test_a_local_vm_name_is_ascii_letters_digits_dash_underscore(
+    provider: LocalProvider, name: str
+) -> None:
+    with pytest.raises(ConfigError, match="letters, digits"):
+        provider.vms.folder(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import subprocess
 import threading
@@ -22,8 +23,12 @@ VM_FILE = "vm.json"
 LOCAL_ADDRESS = "127.0.0.1"
 
 
+_VM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""ASCII only, as everywhere else a name is checked: it names a folder."""
+
+
 def _check_name(name: str) -> str:
-    if not name or not all(c.isalnum() or c in "-_" for c in name) or len(name) > 64:
+    if not _VM_NAME.fullmatch(name):
         raise ConfigError(
             f"VM name {name!r}: use 1 to 64 letters, digits, '-' and '_' (it names a folder)."
         )
