@@ -174,3 +174,14 @@ def test_arrows_go_down() -> None:
             elif top in LAYER and target in LAYER and LAYER[target] > LAYER[top]:
                 upward.append(where)
     assert not upward, "imports that point up the layers:\n" + "\n".join(upward)
+
+
+def test_the_old_module_paths_of_public_classes_still_import() -> None:
+    from azmanagers.cluster import AzCluster
+    from azmanagers.detached import DetachedJob, DetachedVM
+
+    assert (AzCluster, DetachedJob, DetachedVM) == (
+        azmanagers.AzCluster,
+        azmanagers.DetachedJob,
+        azmanagers.DetachedVM,
+    )

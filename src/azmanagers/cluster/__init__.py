@@ -17,3 +17,14 @@ and the registry; never a provider's own module), ``config``, ``state``, ``tls``
 and from ``agent`` only what the workers run (``LOG_TOPIC``, the log-forwarding worker
 plugin); never ``cli``.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AzCluster":  # ``from azmanagers.cluster import AzCluster`` as before the package
+        return importlib.import_module("azmanagers.cluster.core").AzCluster
+    raise AttributeError(f"module 'azmanagers.cluster' has no attribute {name!r}")

@@ -26,4 +26,6 @@ _API = (
 def __getattr__(name: str) -> Any:
     if name in _API:
         return getattr(importlib.import_module("azmanagers.detached.api"), name)
+    if name == "DetachedVM":  # where it was found before the package existed
+        return importlib.import_module("azmanagers.detached.vms").DetachedVM
     raise AttributeError(f"module 'azmanagers.detached' has no attribute {name!r}")
