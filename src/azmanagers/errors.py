@@ -13,9 +13,15 @@
     ├── InstanceFailedError       an instance failed to boot or join, past its replacements
     ├── WaitTimeoutError          a bounded wait ran out (says how far it got)
     ├── ClusterClosedError        the cluster was used after ``close()``
-    └── DetachedServiceError      a detached VM's service refused or could not be reached
-        ├── JobNotFoundError      no such job on that VM
-        └── JobFailedError        the job raised, exited non-zero, or was killed
+    ├── DetachedServiceError      a detached VM's service refused or could not be reached
+    │   ├── JobNotFoundError      no such job on that VM
+    │   └── JobFailedError        the job raised, exited non-zero, or was killed
+    ├── StorageError              a storage back-end refused or could not be reached
+    │   ├── StorageNotFoundError  no object (or container) at that URL or key
+    │   ├── StorageAccessError    the credential lacks a permission, or has expired
+    │   └── IntegrityError        downloaded bytes do not match their recorded SHA-256
+    └── BatchError                a batch job could not be submitted, found or finished
+        └── BatchJobNotFoundError no job of that name in that storage
 """
 
 from __future__ import annotations
@@ -89,3 +95,27 @@ class JobFailedError(DetachedServiceError):
         super().__init__(message)
         self.error_type = error_type
         self.remote_traceback = remote_traceback
+
+
+class StorageError(AzManagersError):
+    """A storage back-end (``file://``, ``az://``) refused a request or could not be reached."""
+
+
+class StorageNotFoundError(StorageError, LookupError):
+    """No object, folder or container at that key or URL."""
+
+
+class StorageAccessError(StorageError, PermissionError):
+    """The storage credential lacks a permission for that key, or has expired."""
+
+
+class IntegrityError(StorageError):
+    """Bytes read from storage do not match the SHA-256 recorded when they were written."""
+
+
+class BatchError(AzManagersError):
+    """A batch job could not be submitted, found, or brought to an end."""
+
+
+class BatchJobNotFoundError(BatchError, LookupError):
+    """No batch job of that name in that storage."""
