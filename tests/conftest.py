@@ -12,6 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+pytest_plugins = ["tests.azurite"]
+
 LEAK_GRACE_S = 10.0
 
 

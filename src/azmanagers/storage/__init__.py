@@ -1,0 +1,21 @@
+"""The storage seam: objects by key under a root URL, ``file://`` (a folder) or ``az://`` (Blob).
+
+``base`` (ObjectInfo, Grant, the Storage Protocol, key checks, ``open_storage``,
+``is_storage_url``), ``hashing`` (SHA-256 of files), ``local`` (``file://``: files plus hash
+sidecars under ``.azm-meta/``), ``blob`` (``az://`` on azure-storage-blob) with its account,
+HTTP pool and error mapping in ``blob_account``. storage/ may import only ``azmanagers.errors``,
+``azmanagers._version`` and ``azmanagers.config`` (plus the Azure SDKs, loaded only for az://).
+"""
+
+from __future__ import annotations
+
+from azmanagers.storage.base import (
+    Grant,
+    ObjectInfo,
+    Storage,
+    check_key,
+    is_storage_url,
+    open_storage,
+)
+
+__all__ = ["Grant", "ObjectInfo", "Storage", "check_key", "is_storage_url", "open_storage"]

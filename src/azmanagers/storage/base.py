@@ -1,0 +1,309 @@
+"""The storage seam: ObjectInfo, Grant, the Storage Protocol, key checks and open_storage."""
+
+from __future__ import annotations
+
+import builtins
+import time
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from azmanagers.errors import ConfigError, StorageAccessError
+
+MAX_KEY_CHARS = 1024
+"""Longest key accepted (Blob names may be 1,024 characters)."""
+
+RESERVED_SEGMENT = ".azm-"
+"""Key segments starting with this are ours (hash sidecars, temp files) on every back-end."""
+
+SCHEMES = ("file://", "az://")
+"""The storage URL schemes open_storage understands."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object.
+
+    Attributes
+    ----------
+    key : str
+        Relative to the storage root, "/"-separated, no leading "/".
+    size : int
+        Bytes.
+    sha256 : str or None
+        Lower-case hex from our metadata; None when the object was written by someone else.
+    modified : float
+        Last modification, epoch seconds.
+    """
+
+    key: str
+    size: int
+    sha256: str | None
+    modified: float
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A scoped, expiring credential a worker uses to open the job's storage.
+
+    Picklable; the secret (``token``) is never in ``repr``/``str``. On ``file://`` the token is
+    empty: the grant is only good on the same machine (or a shared file system), and its prefix,
+    write flag and expiry are enforced by the client. On ``az://`` the token is a container SAS:
+    Blob's flat namespace has no scope smaller than a container, so the service enforces the
+    container, permissions and expiry, and the client also refuses keys outside ``prefix``.
+    """
+
+    url: str
+    prefix: str
+    expires_at: float
+    write: bool
+    endpoint: str = ""
+    token: str = field(default="", repr=False)
+
+    def open(self) -> Storage:
+        """Return a Storage limited to ``prefix`` (and read-only unless ``write``).
+
+        Returns
+        -------
+        Storage
+            Every call outside ``prefix`` raises StorageAccessError, as does every write when
+            ``write`` is false, and every call after ``expires_at``.
+        """
+        access = Access(prefix=self.prefix, write=self.write, expires_at=self.expires_at)
+        if self.url.startswith("file://"):
+            from azmanagers.storage.local import LocalStorage
+
+            return LocalStorage(local_root(self.url), access=access, create=False)
+        if self.url.startswith("az://"):
+            from azmanagers.storage.blob import open_granted
+
+            return open_granted(self.url, self.endpoint, self.token, access)
+        raise ConfigError(f"grant URL {self.url!r}: expected one of {', '.join(SCHEMES)}")
+
+
+@dataclass(frozen=True)
+class Access:
+    """What a Storage may touch: keys under ``prefix``, writes only when ``write``."""
+
+    prefix: str = ""
+    write: bool = True
+    expires_at: float | None = None
+
+    def check(self, key: str, *, write: bool, url: str) -> None:
+        """Raise StorageAccessError when ``key`` (or a write) is outside this access.
+
+        Parameters
+        ----------
+        key : str
+            A checked key, or a listing prefix.
+        write : bool
+            Whether the call changes storage.
+        url : str
+            The storage root, for the message.
+        """
+        if self.expires_at is not None and time.time() >= self.expires_at:
+            raise StorageAccessError(
+                f"the storage grant for {url} expired; ask the job's owner for a new one"
+            )
+        if not key.startswith(self.prefix):
+            raise StorageAccessError(
+                f"{url}/{key} is outside this credential's prefix {self.prefix!r}"
+            )
+        if write and not self.write:
+            raise StorageAccessError(f"{url}/{key}: this credential is read-only")
+
+
+class Storage(Protocol):
+    """A storage root (a folder, or a Blob container and prefix) holding objects by key.
+
+    Every call checks its key before any I/O (ConfigError for a bad key). Objects carry a
+    SHA-256 kept by us; readers never see a partial object.
+    """
+
+    url: str
+
+    def url_for(self, key: str) -> str:
+        """Return ``url + "/" + key``."""
+        ...
+
+    def check(self) -> None:
+        """Check in one call that the root is reachable and exists (creating it if allowed)."""
+        ...
+
+    def put_file(self, local: Path, key: str, *, sha256: str | None = None) -> ObjectInfo:
+        """Store a file; no upload when the object at ``key`` already has its SHA-256."""
+        ...
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        """Store ``data`` at ``key`` (overwrite, atomic, SHA-256 kept)."""
+        ...
+
+    def get_file(self, key: str, local: Path, *, verify: bool = True) -> ObjectInfo:
+        """Fetch ``key`` into ``local`` via a temp file and rename; verify the SHA-256."""
+        ...
+
+    def get_bytes(self, key: str, *, verify: bool = True) -> bytes:
+        """Return the bytes at ``key``, verified against the recorded SHA-256."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Return the object's info, or None when there is none."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix`` (recursive, keys sorted)."""
+        ...
+
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
+        """Return the sorted names of the immediate child "folders" of ``prefix``."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Delete the object at ``key``; a missing object is fine."""
+        ...
+
+    def put_files(self, pairs: Sequence[tuple[Path, str]]) -> builtins.list[ObjectInfo]:
+        """Store many ``(local, key)`` pairs in parallel; infos in the order given."""
+        ...
+
+    def get_files(
+        self, pairs: Sequence[tuple[str, Path]], *, verify: bool = True
+    ) -> builtins.list[ObjectInfo]:
+        """Fetch many ``(key, local)`` pairs in parallel; infos in the order given."""
+        ...
+
+    def grant(self, prefix: str, *, ttl_s: float, write: bool) -> Grant:
+        """Return a credential for keys under ``prefix`` that expires after ``ttl_s``."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads; the Storage is not used afterwards."""
+        ...
+
+
+def check_key(key: object, *, what: str = "storage key") -> str:
+    """Return ``key`` when it is a safe relative key, else raise ConfigError.
+
+    A key is "/"-separated, relative, with no empty, "." or ".." segment, no backslash, no
+    control character, no segment starting with ".azm-" (ours), at most 1,024 characters.
+    """
+    if not isinstance(key, str) or not key:
+        raise ConfigError(f"{what} {key!r}: expected a non-empty string such as 'inputs/a.txt'")
+    if len(key) > MAX_KEY_CHARS:
+        raise ConfigError(f"{what} {key[:40]!r}...: longer than {MAX_KEY_CHARS} characters")
+    if "\\" in key or any(unicodedata.category(c) == "Cc" for c in key):
+        raise ConfigError(
+            f"{what} {key!r}: backslashes and control characters are not allowed; use '/'"
+        )
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise ConfigError(
+                f"{what} {key!r}: must be relative with no empty, '.' or '..' parts "
+                "(no leading or doubled '/')"
+            )
+        if segment.startswith(RESERVED_SEGMENT):
+            raise ConfigError(f"{what} {key!r}: names starting with {RESERVED_SEGMENT!r} are ours")
+    return key
+
+
+def check_prefix(prefix: object, *, what: str = "storage prefix") -> str:
+    """Return a listing prefix: "" or a key, possibly ending with "/" (checked as a key)."""
+    if prefix == "":
+        return ""
+    if not isinstance(prefix, str):
+        raise ConfigError(f"{what} {prefix!r}: expected a string such as 'runs/'")
+    check_key(prefix.removesuffix("/"), what=what)
+    return prefix
+
+
+def dir_prefix(prefix: object, *, what: str = "storage prefix") -> str:
+    """Return "" or a checked prefix ending with "/" (a "folder")."""
+    checked = check_prefix(prefix, what=what)
+    return checked if checked in ("", f"{checked.rstrip('/')}/") else checked + "/"
+
+
+def check_ttl(ttl_s: float) -> float:
+    """Return a positive finite ``ttl_s`` or raise ConfigError."""
+    if not isinstance(ttl_s, (int, float)) or not 0 < ttl_s < 366 * 86400:
+        raise ConfigError(f"grant ttl_s {ttl_s!r}: expected seconds, more than 0 and under a year")
+    return float(ttl_s)
+
+
+def is_storage_url(text: str) -> bool:
+    """Tell a storage URL (``file://...``, ``az://...``) from a local path."""
+    return isinstance(text, str) and text.lower().startswith(SCHEMES)
+
+
+def local_root(url: str) -> Path:
+    """Return the absolute folder of a ``file://`` URL or an absolute path; ConfigError else."""
+    from urllib.parse import unquote, urlsplit
+
+    if url.startswith("file://"):
+        parts = urlsplit(url)
+        if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+            raise ConfigError(
+                f"storage URL {url!r}: expected file:///absolute/path (a folder on this machine)"
+            )
+        text = unquote(parts.path)
+    else:
+        text = url
+    path = Path(text)
+    if not path.is_absolute() or "\x00" in text:
+        raise ConfigError(
+            f"storage URL {url!r}: expected file:///absolute/path or an absolute folder path"
+        )
+    return path
+
+
+def parallel_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """Return ``[fn(i) for i in items]`` computed on ``pool``; the first error is raised.
+
+    When one call fails, the calls not yet started are cancelled before the error is raised.
+    """
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    futures: list[Future[R]] = [pool.submit(fn, item) for item in items]
+    try:
+        return [future.result() for future in futures]
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+def open_storage(url: str, *, connection_string: str | None = None) -> Storage:
+    """Open the storage root at ``url``.
+
+    Parameters
+    ----------
+    url : str
+        ``file:///abs/path`` (or an absolute path), or ``az://container[/prefix]``.
+    connection_string : str, optional
+        For ``az://``: the account's connection string (else the environment; see
+        ``azmanagers.storage.blob``).
+
+    Returns
+    -------
+    Storage
+        Nothing is contacted yet; call ``check()`` for one clear error up front.
+    """
+    if not isinstance(url, str) or not url:
+        raise ConfigError(f"storage URL {url!r}: expected file:///path or az://container/prefix")
+    if url.startswith("az://"):
+        from azmanagers.storage.blob import open_blob
+
+        return open_blob(url, connection_string=connection_string)
+    if url.startswith("file://") or url.startswith("/"):
+        from azmanagers.storage.local import LocalStorage
+
+        return LocalStorage(local_root(url))
+    scheme = url.split("://", 1)[0] + "://" if "://" in url else url
+    raise ConfigError(
+        f"storage URL {url!r}: unknown scheme {scheme!r}; use file:///absolute/path (a folder) "
+        "or az://container/prefix (Azure Blob)"
+    )

@@ -1,0 +1,297 @@
+"""The Blob account behind az:// URLs: parsing, credentials, the HTTP pool, error mapping."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import requests
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import (
+    BlobServiceClient,
+    ContainerClient,
+    ContainerSasPermissions,
+    generate_container_sas,
+)
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from azmanagers.errors import (
+    ConfigError,
+    IntegrityError,
+    StorageAccessError,
+    StorageError,
+    StorageNotFoundError,
+)
+from azmanagers.storage.base import check_key
+
+CONNECTION_ENV = ("AZMANAGERS_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING")
+"""Environment variables holding a connection string, in order of precedence."""
+
+ACCOUNT_URL_ENV = "AZURE_STORAGE_ACCOUNT_URL"
+ACCOUNT_ENV = "AZURE_STORAGE_ACCOUNT"
+
+BLOCK_BYTES = 8 << 20
+"""Block size for staged uploads and ranged downloads (8 MiB, as azcopy)."""
+
+BLOCK_THREADS = 8
+"""Blocks of one big file in flight at once."""
+
+FILE_THREADS = 16
+"""Files in flight at once in put_files/get_files."""
+
+POOL_CONNECTIONS = BLOCK_THREADS + FILE_THREADS + 4
+"""HTTP connections kept per host: every thread has one."""
+
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 120.0
+RETRIES = 3
+"""The SDK's retries of a failed request (connection errors, 5xx, 429)."""
+
+SAS_SKEW_S = 300
+"""A SAS starts this long before now, for clocks that differ."""
+
+CONTAINER_NAME = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
+"""A Blob container name: 3 to 63 of a-z, 0-9 and single hyphens, not at either end."""
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    """An ``az://container[/prefix]`` URL, split."""
+
+    container: str
+    prefix: str  # "" or "a/b/" (blob names are prefix + key)
+
+    @property
+    def url(self) -> str:
+        """The canonical URL, without a trailing "/"."""
+        return f"az://{self.container}/{self.prefix}".rstrip("/")
+
+
+def parse_az_url(url: str) -> BlobLocation:
+    """Split ``az://container[/prefix]``; ConfigError naming the URL when it is malformed."""
+    rest = url.removeprefix("az://").strip("/")
+    container, _, prefix = rest.partition("/")
+    if not CONTAINER_NAME.fullmatch(container):
+        raise ConfigError(
+            f"storage URL {url!r}: the container {container!r} must be 3 to 63 lower-case "
+            "letters, digits and single hyphens (az://container/optional/prefix)"
+        )
+    if prefix:
+        check_key(prefix, what=f"prefix of storage URL {url!r}")
+    return BlobLocation(container=container, prefix=f"{prefix}/" if prefix else "")
+
+
+@dataclass(frozen=True)
+class Account:
+    """How to reach the account: a connection string, or an account URL with a token."""
+
+    account_url: str = ""
+    connection_string: str = field(default="", repr=False)
+    account_name: str = ""
+    account_key: str = field(default="", repr=False)
+
+
+def _connection_fields(text: str) -> dict[str, str]:
+    fields = {}
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            fields[name.strip()] = value.strip()
+    return fields
+
+
+def resolve_account(connection_string: str | None) -> Account:
+    """Find the account: the argument, then the environment (see CONNECTION_ENV, ACCOUNT_*)."""
+    text = connection_string or next(
+        (os.environ[name] for name in CONNECTION_ENV if os.environ.get(name)), ""
+    )
+    if text:
+        fields = _connection_fields(text)
+        if "AccountName" not in fields and "BlobEndpoint" not in fields:
+            raise ConfigError(
+                "the storage connection string has no AccountName or BlobEndpoint; copy it "
+                "from the portal (Access keys) or `az storage account show-connection-string`"
+            )
+        return Account(
+            connection_string=text,
+            account_name=fields.get("AccountName", ""),
+            account_key=fields.get("AccountKey", ""),
+        )
+    if url := os.environ.get(ACCOUNT_URL_ENV, ""):
+        return Account(account_url=url.rstrip("/"))
+    if name := os.environ.get(ACCOUNT_ENV, ""):
+        return Account(account_url=f"https://{name}.blob.core.windows.net", account_name=name)
+    raise ConfigError(
+        "no storage account for az:// storage: pass connection_string=..., or set "
+        f"{' or '.join(CONNECTION_ENV)} (a connection string), or {ACCOUNT_URL_ENV} / "
+        f"{ACCOUNT_ENV} (signed in with DefaultAzureCredential, e.g. `az login`)"
+    )
+
+
+class _Adapter(HTTPAdapter):
+    """A requests adapter with bigger socket writes (64 KiB) for block uploads."""
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: object
+    ) -> None:
+        pool_kwargs.setdefault("blocksize", 1 << 16)
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+
+
+def make_session() -> requests.Session:
+    """Return a requests session with a connection for every transfer thread."""
+    session = requests.Session()
+    adapter = _Adapter(
+        pool_connections=4,
+        pool_maxsize=POOL_CONNECTIONS,
+        max_retries=Retry(total=False, redirect=False, raise_on_status=False),
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _transport(session: requests.Session) -> RequestsTransport:
+    return RequestsTransport(
+        session=session,
+        session_owner=False,
+        connection_timeout=CONNECT_TIMEOUT_S,
+        read_timeout=READ_TIMEOUT_S,
+    )
+
+
+def service_client(
+    account: Account, session: requests.Session, credential: TokenCredential | None
+) -> BlobServiceClient:
+    """A BlobServiceClient on ``session`` with our block sizes and retries."""
+    if account.connection_string:
+        return BlobServiceClient.from_connection_string(
+            account.connection_string,
+            transport=_transport(session),
+            max_block_size=BLOCK_BYTES,
+            max_single_put_size=BLOCK_BYTES,
+            max_single_get_size=BLOCK_BYTES,
+            max_chunk_get_size=BLOCK_BYTES,
+            retry_total=RETRIES,
+        )
+    return BlobServiceClient(
+        account.account_url,
+        credential=credential,
+        transport=_transport(session),
+        max_block_size=BLOCK_BYTES,
+        max_single_put_size=BLOCK_BYTES,
+        max_single_get_size=BLOCK_BYTES,
+        max_chunk_get_size=BLOCK_BYTES,
+        retry_total=RETRIES,
+    )
+
+
+def sas_container_client(
+    endpoint: str, container: str, token: str, session: requests.Session
+) -> ContainerClient:
+    """A ContainerClient authorised by a SAS token, on ``session``."""
+    return ContainerClient(
+        endpoint,
+        container,
+        credential=token,
+        transport=_transport(session),
+        max_block_size=BLOCK_BYTES,
+        max_single_put_size=BLOCK_BYTES,
+        max_single_get_size=BLOCK_BYTES,
+        max_chunk_get_size=BLOCK_BYTES,
+        retry_total=RETRIES,
+    )
+
+
+def container_sas(
+    account: Account | None,
+    service: BlobServiceClient | None,
+    container: str,
+    expiry: datetime,
+    *,
+    write: bool,
+) -> str:
+    """Sign a container SAS: read+list, plus create+write+add when ``write``; never delete.
+
+    With an account key: an account-key SAS. With a signed-in identity: a user-delegation SAS
+    (the identity needs ``generateUserDelegationKey``). A SAS-opened storage cannot grant.
+    """
+    start = datetime.now(timezone.utc) - timedelta(seconds=SAS_SKEW_S)
+    permission = ContainerSasPermissions(read=True, list=True, write=write, create=write, add=write)
+    if account is not None and account.account_key:
+        return generate_container_sas(
+            account.account_name,
+            container,
+            account_key=account.account_key,
+            permission=permission,
+            expiry=expiry,
+            start=start,
+        )
+    if account is not None and service is not None:
+        delegation = service.get_user_delegation_key(start, expiry)
+        return generate_container_sas(
+            service.account_name or account.account_name,
+            container,
+            user_delegation_key=delegation,
+            permission=permission,
+            expiry=expiry,
+            start=start,
+        )
+    raise StorageAccessError(f"container {container}: this credential cannot grant access")
+
+
+def _code(exc: HttpResponseError) -> str:
+    """The service's error code (the storage SDK sets ``error_code``), else the status."""
+    code = getattr(exc, "error_code", None)
+    return str(code or exc.status_code)
+
+
+@contextlib.contextmanager
+def mapped_errors(what: str, endpoint: str) -> Iterator[None]:
+    """Map azure.core exceptions to ours; no key or SAS ever goes into a message."""
+    try:
+        yield
+    except (ConfigError, StorageError, IntegrityError):
+        raise
+    except ResourceNotFoundError as exc:
+        code = _code(exc)
+        if code == "ContainerNotFound":
+            raise StorageNotFoundError(
+                f"{what}: the container does not exist; create it or call check() as its owner"
+            ) from exc
+        raise StorageNotFoundError(f"{what}: not found") from exc
+    except ClientAuthenticationError as exc:
+        raise StorageAccessError(
+            f"{what}: refused ({_code(exc)}); the SAS may have expired, "
+            "or the credential lacks this permission"
+        ) from exc
+    except HttpResponseError as exc:
+        if exc.status_code in (401, 403):
+            raise StorageAccessError(
+                f"{what}: refused ({_code(exc)}); the SAS may have "
+                "expired, or the credential lacks this permission"
+            ) from exc
+        if exc.status_code == 404:
+            raise StorageNotFoundError(f"{what}: not found ({_code(exc)})") from exc
+        raise StorageError(
+            f"{what}: the service answered {exc.status_code} ({_code(exc)})"
+        ) from exc
+    except (ServiceRequestError, ServiceResponseError) as exc:
+        # Connection messages may quote the request URL, whose query holds a SAS: say less.
+        raise StorageError(
+            f"{what}: cannot reach the Blob endpoint {endpoint} ({type(exc).__name__}); "
+            "check the account, the network and that the service is up"
+        ) from None
