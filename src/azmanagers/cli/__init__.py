@@ -1,11 +1,11 @@
 """The ``azm`` command line: the app, ``main`` and its one-line error mapping.
 
 One module per command group lives here (manifest, template and template_add, vm, job, gc,
-emulator, demo), with the options they share in ``options``; this ``__init__`` only makes the
-app, registers the groups and maps errors to one ``Error: ...`` line (tracebacks with
-``--debug``). cli/ may import the public API (``azmanagers``), the feature packages (cluster,
-detached), config, ``providers.gc`` and the provider registry (never a provider's own
-module), the emulator (for ``azm emulator``), errors and _version.
+emulator, batch and batch_output, demo), with the options they share in ``options``; this
+``__init__`` only makes the app, registers the groups and maps errors to one ``Error: ...`` line
+(tracebacks with ``--debug``). cli/ may import the public API (``azmanagers``), the feature
+packages (cluster, detached, batch), config, ``providers.gc`` and the provider registry (never a
+provider's own module), the emulator (for ``azm emulator``), errors and _version.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def _register() -> None:
     global _registered
     if _registered:
         return
+    from azmanagers.cli.batch import batch_app
     from azmanagers.cli.demo import demo_command
     from azmanagers.cli.emulator import emulator_app
     from azmanagers.cli.gc import gc_command
@@ -64,6 +65,7 @@ def _register() -> None:
     app.add_typer(manifest_app, name="manifest")
     app.add_typer(template_app, name="template")
     app.add_typer(emulator_app, name="emulator")
+    app.add_typer(batch_app, name="batch")
     _registered = True
 
 

@@ -1,0 +1,414 @@
+"""The ``azm batch`` commands: run models and sweeps, follow them, fetch their outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from azmanagers.cli.batch_output import (
+    bad_input_exits_2,
+    finish,
+    follow_logs,
+    one_line_model,
+    print_jobs,
+    print_runs,
+    print_status,
+    submit_and_wait,
+    when,
+)
+from azmanagers.cli.options import JsonOption, echo_json
+from azmanagers.errors import ConfigError
+
+if TYPE_CHECKING:
+    from azmanagers.batch.job import Job
+    from azmanagers.batch.model import Model
+    from azmanagers.batch.sweep import Sweep
+
+batch_app = typer.Typer(
+    name="batch",
+    help="Run models and sweeps on a cluster with staged inputs and outputs; follow them.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+package_app = typer.Typer(
+    name="package",
+    help="Application packages: archives or folders unpacked once per node for runs.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+batch_app.add_typer(package_app, name="package")
+
+NameArgument = Annotated[str, typer.Argument(help="The job's name.", show_default=False)]
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="file:///folder or az://container/prefix (default: a folder under AZMANAGERS_HOME).",
+        show_default=False,
+    ),
+]
+ClusterOption = Annotated[
+    str | None,
+    typer.Option("--cluster", help="A scale-set template (default: 'local').", show_default=False),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option("--workers", help="Workers to start for the job (default 2).", show_default=False),
+]
+Many = list[str] | None
+
+
+@batch_app.command("run")
+@bad_input_exits_2
+def batch_run(
+    spec: Annotated[
+        Path | None, typer.Argument(help="A YAML spec (or use the options below).")
+    ] = None,
+    storage: StorageOption = None,
+    cluster: ClusterOption = None,
+    workers: WorkersOption = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the end (the default: this process drives).")
+    ] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Drive the job from a detached VM; return at once.")
+    ] = False,
+    name: Annotated[
+        str | None, typer.Option("--name", help="The job's (and model's) name.")
+    ] = None,
+    command: Annotated[
+        str | None, typer.Option("--command", help="Run by bash in each run's folder.")
+    ] = None,
+    inputs: Annotated[
+        Many, typer.Option("--input", help="A file, folder or URL; repeat.", show_default=False)
+    ] = None,
+    shared: Annotated[
+        Many,
+        typer.Option(
+            "--shared", help="An input fetched once per node; repeat.", show_default=False
+        ),
+    ] = None,
+    env: Annotated[
+        Many, typer.Option("--env", help="KEY=VALUE for every run; repeat.", show_default=False)
+    ] = None,
+    sweep: Annotated[
+        Many,
+        typer.Option(
+            "--sweep",
+            help="NAME=1..100, NAME=1..10..2 or NAME=a,b,c; repeat: product.",
+            show_default=False,
+        ),
+    ] = None,
+    outputs: Annotated[
+        Many,
+        typer.Option(
+            "--output", help="GLOB[:success|failure|always] to keep; repeat.", show_default=False
+        ),
+    ] = None,
+    packages: Annotated[
+        Many,
+        typer.Option(
+            "--package", help="NAME:VERSION of a registered package; repeat.", show_default=False
+        ),
+    ] = None,
+    retries: Annotated[int, typer.Option("--retries", help="Re-runs of a failed run.")] = 0,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", help="Per run: seconds or 90s, 30m, 2h, 1d.")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Run a model or a sweep: from a YAML spec, or from --name and --command.
+
+    Waits until every run ended, with a progress bar; prints a table of the runs and exits 1
+    when a run failed. Submitting the same job again resumes it (runs that succeeded are
+    skipped).
+    """
+    from azmanagers.batch.api import submit
+
+    del wait  # waiting is the default: the job's driver runs in this process
+    base: Path | None = None
+    if spec is not None:
+        model_options = {
+            "--command": command,
+            "--input": inputs,
+            "--shared": shared,
+            "--env": env,
+            "--sweep": sweep,
+            "--output": outputs,
+            "--package": packages,
+            "--timeout": timeout,
+        }
+        given = [k for k, v in model_options.items() if v] + (["--retries"] if retries else [])
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} cannot be combined with a spec file ({spec}); put them in "
+                "the spec, or leave the spec out to describe the model with options."
+            )
+        from azmanagers.batch.spec import load_spec
+
+        loaded = load_spec(spec)
+        what: Model | Sweep = loaded.sweep
+        job_name = name or loaded.name
+        storage = storage or loaded.storage
+        cluster = cluster or loaded.cluster
+        workers = workers if workers is not None else loaded.workers
+        base = loaded.base
+    else:
+        what = one_line_model(
+            name,
+            command,
+            inputs=inputs,
+            shared=shared,
+            env=env,
+            sweep=sweep,
+            outputs=outputs,
+            packages=packages,
+            retries=retries,
+            timeout=timeout,
+        )
+        job_name = name or ""
+    if detach:
+        _detach(
+            what,
+            job_name,
+            storage=storage,
+            cluster=cluster,
+            workers=workers,
+            base=base,
+            json_out=json_out,
+        )
+        return
+    job, status = submit_and_wait(
+        lambda progress: submit(
+            what,
+            name=job_name,
+            storage=storage,
+            cluster=cluster,
+            workers=workers,
+            progress=progress,
+            base=base,
+        ),
+        job_name,
+        json_out=json_out,
+    )
+    finish(job, status, json_out=json_out)
+
+
+def _detach(
+    what: Model | Sweep,
+    name: str,
+    *,
+    storage: str | None,
+    cluster: str | None,
+    workers: int | None,
+    base: Path | None,
+    json_out: bool,
+) -> None:
+    try:
+        from azmanagers.batch.detach import submit_detached
+    except ImportError:
+        raise ConfigError(
+            "--detach is not available yet in this version; run without it (this process "
+            "then drives the job to its end)."
+        ) from None
+    job = submit_detached(
+        what, name=name, storage=storage, cluster=cluster, workers=workers, base=base
+    )
+    if json_out:
+        echo_json(job.status().to_dict())
+        return
+    typer.echo(f"job {job.name} submitted; its driver runs on a detached VM.")
+    typer.echo(f"follow it with: azm batch status {job.name} --storage {job.storage.url}")
+
+
+def _attach(name: str, storage: str | None) -> Job:
+    from azmanagers.batch.api import attach
+
+    return attach(name, storage=storage)
+
+
+@batch_app.command("status")
+@bad_input_exits_2
+def batch_status(
+    name: NameArgument, storage: StorageOption = None, json_out: JsonOption = False
+) -> None:
+    """Show a job's status and its counts of runs by state."""
+    status = _attach(name, storage).status()
+    if json_out:
+        echo_json(status.to_dict())
+    else:
+        print_status(status)
+
+
+@batch_app.command("runs")
+@bad_input_exits_2
+def batch_runs(
+    name: NameArgument,
+    state: Annotated[
+        str | None,
+        typer.Option("--state", help="Only runs in this state (e.g. failed).", show_default=False),
+    ] = None,
+    storage: StorageOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List a job's runs: parameters, status, exit code, duration and node."""
+    runs = _attach(name, storage).runs(state)
+    if json_out:
+        echo_json(runs)
+    elif not runs:
+        typer.echo(f"no runs{f' in state {state}' if state else ''} in job {name}")
+    else:
+        print_runs(runs)
+
+
+@batch_app.command("logs")
+@bad_input_exits_2
+def batch_logs(
+    name: NameArgument,
+    run: Annotated[str, typer.Argument(help="The run's id (see `azm batch runs`).")],
+    stderr: Annotated[bool, typer.Option("--stderr", help="Show stderr, not stdout.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")
+    ] = False,
+    attempt: Annotated[
+        int | None, typer.Option("--attempt", help="This attempt (default: the last).")
+    ] = None,
+    storage: StorageOption = None,
+) -> None:
+    """Print a run's stdout (or stderr); logs are kept when each attempt ends."""
+    job = _attach(name, storage)
+    stdio = "stderr" if stderr else "stdout"
+    if follow:
+        if attempt is not None:
+            raise ConfigError("--follow prints every attempt; leave --attempt out.")
+        follow_logs(job, run, stdio)
+    else:
+        typer.echo(job.logs(run, stdio, attempt=attempt), nl=False)
+
+
+@batch_app.command("download")
+@bad_input_exits_2
+def batch_download(
+    name: NameArgument,
+    dest: Annotated[Path, typer.Argument(help="The folder to fetch into (DIR/<run id>/...).")],
+    run: Annotated[
+        str | None, typer.Option("--run", help="Only this run.", show_default=False)
+    ] = None,
+    storage: StorageOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Fetch the outputs and logs of every run (or of one) into DIR/<run id>/, verified."""
+    paths = _attach(name, storage).download(dest, run=run)
+    if json_out:
+        echo_json([str(p) for p in paths])
+    else:
+        typer.echo(f"{len(paths)} files downloaded to {dest}")
+
+
+@batch_app.command("retry")
+@bad_input_exits_2
+def batch_retry(
+    name: NameArgument,
+    failed: Annotated[
+        bool,
+        typer.Option(
+            "--failed/--unfinished",
+            help="Re-run the failed runs (or every run that did not succeed).",
+        ),
+    ] = True,
+    cluster: ClusterOption = None,
+    workers: WorkersOption = None,
+    storage: StorageOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Run a job's failed runs again (from its records: no local files needed) and wait."""
+    job = _attach(name, storage)
+    job, status = submit_and_wait(
+        lambda progress: job.retry(
+            failed=failed, cluster=cluster, workers=workers, progress=progress
+        ),
+        name,
+        json_out=json_out,
+    )
+    finish(job, status, json_out=json_out)
+
+
+@batch_app.command("cancel")
+@bad_input_exits_2
+def batch_cancel(name: NameArgument, storage: StorageOption = None) -> None:
+    """Ask a job to stop: its driver kills every run in progress; the job ends cancelled."""
+    job = _attach(name, storage)
+    before = job.status()
+    if before.done:
+        typer.echo(f"job {name} already ended: {before.status}")
+        return
+    job.cancel()
+    typer.echo(f"cancel requested for job {name}; its driver stops the runs within seconds")
+
+
+@batch_app.command("list")
+@bad_input_exits_2
+def batch_list(storage: StorageOption = None, json_out: JsonOption = False) -> None:
+    """List the jobs in a storage root with their status."""
+    from azmanagers.batch.api import default_storage_url, jobs
+
+    found = jobs(storage)
+    if json_out:
+        echo_json([s.to_dict() for s in found])
+    elif not found:
+        typer.echo(f"no batch jobs in {storage or default_storage_url()}")
+    else:
+        print_jobs(found)
+
+
+@package_app.command("add")
+@bad_input_exits_2
+def package_add(
+    name: Annotated[str, typer.Argument(help="The package's name, e.g. dsm2.")],
+    version: Annotated[str, typer.Argument(help="Its version, e.g. 8.2.")],
+    path: Annotated[Path, typer.Argument(help="An archive (.tar.gz, .zip) or a folder.")],
+    storage: StorageOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Register an application package in the storage (versions never change)."""
+    from azmanagers.batch.api import open_job_storage
+    from azmanagers.batch.packages import add_package
+
+    opened = open_job_storage(storage)
+    try:
+        info = add_package(opened, name, version, path)
+    finally:
+        opened.close()
+    if json_out:
+        echo_json(info)
+    else:
+        typer.echo(
+            f"package {info.name} {info.version} registered ({info.size} bytes, "
+            f"sha256 {info.sha256[:12]}); use it as --package {info.name}:{info.version}"
+        )
+
+
+@package_app.command("list")
+@bad_input_exits_2
+def package_list(storage: StorageOption = None, json_out: JsonOption = False) -> None:
+    """List the registered application packages."""
+    from azmanagers.batch.api import open_job_storage
+    from azmanagers.batch.packages import list_packages
+
+    opened = open_job_storage(storage)
+    try:
+        found = list_packages(opened)
+    finally:
+        opened.close()
+    if json_out:
+        echo_json(found)
+    elif not found:
+        typer.echo(f"no packages in {opened.url}")
+    else:
+        typer.echo(f"{'NAME':<20} {'VERSION':<12} {'SIZE':>10}  {'ADDED':<19}  SOURCE")
+        for p in found:
+            typer.echo(
+                f"{p.name:<20} {p.version:<12} {p.size:>10}  {when(p.created):<19}  {p.source}"
+            )
