@@ -61,7 +61,7 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """
     if not AZURITE_BLOB.exists() or shutil.which("node") is None:
         pytest.skip(
-            f"Azurite is not installed ({AZURITE_BLOB.relative_to(ROOT)} missing, or no node): "
+            f"Azurite is not installed ({AZURITE_BLOB} missing, or no node on PATH): "
             "run `npm ci` in the repository root (package.json pins azurite)"
         )
     workdir = tmp_path_factory.mktemp("azurite")

@@ -73,9 +73,12 @@ class Grant:
         -------
         Storage
             Every call outside ``prefix`` raises StorageAccessError, as does every write when
-            ``write`` is false, and every call after ``expires_at``.
+            ``write`` is false, every ``delete`` (a grant never deletes), and every call after
+            ``expires_at``.
         """
-        access = Access(prefix=self.prefix, write=self.write, expires_at=self.expires_at)
+        access = Access(
+            prefix=self.prefix, write=self.write, delete=False, expires_at=self.expires_at
+        )
         if self.url.startswith("file://"):
             from azmanagers.storage.local import LocalStorage
 
@@ -89,13 +92,14 @@ class Grant:
 
 @dataclass(frozen=True)
 class Access:
-    """What a Storage may touch: keys under ``prefix``, writes only when ``write``."""
+    """What a Storage may touch: keys under ``prefix``; writes when ``write``; deletes."""
 
     prefix: str = ""
     write: bool = True
+    delete: bool = True
     expires_at: float | None = None
 
-    def check(self, key: str, *, write: bool, url: str) -> None:
+    def check(self, key: str, *, write: bool, url: str, delete: bool = False) -> None:
         """Raise StorageAccessError when ``key`` (or a write) is outside this access.
 
         Parameters
@@ -106,6 +110,8 @@ class Access:
             Whether the call changes storage.
         url : str
             The storage root, for the message.
+        delete : bool
+            Whether the call deletes.
         """
         if self.expires_at is not None and time.time() >= self.expires_at:
             raise StorageAccessError(
@@ -117,6 +123,8 @@ class Access:
             )
         if write and not self.write:
             raise StorageAccessError(f"{url}/{key}: this credential is read-only")
+        if delete and not self.delete:
+            raise StorageAccessError(f"{url}/{key}: this credential may not delete")
 
 
 class Storage(Protocol):

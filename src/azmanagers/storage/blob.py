@@ -54,6 +54,9 @@ from azmanagers.storage.blob_transfer import (
 from azmanagers.storage.hashing import is_sha256, sha256_file
 from azmanagers.storage.local import atomic_write
 
+CHECK_RETRIES = 1
+"""check() answers fast: one retry (an unreachable account is reported in seconds)."""
+
 LIST_FIRST_AT = 8
 """put_files lists the keys' common folder once (instead of a HEAD per file) from this many."""
 
@@ -105,9 +108,9 @@ class BlobStorage:
         """Return ``url + "/" + key``."""
         return f"{self.url}/{check_key(key)}"
 
-    def _name(self, key: str, *, write: bool) -> str:
+    def _name(self, key: str, *, write: bool, delete: bool = False) -> str:
         check_key(key)
-        self.access.check(key, write=write, url=self.url)
+        self.access.check(key, write=write, url=self.url, delete=delete)
         return self._base + key
 
     def _where(self, key: str) -> Where:
@@ -139,10 +142,12 @@ class BlobStorage:
                 from azure.core.exceptions import ResourceExistsError
 
                 with contextlib.suppress(ResourceExistsError):
-                    self._container.create_container()
+                    self._container.create_container(retry_total=CHECK_RETRIES)
                 return
             pages = self._container.list_blobs(
-                name_starts_with=self._base + self.access.prefix, results_per_page=1
+                name_starts_with=self._base + self.access.prefix,
+                results_per_page=1,
+                retry_total=CHECK_RETRIES,
             ).by_page()
             next(iter(pages), None)
 
@@ -317,7 +322,7 @@ class BlobStorage:
         """Delete the blob at ``key``; a missing blob is fine."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        name = self._name(key, write=True)
+        name = self._name(key, write=True, delete=True)
         with (
             mapped_errors(self.url_for(key), self._endpoint),
             contextlib.suppress(ResourceNotFoundError),

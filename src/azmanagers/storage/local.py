@@ -123,9 +123,9 @@ class LocalStorage:
         """Return ``url + "/" + key``."""
         return f"{self.url}/{check_key(key)}"
 
-    def _key(self, key: str, *, write: bool) -> str:
+    def _key(self, key: str, *, write: bool, delete: bool = False) -> str:
         check_key(key)
-        self.access.check(key, write=write, url=self.url)
+        self.access.check(key, write=write, url=self.url, delete=delete)
         return key
 
     def _meta(self, key: str) -> Path:
@@ -319,7 +319,7 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         """Delete the object at ``key`` and its sidecar; a missing object is fine."""
-        self._key(key, write=True)
+        self._key(key, write=True, delete=True)
         with _os_errors(self.url_for(key)):
             self._drop_meta(key)
             with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
