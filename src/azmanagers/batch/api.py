@@ -1,0 +1,362 @@
+"""The batch API: ``submit`` a model or sweep, ``attach`` to a job, list ``jobs``."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from azmanagers.batch.driver import Driver, Plan, Progress
+from azmanagers.batch.job import STALE_DRIVER_S, Job, JobStatus, _Local
+from azmanagers.batch.model import Model
+from azmanagers.batch.packages import registered_source
+from azmanagers.batch.records import JobRecord, JobStore
+from azmanagers.batch.runner import PackageRef
+from azmanagers.batch.staging import InputRef, Stager
+from azmanagers.batch.sweep import Sweep
+from azmanagers.config.paths import home
+from azmanagers.errors import AzManagersError, BatchError, ConfigError
+from azmanagers.storage import open_storage
+from azmanagers.storage.base import Storage
+
+logger = logging.getLogger("azmanagers.batch")
+
+DEFAULT_TEMPLATE = "local"
+DEFAULT_WORKERS = 2
+TASKS_PER_WORKER = 4
+"""Tasks kept queued per worker: enough to keep it busy, few enough to stay lazy."""
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def default_storage_url() -> str:
+    """Where jobs go without ``storage``: a folder under ``AZMANAGERS_HOME``."""
+    return (home() / "batch").as_uri()
+
+
+def check_job_name(name: object) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"job name {name!r} is not valid: use 1 to 63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (e.g. 'ptm-2026')."
+        )
+    return name
+
+
+def open_job_storage(storage: str | Storage | None) -> Storage:
+    """The storage named by a URL (or the default), checked reachable with one call."""
+    if storage is not None and not isinstance(storage, str):
+        return storage
+    opened = open_storage(storage or default_storage_url())
+    opened.check()
+    return opened
+
+
+def attach(name: str, *, storage: str | Storage | None = None) -> Job:
+    """The job ``name`` in ``storage``, from any process or machine that can read it."""
+    job = Job(check_job_name(name), open_job_storage(storage))
+    job.record()
+    return job
+
+
+def jobs(storage: str | Storage | None = None) -> list[JobStatus]:
+    """Every job in ``storage`` with its status."""
+    opened = open_job_storage(storage)
+    found = []
+    for name in opened.list_dirs(""):
+        if not _NAME.fullmatch(name):
+            continue
+        try:
+            found.append(Job(name, opened).status())
+        except AzManagersError as exc:
+            logger.warning("skipping %s: %s", name, exc)
+    return found
+
+
+@dataclass(frozen=True)
+class _Connection:
+    client: Any
+    description: str
+    provider: str
+    close: Callable[[], None]
+
+
+def submit(
+    what: Model | Sweep,
+    *,
+    name: str,
+    storage: str | Storage | None = None,
+    cluster: Any = None,
+    workers: int | None = None,
+    wait: bool = False,
+    timeout: float | None = None,
+    progress: Progress | None = None,
+    base: str | Path | None = None,
+) -> Job:
+    """Stage a model's (or sweep's) inputs and run it on a cluster; returns the ``Job``.
+
+    Parameters
+    ----------
+    what
+        A ``Model`` (one run) or a ``Sweep`` (``model.sweep(...)``).
+    name
+        The job's name in ``storage``. Submitting the same sweep under the same name again
+        resumes it: runs that succeeded are skipped.
+    storage
+        ``file:///folder`` or ``az://container[/prefix]``; default a folder under
+        ``AZMANAGERS_HOME``.
+    cluster
+        A scale-set template name (a cluster is made with ``workers`` workers and closed when
+        the job ends, unless one for that template is running), an ``AzCluster``, or a Dask
+        ``Client``. Default: the ``local`` template.
+    workers
+        How many workers to start when a cluster is made (default 2).
+    wait
+        Block until the job ends (``timeout`` seconds at most).
+    progress
+        Called as ``progress(counts by state, total)`` as runs change state.
+    base
+        The folder relative input paths are relative to (default: the current folder).
+    """
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers must be a whole number >= 1, got {workers!r}.")
+    opened, store, plan = prepare(what, name=name, storage=storage, cluster=cluster, base=base)
+    connection = _connect(cluster, workers, opened)
+    return _start(
+        opened,
+        store,
+        plan,
+        connection,
+        only_failed=False,
+        workers=workers,
+        wait=wait,
+        timeout=timeout,
+        progress=progress,
+    )
+
+
+def prepare(
+    what: Model | Sweep,
+    *,
+    name: str,
+    storage: str | Storage | None,
+    cluster: Any,
+    base: str | Path | None,
+) -> tuple[Storage, JobStore, Plan]:
+    """Check everything, stage the inputs and write the job record; nothing runs yet."""
+    sweep = what if isinstance(what, Sweep) else _single(what)
+    check_job_name(name)
+    opened = open_job_storage(storage)
+    store = JobStore(opened, name)
+    existing = store.read_job()
+    if existing is not None:
+        _check_resumable(existing, sweep, opened)
+    _check_reach(opened, _provider_of(cluster))
+    refs, shared, packages = _stage(opened, store.prefix, sweep, Path(base or Path.cwd()))
+    record = JobRecord(
+        name=name,
+        digest=sweep.digest(),
+        definition=sweep.to_dict(),
+        total=len(sweep),
+        cluster=cluster
+        if isinstance(cluster, str)
+        else (DEFAULT_TEMPLATE if cluster is None else type(cluster).__name__),
+        inputs={k: v.to_dict() for k, v in refs.items()},
+        created=existing.created if existing else time.time(),
+    )
+    store.write_job(record)
+    store.clear_cancel()
+    return opened, store, Plan(name, store.prefix, sweep, refs, shared, packages)
+
+
+def resubmit(
+    job: Job,
+    *,
+    only_failed: bool,
+    cluster: Any = None,
+    workers: int | None = None,
+    wait: bool = False,
+    timeout: float | None = None,
+    progress: Progress | None = None,
+) -> Job:
+    """Run a job's failed (or unfinished) runs again from its records: no local files needed."""
+    record = job.record()
+    if record.status == "running" and time.time() - record.updated_at < STALE_DRIVER_S:
+        raise BatchError(
+            f"job {job.name!r} is still running (driver {record.driver}); wait for it or cancel "
+            "it before retrying."
+        )
+    sweep = Sweep.from_dict(record.definition)
+    refs = {k: InputRef.from_dict(v) for k, v in record.inputs.items()}
+    model = sweep.model
+    shared = tuple(refs[s] for s in model.shared)
+    packages = tuple(
+        PackageRef(p.name, p.version, p.env_name, refs[f"package:{p.name}:{p.version}"])
+        for p in model.packages
+    )
+    connection = _connect(cluster, workers, job.storage)
+    try:
+        job.store.write_job(record.with_counts(record.counts, "running"))
+        job.store.clear_cancel()
+    except BaseException:
+        connection.close()
+        raise
+    plan = Plan(job.name, job.store.prefix, sweep, refs, shared, packages)
+    return _start(
+        job.storage,
+        job.store,
+        plan,
+        connection,
+        only_failed=only_failed,
+        workers=workers,
+        wait=wait,
+        timeout=timeout,
+        progress=progress,
+    )
+
+
+def _start(
+    storage: Storage,
+    store: JobStore,
+    plan: Plan,
+    connection: _Connection,
+    *,
+    only_failed: bool,
+    workers: int | None,
+    wait: bool,
+    timeout: float | None,
+    progress: Progress | None,
+) -> Job:
+    driver = Driver(
+        connection.client,
+        storage,
+        store,
+        plan,
+        max_in_flight=TASKS_PER_WORKER * (workers or DEFAULT_WORKERS),
+        only_failed=only_failed,
+        progress=progress,
+    )
+    local: _Local
+
+    def drive() -> None:
+        try:
+            driver.run()
+        except BaseException as exc:
+            local.error.append(exc)
+            logger.error("the driver of job %s failed: %r", plan.job, exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=drive, name=f"azm-batch-{plan.job}", daemon=True)
+    local = _Local(driver, thread)
+    job = Job(plan.job, storage, local=local)
+    thread.start()
+    if wait:
+        job.wait(timeout)
+    return job
+
+
+def _single(model: Model) -> Sweep:
+    if not isinstance(model, Model):
+        raise ConfigError(
+            f"submit() takes a batch.Model or a Sweep (model.sweep(...)), not "
+            f"{type(model).__name__}."
+        )
+    return model.sweep()
+
+
+def _check_resumable(existing: JobRecord, sweep: Sweep, storage: Storage) -> None:
+    where = storage.url_for(existing.name)
+    if existing.digest != sweep.digest():
+        raise ConfigError(
+            f"job {existing.name!r} in {where} was submitted with a different model or sweep; "
+            "use another job name (or another storage) for this one, or submit the same "
+            "definition to resume it."
+        )
+    if existing.status == "running" and time.time() - existing.updated_at < STALE_DRIVER_S:
+        raise BatchError(
+            f"job {existing.name!r} is running (driver {existing.driver}); attach to it with "
+            f"batch.attach({existing.name!r}) or wait until it ends."
+        )
+
+
+def _stage(
+    storage: Storage, prefix: str, sweep: Sweep, base: Path
+) -> tuple[dict[str, InputRef], tuple[InputRef, ...], tuple[PackageRef, ...]]:
+    stager = Stager(storage, prefix, base=base)
+    model = sweep.model
+    for run in sweep.runs():
+        for source in run.inputs:
+            stager.add(source)
+        if run.overlay is not None:
+            stager.add(run.overlay, dest="")
+    shared = tuple(stager.add(s) for s in model.shared)
+    packages = []
+    for pkg in model.packages:
+        source = (
+            pkg.path if pkg.path is not None else registered_source(storage, pkg.name, pkg.version)
+        )
+        ref = stager.add(source, dest="")
+        stager.refs[f"package:{pkg.name}:{pkg.version}"] = ref
+        packages.append(PackageRef(pkg.name, pkg.version, pkg.env_name, ref))
+    stager.flush()
+    return dict(stager.refs), shared, tuple(packages)
+
+
+def _connect(cluster: Any, workers: int | None, storage: Storage) -> _Connection:
+    from distributed import Client
+
+    from azmanagers.cluster.api import addprocs, clusters, rmprocs
+    from azmanagers.cluster.core import AzCluster
+
+    if isinstance(cluster, Client):
+        return _Connection(cluster, "a dask Client", "unknown", lambda: None)
+    if isinstance(cluster, AzCluster):
+        _check_reach(storage, cluster.provider.name)
+        client = Client(cluster, security=cluster.security, set_as_default=False)
+        return _Connection(client, cluster.template_name, cluster.provider.name, client.close)
+    template = DEFAULT_TEMPLATE if cluster is None else cluster
+    if not isinstance(template, str):
+        raise ConfigError(
+            "cluster must be a template name, an AzCluster or a dask Client, not "
+            f"{type(cluster).__name__}."
+        )
+    running = clusters().get(template)
+    if running is not None:
+        return _connect(running, workers, storage)
+    made = addprocs(template, workers or DEFAULT_WORKERS)
+    client = Client(made, security=made.security, set_as_default=False)
+
+    def close() -> None:
+        client.close()
+        rmprocs(template=template)
+
+    return _Connection(client, template, made.provider.name, close)
+
+
+def _provider_of(cluster: Any) -> str:
+    """The provider a cluster argument runs on, known before anything starts."""
+    from azmanagers.cluster.core import AzCluster
+    from azmanagers.config.templates import load_template_scaleset, template_provider
+
+    if isinstance(cluster, AzCluster):
+        return str(cluster.provider.name)
+    if cluster is None or isinstance(cluster, str):
+        return template_provider(load_template_scaleset(cluster or DEFAULT_TEMPLATE))
+    return "unknown"
+
+
+def _check_reach(storage: Storage, provider: str) -> None:
+    if provider not in ("local", "unknown") and storage.url.startswith("file://"):
+        raise ConfigError(
+            f"storage {storage.url} is a folder on this machine, which workers on {provider} "
+            "cannot reach; use Blob storage (az://container/prefix)."
+        )
+
+
+def _counts_line(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)

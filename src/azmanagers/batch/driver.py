@@ -1,0 +1,320 @@
+"""The driver: feeds a job's runs to the cluster as Dask tasks, retries, requeues, records."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from azmanagers.batch.records import FINAL_STATES, Attempt, JobRecord, JobStore, RunRecord
+from azmanagers.batch.runner import PackageRef, RunResult, RunTask, cancel_session, execute
+from azmanagers.batch.staging import InputRef
+from azmanagers.batch.sweep import RunSpec, Sweep
+from azmanagers.errors import AzManagersError
+from azmanagers.storage.base import Grant, Storage
+
+logger = logging.getLogger("azmanagers.batch")
+
+MAX_REQUEUES = 3
+"""A run whose worker is lost is requeued (no retry spent) at most this many times."""
+RECORD_EVERY_S = 2.0
+"""The job record's counts are written at most this often while runs complete."""
+CANCEL_CHECK_S = 5.0
+"""How often the driver looks for a cancel request in storage (one small read)."""
+WAIT_STEP_S = 0.5
+GRANT_SLACK_S = 3600.0
+"""A grant outlives the longest a run may take by this much."""
+DEFAULT_GRANT_TTL_S = 24 * 3600.0
+"""A grant's lifetime for runs without a timeout."""
+MIN_IN_FLIGHT = 8
+
+Progress = Callable[[Mapping[str, int], int], None]
+"""Called as ``progress(counts by state, total)`` when the counts change."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to turn each run of a sweep into a task: what was staged, and the model's limits."""
+
+    job: str
+    prefix: str
+    sweep: Sweep
+    refs: Mapping[str, InputRef]
+    shared: tuple[InputRef, ...]
+    packages: tuple[PackageRef, ...]
+
+    def task(self, spec: RunSpec, attempt: int, grant: Grant, session: str) -> RunTask:
+        model = self.sweep.model
+        return RunTask(
+            job=self.job,
+            session=session,
+            run_id=spec.run_id,
+            attempt=attempt,
+            command=spec.command,
+            env=tuple(sorted(spec.env.items())),
+            grant=grant,
+            prefix=self.prefix,
+            inputs=tuple(self.refs[s] for s in spec.inputs),
+            shared=self.shared,
+            overlay=None if spec.overlay is None else self.refs[spec.overlay],
+            packages=self.packages,
+            outputs=spec.outputs,
+            timeout_s=model.timeout_s,
+        )
+
+
+@dataclass
+class _Flight:
+    spec: RunSpec
+    attempt: int
+    requeues: int
+    attempts: list[Attempt] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+
+class Driver:
+    """Runs the runs of ``plan`` on ``client``'s cluster and keeps their records in ``store``.
+
+    Runs whose record says ``succeeded`` are skipped (so a re-submission resumes); with
+    ``only_failed`` only runs recorded ``failed`` or ``cancelled`` run again. At most
+    ``max_in_flight`` tasks are on the cluster at once and runs are read lazily from the
+    sweep, so a sweep of 10,000 runs never holds every result in memory.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        storage: Storage,
+        store: JobStore,
+        plan: Plan,
+        *,
+        max_in_flight: int,
+        only_failed: bool = False,
+        progress: Progress | None = None,
+    ) -> None:
+        self.client = client
+        self.storage = storage
+        self.store = store
+        self.plan = plan
+        self.max_in_flight = max(MIN_IN_FLIGHT, max_in_flight)
+        self.only_failed = only_failed
+        self.progress = progress
+        self.session = uuid.uuid4().hex[:12]
+        self.counts: Counter[str] = Counter()
+        self.total = len(plan.sweep)
+        self.fetches: Counter[str] = Counter()
+        """Files fetched into node caches, by node (what ``shared`` saves)."""
+        self._grant: Grant | None = None
+        self._cancelled = False
+        self._record_at = 0.0
+        self._cancel_at = time.monotonic()
+
+    def cancel(self) -> None:
+        """Stop feeding runs and kill the ones in progress (from any thread)."""
+        self._cancelled = True
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self) -> JobRecord:
+        from distributed import wait
+
+        known = self.store.statuses()
+        todo = self._todo(known)
+        flights: dict[Any, _Flight] = {}
+        job = self._job_record("running")
+        self.store.write_job(job)
+        exhausted = False
+        while True:
+            while not exhausted and not self._cancelled and len(flights) < self.max_in_flight:
+                spec = next(todo, None)
+                if spec is None:
+                    exhausted = True
+                    break
+                self._submit(flights, _Flight(spec, self._next_attempt(spec, known), 0))
+            if not flights:
+                break
+            try:
+                done, _ = wait(list(flights), timeout=WAIT_STEP_S, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done = set()
+            for future in done:
+                self._finish(flights, future, flights.pop(future))
+            self._tick(flights)
+        status = self._final_status()
+        job = self._job_record(status)
+        self.store.write_job(job)
+        return job
+
+    def _todo(self, known: Mapping[str, str]) -> Iterator[RunSpec]:
+        for spec in self.plan.sweep.runs():
+            state = known.get(spec.run_id)
+            if state == "succeeded" or (self.only_failed and state not in ("failed", "cancelled")):
+                if state is not None:
+                    self.counts[state] += 1
+                continue
+            yield spec
+
+    def _next_attempt(self, spec: RunSpec, known: Mapping[str, str]) -> int:
+        if spec.run_id not in known:
+            return 1
+        record = self.store.read_run(spec.run_id)
+        return 1 + max((a.number for a in record.attempts), default=0) if record else 1
+
+    def _submit(self, flights: dict[Any, _Flight], flight: _Flight) -> None:
+        task = self.plan.task(flight.spec, flight.attempt, self._fresh_grant(), self.session)
+        key = f"azm-batch-{self.session}-{flight.spec.run_id}-{flight.attempt}-{flight.requeues}"
+        future = self.client.submit(execute, task, key=key, pure=False, retries=0)
+        flights[future] = flight
+        self._write(flight, "running")
+
+    def _finish(self, flights: dict[Any, _Flight], future: Any, flight: _Flight) -> None:
+        from distributed.scheduler import KilledWorker
+
+        try:
+            result: RunResult = future.result()
+        except KilledWorker as exc:
+            self._lost(flights, flight, f"its worker was lost: {exc}")
+            return
+        except Exception as exc:  # a cancelled future, or an error outside the command
+            if self._cancelled:
+                self._write(flight, "cancelled", error="cancelled")
+            elif _worker_gone(exc):
+                self._lost(flights, flight, f"its worker was lost: {exc!r}")
+            else:
+                self._write(flight, "failed", error=f"the runner failed: {exc!r}")
+            return
+        for node_files in ((result.node, result.fetched_files),):
+            self.fetches[node_files[0]] += node_files[1]
+        flight.attempts.append(
+            Attempt(
+                result.attempt,
+                result.node,
+                result.started,
+                result.ended,
+                result.exit_code,
+                result.reason,
+                result.stdout_key,
+                result.stderr_key,
+                result.error,
+            )
+        )
+        if result.succeeded:
+            self._write(flight, "succeeded", result=result)
+        elif result.reason == "cancelled" or self._cancelled:
+            self._write(flight, "cancelled", result=result)
+        elif flight.attempt < 1 + self.plan.sweep.model.retries + _offset(flight):
+            flight.attempt += 1
+            self._submit(flights, flight)
+        else:
+            self._write(flight, "failed", result=result)
+
+    def _lost(self, flights: dict[Any, _Flight], flight: _Flight, why: str) -> None:
+        flight.attempts.append(
+            Attempt(flight.attempt, "", flight.started, time.time(), None, "lost", error=why)
+        )
+        if flight.requeues < MAX_REQUEUES and not self._cancelled:
+            flight.requeues += 1
+            logger.warning("run %s requeued (%s)", flight.spec.run_id, why)
+            self._submit(flights, flight)
+        else:
+            self._write(flight, "failed", error=f"{why} ({flight.requeues} requeues spent)")
+
+    def _tick(self, flights: dict[Any, _Flight]) -> None:
+        now = time.monotonic()
+        if not self._cancelled and now - self._cancel_at >= CANCEL_CHECK_S:
+            self._cancel_at = now
+            try:
+                self._cancelled = self.store.cancel_requested()
+            except AzManagersError as exc:
+                logger.warning("could not look for a cancel request: %s", exc)
+        if self._cancelled and flights:
+            self._kill(flights)
+        if now - self._record_at >= RECORD_EVERY_S:
+            self._record_at = now
+            try:
+                self.store.write_job(self._job_record("running"))
+            except AzManagersError as exc:
+                logger.warning("could not update the job record: %s", exc)
+
+    def _kill(self, flights: dict[Any, _Flight]) -> None:
+        try:
+            self.client.run(cancel_session, self.session)
+        except Exception as exc:  # a worker that went away cannot be asked
+            logger.warning("could not reach every worker to cancel: %r", exc)
+        for future, flight in list(flights.items()):
+            future.cancel()
+            self._write(flight, "cancelled", error="cancelled")
+            flights.pop(future)
+
+    # -- records ------------------------------------------------------------------------
+    def _write(
+        self, flight: _Flight, status: str, *, result: RunResult | None = None, error: str = ""
+    ) -> None:
+        spec = flight.spec
+        record = RunRecord(
+            job=self.plan.job,
+            run_id=spec.run_id,
+            params=dict(spec.params),
+            status=status,
+            attempts=tuple(flight.attempts),
+            requeues=flight.requeues,
+            exit_code=None if result is None else result.exit_code,
+            node="" if result is None else result.node,
+            started=flight.started,
+            ended=time.time() if status in FINAL_STATES else 0.0,
+            outputs=() if result is None else result.outputs,
+            error=error or ("" if result is None else result.error),
+        )
+        if status in FINAL_STATES:
+            self.counts[status] += 1
+            self.counts["running"] -= 1
+        elif flight.attempt == 1 and flight.requeues == 0:
+            self.counts["running"] += 1
+        try:
+            self.store.write_run(record)
+        except AzManagersError as exc:
+            logger.error("could not write the record of run %s: %s", spec.run_id, exc)
+        if self.progress is not None:
+            self.progress(self.snapshot(), self.total)
+
+    def snapshot(self) -> dict[str, int]:
+        counts = {k: v for k, v in self.counts.items() if v > 0}
+        counts["pending"] = max(0, self.total - sum(counts.values()))
+        return counts
+
+    def _final_status(self) -> str:
+        if self._cancelled:
+            return "cancelled"
+        return "succeeded" if self.counts["succeeded"] == self.total else "failed"
+
+    def _job_record(self, status: str) -> JobRecord:
+        current = self.store.read_job()
+        if current is None:
+            raise AzManagersError(f"the job record of {self.plan.job} disappeared from storage")
+        return replace(
+            current.with_counts(self.snapshot(), status),
+            driver=f"{socket.gethostname()}:{os.getpid()}",
+        )
+
+    def _fresh_grant(self) -> Grant:
+        timeout = self.plan.sweep.model.timeout_s
+        ttl = DEFAULT_GRANT_TTL_S if timeout is None else timeout * 2 + GRANT_SLACK_S
+        grant = self._grant
+        if grant is None or grant.expires_at - time.time() < ttl - 600:
+            grant = self._grant = self.storage.grant(self.plan.prefix, ttl_s=ttl, write=True)
+        return grant
+
+
+def _offset(flight: _Flight) -> int:
+    """Attempts before this submission's first (a resumed run continues its numbering)."""
+    return min((a.number for a in flight.attempts), default=flight.attempt) - 1
+
+
+def _worker_gone(exc: BaseException) -> bool:
+    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
+    return bool(names & {"CommClosedError", "StreamClosedError", "KilledWorker"})

@@ -1,0 +1,241 @@
+"""A batch job as its records show it: status, runs, wait, logs, download, cancel."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from azmanagers.batch.records import FINAL_STATES, RUN_STATES, JobRecord, JobStore, RunRecord
+from azmanagers.errors import (
+    BatchError,
+    BatchJobNotFoundError,
+    ConfigError,
+    StorageNotFoundError,
+    WaitTimeoutError,
+)
+from azmanagers.storage.base import Storage
+
+if TYPE_CHECKING:
+    from azmanagers.batch.driver import Driver
+
+POLL_S = 2.0
+"""How often ``wait`` reads the job record when the driver runs elsewhere."""
+STALE_DRIVER_S = 120.0
+"""A running job whose record has not changed for this long has lost its driver."""
+JOB_STATES_FINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's state: its status, counts of runs by state, and where it lives."""
+
+    name: str
+    url: str
+    status: str
+    total: int
+    counts: Mapping[str, int]
+    created: float
+    updated_at: float
+    driver: str
+    cluster: str
+    message: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.status in JOB_STATES_FINAL
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "url": self.url,
+            "status": self.status,
+            "total": self.total,
+            "counts": dict(self.counts),
+            "created": self.created,
+            "updated_at": self.updated_at,
+            "driver": self.driver,
+            "cluster": self.cluster,
+            "message": self.message,
+        }
+
+
+@dataclass
+class _Local:
+    """The driver of a job submitted by this process, and what to do when it ends."""
+
+    driver: Driver
+    thread: threading.Thread
+    error: list[BaseException] = field(default_factory=list)
+
+
+class Job:
+    """A batch job in storage. Made by ``batch.submit`` or ``batch.attach``."""
+
+    def __init__(self, name: str, storage: Storage, *, local: _Local | None = None) -> None:
+        self.name = name
+        self.storage = storage
+        self.store = JobStore(storage, name)
+        self._local = local
+
+    def __repr__(self) -> str:
+        return f"<batch.Job {self.name!r} at {self.storage.url_for(self.name)}>"
+
+    @property
+    def url(self) -> str:
+        return self.storage.url_for(self.name)
+
+    def record(self) -> JobRecord:
+        record = self.store.read_job()
+        if record is None:
+            raise BatchJobNotFoundError(
+                f"no batch job {self.name!r} in {self.storage.url}; `azm batch list` shows the "
+                "jobs there."
+            )
+        return record
+
+    def status(self) -> JobStatus:
+        """The job's status and counts of runs by state (one read of the job record)."""
+        r = self.record()
+        counts = dict(r.counts)
+        if self._local is not None and self._local.thread.is_alive():
+            counts = self._local.driver.snapshot()
+        return JobStatus(
+            self.name,
+            self.url,
+            r.status,
+            r.total,
+            counts,
+            r.created,
+            r.updated_at,
+            r.driver,
+            r.cluster,
+            r.message,
+        )
+
+    def runs(self, state: str | None = None) -> list[RunRecord]:
+        """The run records (every run that started), optionally only those in ``state``."""
+        if state is not None and state not in RUN_STATES:
+            raise ConfigError(f"unknown run state {state!r}; use one of {', '.join(RUN_STATES)}.")
+        self.record()
+        return [r for r in self.store.runs() if state is None or r.status == state]
+
+    def run(self, run_id: str) -> RunRecord:
+        record = self.store.read_run(run_id)
+        if record is None:
+            raise BatchJobNotFoundError(
+                f"job {self.name!r} has no run {run_id!r}; `azm batch runs {self.name}` lists them."
+            )
+        return record
+
+    def wait(
+        self,
+        timeout: float | None = None,
+        *,
+        progress: Callable[[JobStatus], None] | None = None,
+    ) -> JobStatus:
+        """Block until the job ends; its final status (runs may have failed: look at it).
+
+        Raises ``WaitTimeoutError`` after ``timeout`` seconds, and ``BatchError`` when the
+        job's driver stopped without ending it (resubmit to resume).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._local is not None:
+                self._local.thread.join(
+                    POLL_S
+                    if deadline is None
+                    else max(0.0, min(POLL_S, deadline - time.monotonic()))
+                )
+                if self._local.error:
+                    raise BatchError(
+                        f"the driver of {self.name!r} failed: {self._local.error[0]}"
+                    ) from self._local.error[0]
+                alive = self._local.thread.is_alive()
+            else:
+                time.sleep(
+                    0 if deadline is None else min(POLL_S, max(0.0, deadline - time.monotonic()))
+                )
+                alive = True
+            status = self.status()
+            if progress is not None:
+                progress(status)
+            if status.done and (self._local is None or not alive):
+                return status
+            if self._local is None and time.time() - status.updated_at > STALE_DRIVER_S:
+                raise BatchError(
+                    f"job {self.name!r} is {status.status} but its driver ({status.driver}) has "
+                    f"not written for {STALE_DRIVER_S:.0f} s: it stopped. Submit the same job "
+                    "again to resume it (finished runs are skipped)."
+                )
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(
+                    f"job {self.name!r} did not end within {timeout} s: "
+                    + ", ".join(f"{k} {v}" for k, v in sorted(status.counts.items()))
+                )
+
+    def logs(self, run_id: str, stdio: str = "stdout", *, attempt: int | None = None) -> str:
+        """A run's stdout or stderr (of its last attempt unless ``attempt``)."""
+        if stdio not in ("stdout", "stderr"):
+            raise ConfigError(f"stdio must be 'stdout' or 'stderr', not {stdio!r}.")
+        record = self.run(run_id)
+        attempts = [a for a in record.attempts if attempt is None or a.number == attempt]
+        keys = [a.stdout_key if stdio == "stdout" else a.stderr_key for a in attempts]
+        keys = [k for k in keys if k]
+        if not keys:
+            raise BatchJobNotFoundError(
+                f"run {run_id!r} of {self.name!r} has no {stdio} yet"
+                + (f" for attempt {attempt}" if attempt else "")
+                + "."
+            )
+        try:
+            return self.storage.get_bytes(keys[-1]).decode(errors="replace")
+        except StorageNotFoundError as exc:
+            raise BatchJobNotFoundError(
+                f"the {stdio} of run {run_id!r} was not kept: {exc}"
+            ) from exc
+
+    def download(self, dest: str | Path, *, run: str | None = None) -> list[Path]:
+        """Fetch the outputs (and logs) of every run, or of one, into ``dest/<run id>/``."""
+        root = Path(dest)
+        records = [self.run(run)] if run is not None else self.runs()
+        pairs: list[tuple[str, Path]] = []
+        for record in records:
+            folder = root / record.run_id
+            pairs += [(o.key, folder / o.path) for o in record.outputs]
+            if record.attempts:
+                last = record.attempts[-1]
+                pairs += [
+                    (k, folder / name)
+                    for k, name in (
+                        (last.stdout_key, "stdout.txt"),
+                        (last.stderr_key, "stderr.txt"),
+                    )
+                    if k
+                ]
+        for _, path in pairs:
+            path.resolve().relative_to(root.resolve())  # keys are ours; paths stay inside
+        self.storage.get_files(pairs)
+        return [p for _, p in pairs]
+
+    def cancel(self) -> None:
+        """Ask the job to stop: its driver kills every run's process group; status cancelled."""
+        record = self.record()
+        if record.status in JOB_STATES_FINAL:
+            return
+        self.store.request_cancel()
+        if self._local is not None:
+            self._local.driver.cancel()
+
+    def retry(self, *, failed: bool = True, **submit_options: Any) -> Job:
+        """Run again the runs that failed (or, with ``failed=False``, every unfinished one)."""
+        from azmanagers.batch.api import resubmit
+
+        return resubmit(self, only_failed=failed, **submit_options)
+
+
+def final_counts(counts: Mapping[str, int]) -> int:
+    return sum(v for k, v in counts.items() if k in FINAL_STATES)

@@ -1,0 +1,89 @@
+"""Outputs of an attempt: which files match a run's output patterns, uploaded by condition."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from azmanagers.batch.model import Output
+from azmanagers.batch.records import OutputFile
+from azmanagers.storage.base import Storage
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A regex for a run-dir glob: ``*`` and ``?`` stay in one folder, ``**`` crosses folders."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1 : end]
+            negate = body.startswith("!")
+            body = re.escape(body[1:] if negate else body).replace("\\-", "-")
+            out.append(f"[{'^' if negate else ''}{body}]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def run_files(run_dir: Path) -> list[str]:
+    """Every regular file under ``run_dir`` (relative, "/"-separated), links to outside skipped.
+
+    Shared inputs are links into the node cache: they are inputs, not outputs.
+    """
+    found = []
+    root = run_dir.resolve()
+    for folder, dirs, names in os.walk(run_dir, followlinks=False):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder, name)
+            if path.is_symlink():
+                try:
+                    path.resolve().relative_to(root)
+                except (ValueError, OSError):
+                    continue
+            if path.is_file():
+                found.append(path.relative_to(run_dir).as_posix())
+    return found
+
+
+def selected(outputs: Sequence[Output], files: Sequence[str], *, succeeded: bool) -> list[str]:
+    """The files to upload: those matching a pattern whose condition holds for this outcome."""
+    conditions = {"always", "success" if succeeded else "failure"}
+    regexes = [glob_regex(o.pattern) for o in outputs if o.when in conditions]
+    return [f for f in files if any(r.match(f) for r in regexes)]
+
+
+def collect_outputs(
+    storage: Storage,
+    run_dir: Path,
+    outputs: Sequence[Output],
+    prefix: str,
+    *,
+    succeeded: bool,
+) -> tuple[OutputFile, ...]:
+    """Upload the selected outputs under ``prefix`` in parallel; their records, by path."""
+    if not outputs:
+        return ()
+    chosen = selected(outputs, run_files(run_dir), succeeded=succeeded)
+    if not chosen:
+        return ()
+    infos = storage.put_files([(run_dir / rel, prefix + rel) for rel in chosen])
+    return tuple(
+        OutputFile(rel, info.key, storage.url_for(info.key), info.sha256 or "", info.size)
+        for rel, info in zip(chosen, infos, strict=True)
+    )

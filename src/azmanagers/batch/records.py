@@ -1,0 +1,227 @@
+"""A batch job's records in storage: the job record, one record per run, and where logs go."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from azmanagers.errors import BatchError, StorageError, StorageNotFoundError
+from azmanagers.storage.base import Storage
+
+logger = logging.getLogger("azmanagers.batch")
+
+SCHEMA_VERSION = 1
+RUN_STATES = ("pending", "staging", "running", "uploading", "succeeded", "failed", "cancelled")
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+JOB_STATES = ("submitted", "running", "succeeded", "failed", "cancelled")
+READ_THREADS = 16
+"""Run records read in parallel by ``runs()``."""
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One uploaded output of a run: its key in storage, URL, hash and size."""
+
+    path: str
+    key: str
+    url: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a run on one node."""
+
+    number: int
+    node: str
+    started: float
+    ended: float
+    exit_code: int | None
+    reason: str
+    """``exit``, ``timeout``, ``cancelled``, ``lost`` (the worker went away) or ``error``."""
+    stdout_key: str = ""
+    stderr_key: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run's record, the truth for ``status``, ``runs`` and ``download``."""
+
+    job: str
+    run_id: str
+    params: Mapping[str, str]
+    status: str
+    attempts: tuple[Attempt, ...] = ()
+    requeues: int = 0
+    exit_code: int | None = None
+    node: str = ""
+    started: float = 0.0
+    ended: float = 0.0
+    outputs: tuple[OutputFile, ...] = ()
+    error: str = ""
+    updated_at: float = field(default_factory=time.time)
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds from the first start to the end (0 while not ended)."""
+        return max(0.0, self.ended - self.started) if self.ended and self.started else 0.0
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["schema_version"] = SCHEMA_VERSION
+        return json.dumps(data, sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, *, where: str) -> RunRecord:
+        data = _load(raw, where)
+        try:
+            data["attempts"] = tuple(Attempt(**a) for a in data.get("attempts", ()))
+            data["outputs"] = tuple(OutputFile(**o) for o in data.get("outputs", ()))
+            data["params"] = dict(data.get("params", {}))
+            return cls(**data)
+        except TypeError as exc:
+            raise BatchError(f"{where} is not a run record this version reads: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job's record: what was submitted (its definition and digest), its status and counts."""
+
+    name: str
+    digest: str
+    definition: Mapping[str, Any]
+    total: int
+    status: str = "submitted"
+    counts: Mapping[str, int] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    driver: str = ""
+    """Where the job's driver runs (``host:pid``, or ``detached:<vm>/<job id>``)."""
+    cluster: str = ""
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    """What was staged: local path or URL -> its reference in storage (see ``staging``)."""
+    message: str = ""
+
+    def to_json(self) -> bytes:
+        data = asdict(self)
+        data["schema_version"] = SCHEMA_VERSION
+        return json.dumps(data, sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, *, where: str) -> JobRecord:
+        data = _load(raw, where)
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise BatchError(f"{where} is not a job record this version reads: {exc}") from exc
+
+    def with_counts(self, counts: Mapping[str, int], status: str | None = None) -> JobRecord:
+        return replace(
+            self, counts=dict(counts), status=status or self.status, updated_at=time.time()
+        )
+
+
+def _load(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BatchError(f"{where} is not valid JSON ({exc}); it may be damaged.") from exc
+    if not isinstance(data, dict):
+        raise BatchError(f"{where} is not a record (a JSON object was expected).")
+    version = data.pop("schema_version", None)
+    if version != SCHEMA_VERSION:
+        raise BatchError(
+            f"{where} has schema version {version!r}; this azmanagers reads version "
+            f"{SCHEMA_VERSION}. Use the azmanagers version that wrote it."
+        )
+    return data
+
+
+class JobStore:
+    """Reads and writes one job's records under ``<name>/`` in a storage root."""
+
+    def __init__(self, storage: Storage, name: str) -> None:
+        self.storage = storage
+        self.name = name
+        self.prefix = f"{name}/"
+
+    # -- keys ---------------------------------------------------------------------------
+    @property
+    def job_key(self) -> str:
+        return f"{self.prefix}job.json"
+
+    @property
+    def cancel_key(self) -> str:
+        return f"{self.prefix}cancel"
+
+    def run_key(self, run_id: str) -> str:
+        return f"{self.prefix}runs/{run_id}/run.json"
+
+    def log_key(self, run_id: str, attempt: int, stdio: str) -> str:
+        return f"{self.prefix}runs/{run_id}/attempt-{attempt}/{stdio}.txt"
+
+    def attempt_prefix(self, run_id: str, attempt: int) -> str:
+        """Where an attempt's logs and outputs go (``stdout.txt``, ``stderr.txt``, ``outputs/``)."""
+        return f"{self.prefix}runs/{run_id}/attempt-{attempt}/"
+
+    # -- the job ------------------------------------------------------------------------
+    def read_job(self) -> JobRecord | None:
+        try:
+            raw = self.storage.get_bytes(self.job_key)
+        except StorageNotFoundError:
+            return None
+        return JobRecord.from_json(raw, where=self.storage.url_for(self.job_key))
+
+    def write_job(self, record: JobRecord) -> None:
+        self.storage.put_bytes(self.job_key, record.to_json())
+
+    def request_cancel(self) -> None:
+        self.storage.put_bytes(self.cancel_key, f"{time.time():.3f}\n".encode())
+
+    def cancel_requested(self) -> bool:
+        return self.storage.stat(self.cancel_key) is not None
+
+    def clear_cancel(self) -> None:
+        self.storage.delete(self.cancel_key)
+
+    # -- runs ---------------------------------------------------------------------------
+    def read_run(self, run_id: str) -> RunRecord | None:
+        key = self.run_key(run_id)
+        try:
+            raw = self.storage.get_bytes(key)
+        except StorageNotFoundError:
+            return None
+        return RunRecord.from_json(raw, where=self.storage.url_for(key))
+
+    def write_run(self, record: RunRecord) -> None:
+        self.storage.put_bytes(self.run_key(record.run_id), record.to_json())
+
+    def run_ids(self) -> list[str]:
+        """The ids of the runs that have a record, sorted."""
+        return self.storage.list_dirs(f"{self.prefix}runs/")
+
+    def runs(self) -> Iterator[RunRecord]:
+        """Every run record, in run-id order, read in parallel in bounded batches."""
+        ids = self.run_ids()
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            for start in range(0, len(ids), 256):
+                batch = ids[start : start + 256]
+                yield from (r for r in pool.map(self._read_quietly, batch) if r is not None)
+
+    def statuses(self) -> dict[str, str]:
+        """Run id -> status of every recorded run (what a re-submission skips)."""
+        return {r.run_id: r.status for r in self.runs()}
+
+    def _read_quietly(self, run_id: str) -> RunRecord | None:
+        try:
+            return self.read_run(run_id)
+        except (StorageError, BatchError) as exc:
+            logger.warning("skipping the record of run %s: %s", run_id, exc)
+            return None

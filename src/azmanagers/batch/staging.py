@@ -1,0 +1,196 @@
+"""Staging a job's inputs, shared inputs, overlays and packages into storage, by content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from azmanagers.errors import ConfigError, StorageNotFoundError
+from azmanagers.storage import open_storage
+from azmanagers.storage.base import Storage, is_storage_url
+from azmanagers.storage.hashing import sha256_file
+
+BLOBS = "inputs/sha256"
+TREES = "inputs/trees"
+MAX_TREE_FILES = 200_000
+"""A folder input with more files than this is refused (zip it: one archive stages faster)."""
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """A staged input: where it came from, where it goes in the run dir, where it is stored."""
+
+    source: str
+    dest: str
+    """Path relative to the run dir ("" for a folder whose contents go in the run dir)."""
+    key: str
+    """The stored file, or the tree manifest of a folder (keys relative to the storage root)."""
+    sha256: str
+    size: int
+    tree: bool
+    mode: int = 0o644
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InputRef:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TreeFile:
+    """One file of a staged folder."""
+
+    rel: str
+    sha256: str
+    size: int
+    mode: int
+
+
+def blob_key(prefix: str, sha256: str) -> str:
+    """Where a file with this hash is stored under a job's prefix."""
+    return f"{prefix}{BLOBS}/{sha256[:2]}/{sha256}"
+
+
+def dest_for(source: str) -> str:
+    """Where an input lands in the run dir: a file or folder by its name; ``dir/`` by contents."""
+    if source.endswith("/"):
+        return ""
+    name = source.rstrip("/").rsplit("/", 1)[-1]
+    if name in ("", ".", ".."):
+        raise ConfigError(f"input {source!r} has no name to place it under; name a file or folder.")
+    return name
+
+
+def tree_manifest(files: Iterable[TreeFile]) -> bytes:
+    rows = sorted([f.rel, f.sha256, f.size, f.mode] for f in files)
+    return json.dumps({"files": rows}, separators=(",", ":")).encode()
+
+
+def parse_manifest(raw: bytes) -> list[TreeFile]:
+    data = json.loads(raw)
+    return [TreeFile(str(r), str(h), int(s), int(m)) for r, h, s, m in data["files"]]
+
+
+class Stager:
+    """Uploads local files and folders (and copies storage URLs) into a job's ``inputs/``.
+
+    Each distinct content is uploaded once: what the job's storage already holds (listed once)
+    is skipped. ``refs`` maps every staged source (as given) to its ``InputRef``.
+    """
+
+    def __init__(self, storage: Storage, prefix: str, *, base: Path | None = None) -> None:
+        self.storage = storage
+        self.prefix = prefix
+        self.base = base or Path.cwd()
+        self.refs: dict[str, InputRef] = {}
+        self._have = {info.key.rsplit("/", 1)[-1] for info in storage.list(f"{prefix}{BLOBS}/")}
+        self._pending: dict[str, Path] = {}
+        self.uploaded_bytes = 0
+
+    def add(self, source: str, *, dest: str | None = None) -> InputRef:
+        """Stage ``source`` (a local path, relative to ``base``, or a storage URL)."""
+        if source in self.refs:
+            return self.refs[source]
+        where = dest_for(source) if dest is None else dest
+        if is_storage_url(source):
+            ref = self._add_url(source, where)
+        else:
+            path = Path(source).expanduser()
+            path = path if path.is_absolute() else self.base / path
+            if not path.exists():
+                raise ConfigError(
+                    f"input {source!r} does not exist (looked at {path}); check the path, which is "
+                    "relative to the current folder (or to the spec file's folder)."
+                )
+            ref = (
+                self._add_tree(source, path, where)
+                if path.is_dir()
+                else self._add_file(source, path, where)
+            )
+        self.refs[source] = ref
+        return ref
+
+    def _add_file(self, source: str, path: Path, dest: str) -> InputRef:
+        digest = sha256_file(path)
+        self._want(digest, path)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        return InputRef(
+            source, dest, blob_key(self.prefix, digest), digest, path.stat().st_size, False, mode
+        )
+
+    def _add_tree(self, source: str, root: Path, dest: str) -> InputRef:
+        files: list[TreeFile] = []
+        for folder, dirs, names in os.walk(root, followlinks=False):
+            dirs.sort()
+            for name in sorted(names):
+                path = Path(folder, name)
+                if path.is_symlink() and not path.exists():
+                    raise ConfigError(f"input {source!r} holds a broken link {path}; remove it.")
+                if not path.is_file():
+                    continue
+                digest = sha256_file(path)
+                self._want(digest, path)
+                rel = path.relative_to(root).as_posix()
+                files.append(
+                    TreeFile(rel, digest, path.stat().st_size, stat.S_IMODE(path.stat().st_mode))
+                )
+                if len(files) > MAX_TREE_FILES:
+                    raise ConfigError(
+                        f"input {source!r} holds more than {MAX_TREE_FILES} files; pack it into "
+                        "one archive (tar or zip) and unpack it in the command."
+                    )
+        return self._store_tree(source, dest, files)
+
+    def _store_tree(self, source: str, dest: str, files: list[TreeFile]) -> InputRef:
+        raw = tree_manifest(files)
+        digest = hashlib.sha256(raw).hexdigest()
+        key = f"{self.prefix}{TREES}/{digest}.json"
+        if self.storage.stat(key) is None:
+            self.storage.put_bytes(key, raw)
+        return InputRef(source, dest, key, digest, sum(f.size for f in files), True, 0o755)
+
+    def _want(self, digest: str, path: Path) -> None:
+        if digest not in self._have:
+            self._pending.setdefault(digest, path)
+
+    def _add_url(self, url: str, dest: str) -> InputRef:
+        parent, _, name = url.rstrip("/").rpartition("/")
+        source_root = open_storage(parent)
+        try:
+            info = source_root.stat(name) if name and not url.endswith("/") else None
+            with tempfile.TemporaryDirectory(prefix="azm-stage-") as tmp:
+                if info is not None:
+                    local = Path(tmp, "file")
+                    source_root.get_file(name, local)
+                    ref = self._add_file(url, local, dest)
+                    self.flush()
+                    return ref
+                tree_root = open_storage(url.rstrip("/"))
+                infos = list(tree_root.list(""))
+                if not infos:
+                    raise StorageNotFoundError(f"input {url} names nothing in storage.")
+                pairs = [(i.key, Path(tmp, "tree", i.key)) for i in infos]
+                tree_root.get_files(pairs)
+                ref = self._add_tree(url, Path(tmp, "tree"), dest)
+                self.flush()
+                return ref
+        finally:
+            source_root.close()
+
+    def flush(self) -> None:
+        """Upload what is wanted and not yet stored, many files in parallel."""
+        pairs = [(path, blob_key(self.prefix, digest)) for digest, path in self._pending.items()]
+        if pairs:
+            infos = self.storage.put_files(pairs)
+            self.uploaded_bytes += sum(i.size for i in infos)
+            self._have.update(self._pending)
+        self._pending.clear()

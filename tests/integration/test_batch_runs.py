@@ -1,0 +1,304 @@
+"""Batch runs of real executables on real Dask workers (local provider, file:// storage)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from azmanagers import batch
+from azmanagers.batch.packages import add_package
+from azmanagers.errors import ConfigError
+from azmanagers.storage import open_storage
+from tests.conftest import processes_under
+
+pytestmark = pytest.mark.integration
+DEADLINE_S = 120.0
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def executable(path: Path, body: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/usr/bin/env bash\nset -euo pipefail\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    """A model folder in the shape of the seed's notebooks: a tool, an input file, a table."""
+    root = tmp_path / "study"
+    executable(
+        root / "bin" / "hydro",
+        'if [ "${1:-}" = --version ]; then echo "hydro 8.2"; exit 0; fi\n'
+        "mkdir -p output\n"
+        'echo "run ${RUN_NO:-0} case ${CASE:-x} mode ${MODE:-none}" > output/result.txt\n'
+        'cat "$1" >> output/result.txt\n'
+        'echo "log of ${RUN_NO:-0}" > run.log\n'
+        'echo "to stderr ${RUN_NO:-0}" >&2\n',
+    )
+    (root / "run.inp").write_text("input deck\n")
+    return root
+
+
+def test_a_model_prints_its_version_and_outputs_land_next_to_inputs(
+    study: Path, tmp_path: Path
+) -> None:
+    storage = (tmp_path / "runs").as_uri()
+    model = batch.Model(
+        "hydro",
+        command="./study/bin/hydro --version > version.txt; ./study/bin/hydro study/run.inp",
+        inputs=[str(study)],
+        env={"MODE": "historical"},
+        outputs=[
+            batch.Output("version.txt"),
+            batch.Output("output/**"),
+            batch.Output("*.log", when="always"),
+        ],
+    )
+    job = batch.submit(model, name="hist", storage=storage, wait=True, timeout=DEADLINE_S)
+    status = job.status()
+    assert (status.status, status.counts.get("succeeded")) == ("succeeded", 1)
+    (run,) = job.runs()
+    assert run.exit_code == 0 and run.node
+    assert {o.path for o in run.outputs} == {"version.txt", "output/result.txt", "run.log"}
+    got = job.download(tmp_path / "got")
+    folder = tmp_path / "got" / run.run_id
+    assert (folder / "version.txt").read_text() == "hydro 8.2\n"
+    assert "mode historical" in (folder / "output" / "result.txt").read_text()
+    assert "input deck" in (folder / "output" / "result.txt").read_text()
+    assert "to stderr" in job.logs(run.run_id, "stderr")
+    assert folder / "stdout.txt" in got
+    # outputs live in storage next to the staged inputs, with their hashes
+    root = tmp_path / "runs" / "hist"
+    assert (root / "job.json").exists() and (root / "inputs").is_dir()
+    assert all(len(o.sha256) == 64 for o in run.outputs)
+
+
+def test_a_sweep_varies_env_and_fetches_a_shared_input_once_per_node(
+    study: Path, tmp_path: Path
+) -> None:
+    big = tmp_path / "tables" / "big.h5"
+    big.parent.mkdir()
+    big.write_bytes(os.urandom(4 * 1024 * 1024))
+    model = batch.Model(
+        "ptm",
+        command='test -r big.h5 && echo "$RUN_NO $CASE $(wc -c < big.h5)" > out.txt',
+        shared=[str(big)],
+        outputs=[batch.Output("out.txt")],
+    )
+    sweep = model.sweep(batch.product(RUN_NO=range(6), CASE=["a", "b"]))
+    job = batch.submit(
+        sweep,
+        name="ptm",
+        storage=(tmp_path / "runs").as_uri(),
+        workers=2,
+        wait=True,
+        timeout=DEADLINE_S,
+    )
+    assert job.status().counts == {"succeeded": 12, "pending": 0} or (
+        job.status().counts.get("succeeded") == 12
+    )
+    runs = job.runs()
+    assert len(runs) == 12 and {r.params["CASE"] for r in runs} == {"a", "b"}
+    for r in runs:
+        text = job.storage.get_bytes(r.outputs[0].key).decode()
+        assert text == f"{r.params['RUN_NO']} {r.params['CASE']} {4 * 1024 * 1024}\n"
+    assert job._local is not None
+    fetches = job._local.driver.fetches
+    assert set(fetches) and len(fetches) <= 2
+    # one file (the shared input) per node, whatever the number of runs there
+    assert all(n == 1 for n in fetches.values()), fetches
+
+
+def test_a_failing_run_is_retried_then_fails_and_keeps_its_logs(tmp_path: Path) -> None:
+    model = batch.Model(
+        "flaky",
+        command='echo "attempt $AZM_ATTEMPT"; echo "bad things" >&2; echo partial > part.txt; '
+        "exit 3",
+        outputs=[batch.Output("part.txt", when="failure"), batch.Output("never.txt")],
+        retries=1,
+    )
+    job = batch.submit(
+        model, name="flaky", storage=(tmp_path / "runs").as_uri(), wait=True, timeout=DEADLINE_S
+    )
+    assert job.status().status == "failed"
+    (run,) = job.runs(state="failed")
+    assert [a.number for a in run.attempts] == [1, 2]
+    assert run.exit_code == 3
+    assert job.logs(run.run_id) == "attempt 2\n"
+    assert job.logs(run.run_id, attempt=1) == "attempt 1\n"
+    assert "bad things" in job.logs(run.run_id, "stderr")
+    assert [o.path for o in run.outputs] == ["part.txt"]
+
+
+def test_a_timeout_kills_the_run_and_its_children(tmp_path: Path, azm_home: Path) -> None:
+    model = batch.Model(
+        "slow",
+        command="echo started; sleep 300 & sleep 300; echo never",
+        timeout="2s",
+    )
+    job = batch.submit(
+        model, name="slow", storage=(tmp_path / "runs").as_uri(), wait=True, timeout=DEADLINE_S
+    )
+    (run,) = job.runs()
+    assert run.status == "failed" and run.attempts[-1].reason == "timeout"
+    assert job.logs(run.run_id) == "started\n"
+    sleepers = [p for p in processes_under(azm_home) if "sleep" in " ".join(p.cmdline())]
+    assert sleepers == []
+
+
+def test_cancel_kills_every_run_and_ends_cancelled(tmp_path: Path, azm_home: Path) -> None:
+    model = batch.Model("long", command="echo up; sleep 300")
+    job = batch.submit(
+        model.sweep(batch.product(I=range(4))),
+        name="long",
+        storage=(tmp_path / "runs").as_uri(),
+        workers=2,
+    )
+    eventually(
+        lambda: (
+            len([p for p in processes_under(azm_home) if p.cmdline()[:2] == ["sleep", "300"]]) == 2
+        ),
+        "2 runs running",
+    )
+    job.cancel()
+    status = job.wait(timeout=DEADLINE_S)
+    assert status.status == "cancelled"
+    assert all(r.status == "cancelled" for r in job.runs())
+    eventually(
+        lambda: not [p for p in processes_under(azm_home) if p.cmdline()[:2] == ["sleep", "300"]],
+        "no run left",
+    )
+
+
+def test_a_resubmitted_sweep_skips_what_succeeded_and_retry_reruns_failures(
+    tmp_path: Path,
+) -> None:
+    flag = tmp_path / "fixed"
+    model = batch.Model(
+        "resume",
+        command=f'echo "$I" >> {tmp_path}/ran.txt; if [ "$I" = 2 ] && [ ! -e {flag} ]; '
+        "then exit 1; fi",
+    )
+    sweep = model.sweep(batch.product(I=range(4)))
+    storage = (tmp_path / "runs").as_uri()
+    job = batch.submit(sweep, name="resume", storage=storage, wait=True, timeout=DEADLINE_S)
+    assert job.status().counts.get("failed") == 1
+    ran = (tmp_path / "ran.txt").read_text().split()
+    assert sorted(ran) == ["0", "1", "2", "3"]
+    again = batch.submit(sweep, name="resume", storage=storage, wait=True, timeout=DEADLINE_S)
+    assert sorted((tmp_path / "ran.txt").read_text().split()) == ["0", "1", "2", "2", "3"]
+    assert again.status().status == "failed"
+    flag.touch()
+    retried = batch.attach("resume", storage=storage).retry(
+        failed=True, wait=True, timeout=DEADLINE_S
+    )
+    assert retried.status().status == "succeeded"
+    assert sorted((tmp_path / "ran.txt").read_text().split()) == ["0", "1", "2", "2", "2", "3"]
+    (run,) = [r for r in retried.runs() if r.params["I"] == "2"]
+    assert [a.number for a in run.attempts] == [3]
+
+
+def test_a_job_name_used_with_another_model_is_refused(tmp_path: Path) -> None:
+    storage = (tmp_path / "runs").as_uri()
+    batch.submit(
+        batch.Model("m", command="true"), name="one", storage=storage, wait=True, timeout=DEADLINE_S
+    )
+    with pytest.raises(ConfigError, match="different model"):
+        batch.submit(batch.Model("m", command="false"), name="one", storage=storage)
+
+
+def test_attach_from_another_process_sees_the_records(tmp_path: Path) -> None:
+    storage = (tmp_path / "runs").as_uri()
+    batch.submit(
+        batch.Model("m", command="echo hi").sweep(batch.product(K=["x", "y"])),
+        name="seen",
+        storage=storage,
+        wait=True,
+        timeout=DEADLINE_S,
+    )
+    code = (
+        "import json, sys; from azmanagers import batch\n"
+        f"job = batch.attach('seen', storage={storage!r})\n"
+        "print(json.dumps([job.status().status, sorted(r.params['K'] for r in job.runs()),"
+        " job.logs(job.runs()[0].run_id)]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(out.stdout) == ["succeeded", ["x", "y"], "hi\n"]
+
+
+def test_a_package_is_unpacked_once_and_on_path(tmp_path: Path) -> None:
+    tool = executable(tmp_path / "pkg" / "dsm2-8.2" / "bin" / "dsm2", 'echo "dsm2 ran $1"\n')
+    archive = tmp_path / "dsm2-8.2.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tool.parents[1], arcname="dsm2-8.2")
+    storage = (tmp_path / "runs").as_uri()
+    add_package(open_storage(storage), "dsm2", "8.2", archive)
+    model = batch.Model(
+        "uses-pkg",
+        command='dsm2 "$I" > out.txt; test -d "$AZ_BATCH_APP_PACKAGE_dsm2_8_2"',
+        packages=[batch.Package("dsm2", "8.2")],
+        outputs=[batch.Output("out.txt")],
+    )
+    job = batch.submit(
+        model.sweep(batch.product(I=range(3))),
+        name="pkg",
+        storage=storage,
+        wait=True,
+        timeout=DEADLINE_S,
+    )
+    assert job.status().status == "succeeded"
+    texts = sorted(job.storage.get_bytes(r.outputs[0].key).decode() for r in job.runs())
+    assert texts == ["dsm2 ran 0\n", "dsm2 ran 1\n", "dsm2 ran 2\n"]
+
+
+def test_a_worker_killed_mid_run_requeues_the_run(tmp_path: Path, azm_home: Path) -> None:
+    model = batch.Model(
+        "victim", command='sleep 3; echo "done $I" > out.txt', outputs=[batch.Output("out.txt")]
+    )
+    job = batch.submit(
+        model.sweep(batch.product(I=range(2))),
+        name="victim",
+        storage=(tmp_path / "runs").as_uri(),
+        workers=2,
+    )
+
+    def running() -> list[psutil.Process]:
+        return [p for p in processes_under(azm_home) if p.cmdline()[:2] == ["sleep", "3"]]
+
+    eventually(lambda: len(running()) >= 1, "a run sleeping")
+    victim = running()[0]
+    vm_dir = victim.environ()["AZMANAGERS_INSTANCE_DIR"]
+    leader = [
+        p
+        for p in processes_under(azm_home)
+        if p.environ().get("AZMANAGERS_INSTANCE_DIR") == vm_dir
+        and "worker" in " ".join(p.cmdline())
+    ]
+    for proc in leader:
+        os.kill(proc.pid, signal.SIGKILL)
+    victim.kill()
+    status = job.wait(timeout=DEADLINE_S)
+    assert status.status == "succeeded", job.runs()
+    texts = sorted(job.storage.get_bytes(r.outputs[0].key).decode() for r in job.runs())
+    assert texts == ["done 0\n", "done 1\n"]
