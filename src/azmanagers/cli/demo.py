@@ -1,9 +1,10 @@
-"""``azm demo``: a local cluster computing for real, one detached job, and a clean exit."""
+"""``azm demo``: a local cluster computing for real, a batch sweep, a detached job, a clean exit."""
 
 from __future__ import annotations
 
 import logging
 import random
+import shutil
 import time
 from collections import Counter
 
@@ -17,6 +18,7 @@ DEMO_WORKERS = 4
 DEMO_TASKS = 16
 SAMPLES_PER_TASK = 200_000
 WAIT_TIMEOUT_S = 120.0
+DEMO_BATCH_RUNS = 6
 
 
 def monte_carlo_pi(seed: int, samples: int) -> tuple[int, str]:
@@ -57,6 +59,49 @@ def run_detached_part(out: Console) -> bool:
     finally:
         azmanagers.rmproc(vm)
         out.print(f"detached VM {vm.name} deleted")
+
+
+def run_batch_part(out: Console) -> bool:
+    """Run a sweep of a tiny shell model on the running cluster; True when the outputs add up.
+
+    Storage is a folder under ``AZMANAGERS_HOME`` (``demo/batch``), emptied first so every demo
+    runs the sweep afresh. Each run squares ``N`` and counts the lines of a shared input.
+    """
+    from azmanagers import batch
+    from azmanagers.config.paths import home
+
+    root = home() / "demo" / "batch"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "inputs").mkdir(mode=0o700, parents=True)
+    table = root / "inputs" / "table.txt"
+    table.write_text("".join(f"row {i}\n" for i in range(10)))
+    model = batch.Model(
+        "squares",
+        command='echo "$((N * N)) $(wc -l < table.txt)" > out.txt',
+        shared=[str(table)],
+        outputs=["out.txt"],
+    )
+    started = time.monotonic()
+    job = batch.submit(
+        model.sweep(batch.product(N=range(1, DEMO_BATCH_RUNS + 1))),
+        name="demo-sweep",
+        storage=(root / "runs").as_uri(),
+        wait=True,
+        timeout=WAIT_TIMEOUT_S,
+    )
+    status = job.status()
+    values = [
+        job.storage.get_bytes(r.outputs[0].key).decode().split() for r in job.runs() if r.outputs
+    ]
+    total = sum(int(square) for square, _ in values)
+    lines_seen = {int(lines) for _, lines in values}
+    out.print(
+        f"batch sweep: {status.total} runs {status.status} in "
+        f"{time.monotonic() - started:.1f} s, sum of N*N for N=1..{DEMO_BATCH_RUNS} = "
+        f"[bold green]{total}[/bold green] (outputs in {escape(job.url)})"
+    )
+    expected = sum(n * n for n in range(1, DEMO_BATCH_RUNS + 1))
+    return status.status == "succeeded" and total == expected and lines_seen == {10}
 
 
 def run_demo(console: Console | None = None) -> int:
@@ -129,6 +174,7 @@ def run_demo(console: Console | None = None) -> int:
             time.sleep(0.1)
         if not seen:
             out.print("[yellow]no worker log line arrived within 10 s[/yellow]")
+        batch_ok = run_batch_part(out)
         azmanagers.rmprocs(2)
         out.print(
             f"rmprocs(2): {cluster.nworkers()} workers left ({', '.join(azmanagers.workers())})"
@@ -139,7 +185,7 @@ def run_demo(console: Console | None = None) -> int:
         out.print(f"cluster closed; {len(leftover)} instances left")
         detached_ok = run_detached_part(out)
         out.print(f"done in {time.monotonic() - started:.1f} s")
-        return 0 if not leftover and seen and detached_ok else 1
+        return 0 if not leftover and seen and detached_ok and batch_ok else 1
     finally:
         wlog.removeHandler(handler)
         wlog.propagate = True
@@ -148,7 +194,7 @@ def run_demo(console: Console | None = None) -> int:
 
 
 def demo_command() -> None:
-    """Start 4 local workers, estimate pi on them, show a worker log, remove them (no account)."""
+    """Start 4 local workers, estimate pi, run a batch sweep, remove them (no account)."""
     code = run_demo()
     if code:
         raise typer.Exit(code)
