@@ -316,6 +316,8 @@ def test_an_unknown_name_is_refused_when_the_sweep_is_made() -> None:
         _model(command="run {CAS}").sweep(product(CASE=["a"]))
     with pytest.raises(ConfigError, match=r"\{X\}"):
         _model(env={"A": "{X}"}).sweep()
+    with pytest.raises(ConfigError, match=r"^output 'o/\{Z\}': \{Z\} names no parameter"):
+        _model(outputs=["o/{Z}"]).sweep(product(A=[1]))
 
 
 def test_a_value_that_escapes_through_an_output_pattern_is_refused() -> None:

@@ -10,7 +10,7 @@ from typing import cast
 
 import yaml
 
-from azmanagers.batch.model import Model, Output, Package, is_url, unknown_key
+from azmanagers.batch.model import Model, Output, Package, check_source, is_url, unknown_key
 from azmanagers.batch.sweep import Params, Sweep, listing, parse_axis, product, rows, zip
 from azmanagers.errors import ConfigError
 
@@ -225,9 +225,7 @@ def _path(value: object, base: Path, what: str) -> str:
     """A local path made absolute against ``base`` (a trailing '/' kept); a URL as given."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
-    text = _text(value, what)
-    if not text.strip():
-        raise ConfigError(f"{what} has an empty path; give a file, a folder or a storage URL.")
+    text = check_source(_text(value, what), what=what)
     if is_url(text):
         return text
     joined = os.path.join(str(base), os.path.expanduser(text))

@@ -399,7 +399,7 @@ class Sweep:
         known = dict.fromkeys([*self.model.env, *names], "x")
         if self.overlays:
             known[OVERLAY] = "x"
-        self._compose(known, None)
+        self._compose(known, None, checking=True)
         for source in self.model.shared:
             used = [n for n in _PLACEHOLDER.findall(source) if n in known]
             if used:
@@ -423,7 +423,9 @@ class Sweep:
                     params[OVERLAY] = overlay
                 yield self._compose(params, overlay)
 
-    def _compose(self, params: dict[str, str], overlay: str | None) -> RunSpec:
+    def _compose(
+        self, params: dict[str, str], overlay: str | None, *, checking: bool = False
+    ) -> RunSpec:
         model = self.model
         # {NAME} in an env value: a parameter, else another env variable's value as written
         raw = {**model.env, **params}
@@ -436,6 +438,8 @@ class Sweep:
                 for o in model.outputs
             )
         except ConfigError as exc:
+            if checking:
+                raise
             raise ConfigError(f"the run with parameters {params}: {exc}") from None
         return RunSpec(
             run_id=run_id(params),
