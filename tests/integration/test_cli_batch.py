@@ -286,6 +286,8 @@ def _spec_with_typo(tmp_path: Path) -> str:
         (lambda p: ["batch", "run", "--name", "x", "--command", "true", "--output", "o:sucess"],
          "did you mean 'success'"),
         (lambda p: ["batch", "run", "--name", "x"], "needs --command"),
+        (lambda p: ["batch", "run", "--name", "x", "--command", "true", "--wait", "--detach"],
+         "--wait and --detach do not go together"),
         (lambda p: ["batch", "run", _spec_with_typo(p), "--command", "true"],
          "--command cannot be combined with a spec file"),
         (lambda p: ["batch", "run", "--name", "x", "--command", "true", "--package", "dsm2"],
@@ -293,7 +295,7 @@ def _spec_with_typo(tmp_path: Path) -> str:
         (lambda p: ["batch", "run", "--name", "x", "--command", "true", "--input",
                     str(p / "missing.inp")], "missing.inp"),
     ],
-    ids=["spec-key", "env", "scheme", "list-scheme", "sweep", "output", "command", "both",
+    ids=["spec-key", "env", "scheme", "list-scheme", "sweep", "output", "command", "detach", "both",
          "package", "input"],
 )  # fmt: skip
 def test_bad_input_exits_2_with_one_line_naming_it(

@@ -127,7 +127,8 @@ def batch_run(
     """
     from azmanagers.batch.api import submit
 
-    del wait  # waiting is the default: the job's driver runs in this process
+    if wait and detach:
+        raise ConfigError("--wait and --detach do not go together: pick one.")
     base: Path | None = None
     if spec is not None:
         model_options = {
@@ -206,13 +207,8 @@ def _detach(
     base: Path | None,
     json_out: bool,
 ) -> None:
-    try:
-        from azmanagers.batch.detach import submit_detached
-    except ImportError:
-        raise ConfigError(
-            "--detach is not available yet in this version; run without it (this process "
-            "then drives the job to its end)."
-        ) from None
+    from azmanagers.batch.detach import submit_detached
+
     job = submit_detached(
         what, name=name, storage=storage, cluster=cluster, workers=workers, base=base
     )
