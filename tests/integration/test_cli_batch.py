@@ -353,3 +353,25 @@ def test_logs_follow_and_cancel_while_a_job_runs(
     assert (root / "runs" / first / "attempt-1" / "stdout.txt").read_text() == "begun 1\n"
     status = json.loads(azm("batch", "status", "slow", "--storage", storage, "--json").stdout)
     assert status["status"] == "cancelled"
+
+
+def test_ctrl_c_cancels_the_job_and_exits_130(
+    tmp_path: Path, storage: str, started: list[subprocess.Popen[str]]
+) -> None:
+    from azmanagers.batch.sweep import run_id
+
+    root = tmp_path / "runs" / "interrupted"
+    runner = background(
+        started, "batch", "run", "--name", "interrupted", "--command", "sleep 60",
+        "--sweep", "N=1,2", "--storage", storage, "--workers", "1",
+    )  # fmt: skip
+    first = run_id({"N": "1"})
+    eventually(lambda: (root / "runs" / first / "run.json").exists(), "run N=1 to start")
+    runner.send_signal(signal.SIGINT)
+    _, err = runner.communicate(timeout=60)  # far less than the runs' 60 s of sleep
+    assert runner.returncode == 130, err
+    assert "Traceback" not in err
+    status = json.loads(
+        azm("batch", "status", "interrupted", "--storage", storage, "--json").stdout
+    )
+    assert status["status"] == "cancelled", status
