@@ -45,6 +45,7 @@ def make_inputs(folder: Path) -> Path:
 
 def baseline(folder: Path, inputs: Path) -> float:
     """Seconds for xargs -P 2 to do every run."""
+    folder.mkdir(parents=True)
     script = folder / "step.sh"
     script.write_text(STEP.replace("{model}", MODEL))
     script.chmod(0o755)

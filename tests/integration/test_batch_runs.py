@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -302,3 +303,76 @@ def test_a_worker_killed_mid_run_requeues_the_run(tmp_path: Path, azm_home: Path
     assert status.status == "succeeded", job.runs()
     texts = sorted(job.storage.get_bytes(r.outputs[0].key).decode() for r in job.runs())
     assert texts == ["done 0\n", "done 1\n"]
+
+
+def test_detach_drives_the_job_from_a_vm_after_the_caller_is_gone(tmp_path: Path) -> None:
+    from azmanagers.detached.api import rmproc
+
+    storage = (tmp_path / "runs").as_uri()
+    code = (
+        "from azmanagers import batch\n"
+        "from azmanagers.batch.detach import submit_detached\n"
+        "m = batch.Model('m', command='echo \"run $K\" > out.txt',\n"
+        "                outputs=[batch.Output('out.txt')])\n"
+        "job = submit_detached(m.sweep(batch.product(K=range(3))), name='away',\n"
+        f"                      storage={storage!r})\n"
+        "print(job.name)\n"
+    )
+    caller = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert caller.returncode == 0, caller.stderr
+    job = batch.attach("away", storage=storage)
+    driver = job.status().driver
+    assert driver.startswith("detached:")
+    vm_name = driver.removeprefix("detached:").split("/", 1)[0]
+    try:
+        status = job.wait(timeout=DEADLINE_S)
+        assert status.status == "succeeded"
+        texts = sorted(job.storage.get_bytes(r.outputs[0].key).decode() for r in job.runs())
+        assert texts == ["run 0\n", "run 1\n", "run 2\n"]
+    finally:
+        with contextlib.suppress(Exception):
+            rmproc(vm_name)
+
+
+def test_an_eviction_notice_stops_the_run_keeps_its_logs_and_requeues_it(
+    tmp_path: Path, azm_home: Path
+) -> None:
+    model = batch.Model(
+        "spot",
+        command='echo "start $I on $AZM_NODE"; sleep 3; echo "done $I" > out.txt',
+        outputs=[batch.Output("out.txt")],
+        retries=0,
+    )
+    job = batch.submit(
+        model.sweep(batch.product(I=range(2))),
+        name="spot",
+        storage=(tmp_path / "runs").as_uri(),
+        workers=2,
+    )
+
+    def sleeping() -> list[psutil.Process]:
+        return [p for p in processes_under(azm_home) if p.cmdline()[:2] == ["sleep", "3"]]
+
+    eventually(lambda: len(sleeping()) >= 1, "a run sleeping")
+    victim = sleeping()[0]
+    env = victim.environ()
+    # what the agent does on a Preempt notice: flag the node, let runs store their logs,
+    # then retire its worker
+    node_dir = Path(env["HOME"]) / ".azm-batch"
+    (node_dir / "evicting").write_text("1\n")
+    eventually(lambda: not any((node_dir / "active").iterdir()), "the run stopped", 20)
+    assert job._local is not None
+    job._local.driver.client.retire_workers(names=[env["AZM_NODE"]], close_workers=True)
+    status = job.wait(timeout=DEADLINE_S)
+    assert status.status == "succeeded", job.runs()
+    (run,) = [r for r in job.runs() if r.run_id == env["AZM_RUN_ID"]]
+    assert run.requeues >= 1 and run.attempts[0].reason == "lost"
+    assert run.attempts[-1].reason == "exit" and run.attempts[-1].exit_code == 0
+    first = job.logs(run.run_id, attempt=run.attempts[0].number)
+    assert first.startswith("start ") and not psutil.pid_exists(victim.pid)

@@ -180,6 +180,24 @@ RETIRE_ON_EVICTION_TIMEOUT_S = 25.0
 """Azure gives a spot VM 30 s of notice; retiring must finish within it."""
 
 
+EVICTION_DRAIN_S = 15.0
+"""Of the 30 s Preempt notice: how long batch runs get to stop and store their logs."""
+
+
+async def _flag_eviction() -> None:
+    """Tell batch runs on this node to stop, and give them until ``EVICTION_DRAIN_S`` to
+    store their logs (each run has a file in the active-runs folder while it runs)."""
+    from azmanagers.config.paths import active_runs_dir, eviction_flag
+
+    try:
+        eviction_flag().write_text(f"{time.time():.0f}\n")
+        deadline = time.monotonic() + EVICTION_DRAIN_S
+        while any(active_runs_dir().iterdir()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+    except OSError as exc:
+        _say(f"could not flag the eviction to batch runs: {exc}")
+
+
 async def _watch_evictions(nanny: Any, name: str) -> None:
     """On a spot VM: poll IMDS Scheduled Events every second; on a Preempt of this VM,
     retire its worker gracefully (its data moves, its tasks are rescheduled) before the
@@ -198,6 +216,7 @@ async def _watch_evictions(nanny: Any, name: str) -> None:
                 _say(
                     f"Preempt for {name} (not before {event.get('NotBefore')}): retiring the worker"
                 )
+                await _flag_eviction()
                 try:
                     await asyncio.wait_for(
                         nanny.scheduler.retire_workers(

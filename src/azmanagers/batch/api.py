@@ -169,7 +169,6 @@ def prepare(
         created=existing.created if existing else time.time(),
     )
     store.write_job(record)
-    store.clear_cancel()
     return opened, store, Plan(name, store.prefix, sweep, refs, shared, packages)
 
 
@@ -201,7 +200,6 @@ def resubmit(
     connection = _connect(cluster, workers, job.storage)
     try:
         job.store.write_job(record.with_counts(record.counts, "running"))
-        job.store.clear_cancel()
     except BaseException:
         connection.close()
         raise

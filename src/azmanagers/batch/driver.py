@@ -76,6 +76,9 @@ class _Flight:
     requeues: int
     attempts: list[Attempt] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    failures: int = 0
+    """Attempts that failed (non-zero exit, timeout, error): what ``retries`` bounds."""
+    counted: bool = False
 
 
 class Driver:
@@ -205,20 +208,46 @@ class Driver:
         )
         if result.succeeded:
             self._write(flight, "succeeded", result=result)
+        elif result.reason == "evicted" and not self._cancelled:
+            flight.attempts.pop()  # _lost records it, with its logs
+            self._lost(flights, flight, f"node {result.node} got an eviction notice", result=result)
         elif result.reason == "cancelled" or self._cancelled:
             self._write(flight, "cancelled", result=result)
-        elif flight.attempt < 1 + self.plan.sweep.model.retries + _offset(flight):
+        elif flight.failures < self.plan.sweep.model.retries:
+            flight.failures += 1
             flight.attempt += 1
             self._submit(flights, flight)
         else:
             self._write(flight, "failed", result=result)
 
-    def _lost(self, flights: dict[Any, _Flight], flight: _Flight, why: str) -> None:
-        flight.attempts.append(
-            Attempt(flight.attempt, "", flight.started, time.time(), None, "lost", error=why)
-        )
+    def _lost(
+        self,
+        flights: dict[Any, _Flight],
+        flight: _Flight,
+        why: str,
+        *,
+        result: RunResult | None = None,
+    ) -> None:
+        if result is None:
+            attempt = Attempt(
+                flight.attempt, "", flight.started, time.time(), None, "lost", error=why
+            )
+        else:
+            attempt = Attempt(
+                result.attempt,
+                result.node,
+                result.started,
+                result.ended,
+                result.exit_code,
+                "lost",
+                result.stdout_key,
+                result.stderr_key,
+                why,
+            )
+        flight.attempts.append(attempt)
         if flight.requeues < MAX_REQUEUES and not self._cancelled:
             flight.requeues += 1
+            flight.attempt += 1  # a fresh number (and log folder); no retry spent
             logger.warning("run %s requeued (%s)", flight.spec.run_id, why)
             self._submit(flights, flight)
         else:
@@ -229,7 +258,7 @@ class Driver:
         if not self._cancelled and now - self._cancel_at >= CANCEL_CHECK_S:
             self._cancel_at = now
             try:
-                self._cancelled = self.store.cancel_requested()
+                self._cancelled = self.store.cancel_requested(self.session)
             except AzManagersError as exc:
                 logger.warning("could not look for a cancel request: %s", exc)
         if self._cancelled and flights:
@@ -273,7 +302,8 @@ class Driver:
         if status in FINAL_STATES:
             self.counts[status] += 1
             self.counts["running"] -= 1
-        elif flight.attempt == 1 and flight.requeues == 0:
+        elif not flight.counted:
+            flight.counted = True
             self.counts["running"] += 1
         try:
             self.store.write_run(record)
@@ -298,7 +328,10 @@ class Driver:
             raise AzManagersError(f"the job record of {self.plan.job} disappeared from storage")
         return replace(
             current.with_counts(self.snapshot(), status),
-            driver=f"{socket.gethostname()}:{os.getpid()}",
+            driver=current.driver
+            if current.driver.startswith("detached:")
+            else f"{socket.gethostname()}:{os.getpid()}",
+            session=self.session,
         )
 
     def _fresh_grant(self) -> Grant:
@@ -308,11 +341,6 @@ class Driver:
         if grant is None or grant.expires_at - time.time() < ttl - 600:
             grant = self._grant = self.storage.grant(self.plan.prefix, ttl_s=ttl, write=True)
         return grant
-
-
-def _offset(flight: _Flight) -> int:
-    """Attempts before this submission's first (a resumed run continues its numbering)."""
-    return min((a.number for a in flight.attempts), default=flight.attempt) - 1
 
 
 def _worker_gone(exc: BaseException) -> bool:

@@ -226,7 +226,7 @@ class Job:
         record = self.record()
         if record.status in JOB_STATES_FINAL:
             return
-        self.store.request_cancel()
+        self.store.request_cancel(record.session)
         if self._local is not None:
             self._local.driver.cancel()
 

@@ -13,18 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from azmanagers.batch.staging import InputRef, TreeFile, parse_manifest
+from azmanagers.config.paths import node_work_dir
 from azmanagers.errors import BatchError
 from azmanagers.storage.base import Storage
-
-NODE_DIR_ENV = "AZM_BATCH_NODE_DIR"
-"""Where a node keeps its batch cache and run folders (default ``~/.azm-batch``)."""
 
 
 def node_dir() -> Path:
     """This node's batch folder (created 0700)."""
-    root = Path(os.environ.get(NODE_DIR_ENV) or Path.home() / ".azm-batch")
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return root
+    return node_work_dir()
 
 
 @contextmanager

@@ -102,6 +102,8 @@ class JobRecord:
     counts: Mapping[str, int] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
+    session: str = ""
+    """The submission now driving the job (what ``cancel`` names)."""
     driver: str = ""
     """Where the job's driver runs (``host:pid``, or ``detached:<vm>/<job id>``)."""
     cluster: str = ""
@@ -182,14 +184,16 @@ class JobStore:
     def write_job(self, record: JobRecord) -> None:
         self.storage.put_bytes(self.job_key, record.to_json())
 
-    def request_cancel(self) -> None:
-        self.storage.put_bytes(self.cancel_key, f"{time.time():.3f}\n".encode())
+    def request_cancel(self, session: str) -> None:
+        """Ask the driver of submission ``session`` to cancel (a later submission is unaffected;
+        nothing is ever deleted, which a worker's credential could not do)."""
+        self.storage.put_bytes(self.cancel_key, session.encode())
 
-    def cancel_requested(self) -> bool:
-        return self.storage.stat(self.cancel_key) is not None
-
-    def clear_cancel(self) -> None:
-        self.storage.delete(self.cancel_key)
+    def cancel_requested(self, session: str) -> bool:
+        try:
+            return self.storage.get_bytes(self.cancel_key).decode(errors="replace") == session
+        except StorageNotFoundError:
+            return False
 
     # -- runs ---------------------------------------------------------------------------
     def read_run(self, run_id: str) -> RunRecord | None:

@@ -20,11 +20,14 @@ from azmanagers.batch.nodecache import NodeCache
 from azmanagers.batch.outputs import collect_outputs
 from azmanagers.batch.records import OutputFile
 from azmanagers.batch.staging import InputRef
+from azmanagers.config.paths import active_runs_dir, eviction_flag
 from azmanagers.errors import AzManagersError
 from azmanagers.storage.base import Grant, Storage
 
 POLL_S = 0.05
 """How often a running command is checked for its end, timeout or cancel."""
+EVICTION_CHECK_S = 1.0
+"""How often a running command checks for the node's eviction notice."""
 KILL_GRACE_S = 5.0
 """Between SIGTERM to the run's process group and SIGKILL."""
 DROPPED_ENV_PREFIXES = ("DASK_", "AZMANAGERS_STORAGE_", "AZURE_")
@@ -76,7 +79,8 @@ class RunResult:
     ended: float
     exit_code: int | None
     reason: str
-    """``exit``, ``timeout``, ``cancelled`` or ``error`` (staging or upload failed)."""
+    """``exit``, ``timeout``, ``cancelled``, ``evicted`` (the node got an eviction notice: the
+    run is requeued) or ``error`` (staging or upload failed)."""
     stdout_key: str
     stderr_key: str
     outputs: tuple[OutputFile, ...] = ()
@@ -144,6 +148,8 @@ def execute(task: RunTask) -> RunResult:
     out_path, err_path = attempt_dir / "stdout.txt", attempt_dir / "stderr.txt"
     attempt_prefix = f"{task.prefix}runs/{task.run_id}/attempt-{task.attempt}/"
     stdout_key, stderr_key = f"{attempt_prefix}stdout.txt", f"{attempt_prefix}stderr.txt"
+    active = active_runs_dir() / f"{task.session}-{task.run_id}-{task.attempt}"
+    active.touch()
     storage = task.grant.open()
     exit_code: int | None = None
     reason, error = "error", ""
@@ -186,6 +192,7 @@ def execute(task: RunTask) -> RunResult:
         )
     finally:
         storage.close()
+        active.unlink(missing_ok=True)
         if not task.keep_dir:
             shutil.rmtree(attempt_dir, ignore_errors=True)
 
@@ -259,6 +266,8 @@ def _run(
     with _ACTIVE.lock:
         if task.session in _ACTIVE.cancelled:
             return None, "cancelled"
+        if eviction_flag().exists():
+            return None, "evicted"
         proc = subprocess.Popen(
             ["bash", "-c", task.command],
             cwd=run_dir,
@@ -271,8 +280,16 @@ def _run(
         _ACTIVE.procs[key] = proc
     deadline = None if task.timeout_s is None else time.monotonic() + task.timeout_s
     reason = "exit"
+    flag = eviction_flag()
+    next_flag_check = time.monotonic() + EVICTION_CHECK_S
     try:
         while proc.poll() is None:
+            if time.monotonic() >= next_flag_check:
+                next_flag_check = time.monotonic() + EVICTION_CHECK_S
+                if flag.exists():
+                    reason = "evicted"
+                    _stop(proc)
+                    break
             if deadline is not None and time.monotonic() > deadline:
                 reason = "timeout"
                 _stop(proc)

@@ -30,6 +30,32 @@ def home() -> Path:
     return Path.home() / ".azmanagers"
 
 
+NODE_DIR_ENV = "AZM_BATCH_NODE_DIR"
+"""Where a node keeps its batch cache and run folders (default ``~/.azm-batch``)."""
+EVICTION_FLAG = "evicting"
+"""A file in the node's folder: the agent writes it on an eviction notice; runs stop."""
+
+
+def node_work_dir() -> Path:
+    """This node's batch folder (on a VM or process-VM; created 0700)."""
+    root = Path(os.environ.get(NODE_DIR_ENV) or Path.home() / ".azm-batch")
+    root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    return root
+
+
+def eviction_flag() -> Path:
+    """The file whose presence tells runs on this node that it is being evicted."""
+    return node_work_dir() / EVICTION_FLAG
+
+
+def active_runs_dir() -> Path:
+    """A folder holding one file per batch attempt running on this node (the agent waits for
+    it to empty after an eviction notice, so runs keep their logs)."""
+    path = node_work_dir() / "active"
+    path.mkdir(exist_ok=True, mode=DIR_MODE)
+    return path
+
+
 def state_dir() -> Path:
     """Return the state folder (clusters, local instances, environments), creating it."""
     return ensure_dir(home() / "state")
