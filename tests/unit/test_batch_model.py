@@ -283,3 +283,23 @@ def test_check_source_tells_urls_from_paths() -> None:
 
 def test_when_values_are_the_batch_conditions() -> None:
     assert WHEN == ("success", "failure", "always")
+
+
+def test_the_checks_moved_to_batch_checks_still_import_from_model() -> None:
+    from azmanagers.batch import checks, model
+
+    names = (
+        "RESERVED_PREFIXES",
+        "URL_SCHEMES",
+        "canonical_json",
+        "check_relative",
+        "check_source",
+        "check_text",
+        "check_variable",
+        "env_value",
+        "is_url",
+        "parse_duration",
+        "unknown_key",
+    )
+    for name in names:
+        assert getattr(model, name) is getattr(checks, name), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import math
 import random
@@ -399,3 +400,15 @@ def test_sweep_from_dict_refuses_unknown_keys() -> None:
     data["overlay"] = data.pop("overlays")
     with pytest.raises(ConfigError, match="Did you mean 'overlays'"):
         Sweep.from_dict(data)
+
+
+def test_the_params_makers_moved_to_batch_params_still_import_from_sweep() -> None:
+    from azmanagers import batch
+    from azmanagers.batch import params
+
+    names = ("MAX_AXIS_VALUES", "MAX_RUNS", "Params", "listing", "parse_axis", "product", "rows")
+    for name in (*names, "zip"):
+        assert getattr(sw, name) is getattr(params, name), name
+    for name in ("listing", "product", "rows", "zip"):
+        assert getattr(batch, name) is getattr(params, name), name
+    assert sw.zip is not builtins.zip
