@@ -22,7 +22,7 @@ from azmanagers.batch.sweep import Sweep
 from azmanagers.config.paths import home
 from azmanagers.errors import AzManagersError, BatchError, ConfigError
 from azmanagers.storage import open_storage
-from azmanagers.storage.base import Storage
+from azmanagers.storage.base import Grant, Storage
 
 logger = logging.getLogger("azmanagers.batch")
 
@@ -181,8 +181,13 @@ def resubmit(
     wait: bool = False,
     timeout: float | None = None,
     progress: Progress | None = None,
+    grant: Grant | None = None,
 ) -> Job:
-    """Run a job's failed (or unfinished) runs again from its records: no local files needed."""
+    """Run a job's failed (or unfinished) runs again from its records: no local files needed.
+
+    ``grant``: when this process holds only a grant for the job's storage (a detached
+    driver), the workers get the same grant.
+    """
     record = job.record()
     if record.status == "running" and time.time() - record.updated_at < STALE_DRIVER_S:
         raise BatchError(
@@ -214,6 +219,7 @@ def resubmit(
         wait=wait,
         timeout=timeout,
         progress=progress,
+        grant=grant,
     )
 
 
@@ -228,6 +234,7 @@ def _start(
     wait: bool,
     timeout: float | None,
     progress: Progress | None,
+    grant: Grant | None = None,
 ) -> Job:
     driver = Driver(
         connection.client,
@@ -237,6 +244,7 @@ def _start(
         max_in_flight=TASKS_PER_WORKER * (workers or DEFAULT_WORKERS),
         only_failed=only_failed,
         progress=progress,
+        grant=grant,
     )
     local: _Local
 

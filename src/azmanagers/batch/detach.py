@@ -64,5 +64,7 @@ def submit_detached(
 def drive_detached(name: str, grant: Grant, cluster: str | None, workers: int | None) -> str:
     """On the detached VM: drive the job from its records to the end; its final status."""
     job = Job(name, grant.open())
-    done = resubmit(job, only_failed=False, cluster=cluster, workers=workers, wait=True)
+    done = resubmit(
+        job, only_failed=False, cluster=cluster, workers=workers, wait=True, grant=grant
+    )
     return done.status().status

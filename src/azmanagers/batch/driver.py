@@ -100,6 +100,7 @@ class Driver:
         max_in_flight: int,
         only_failed: bool = False,
         progress: Progress | None = None,
+        grant: Grant | None = None,
     ) -> None:
         self.client = client
         self.storage = storage
@@ -113,7 +114,9 @@ class Driver:
         self.total = len(plan.sweep)
         self.fetches: Counter[str] = Counter()
         """Files fetched into node caches, by node (what ``shared`` saves)."""
-        self._grant: Grant | None = None
+        self._grant: Grant | None = grant
+        self._given_grant = grant is not None
+        """A driver that holds only a grant (a detached one) passes it on to the workers."""
         self._cancelled = False
         self._record_at = 0.0
         self._cancel_at = time.monotonic()
@@ -338,6 +341,8 @@ class Driver:
         timeout = self.plan.sweep.model.timeout_s
         ttl = DEFAULT_GRANT_TTL_S if timeout is None else timeout * 2 + GRANT_SLACK_S
         grant = self._grant
+        if grant is not None and self._given_grant:
+            return grant
         if grant is None or grant.expires_at - time.time() < ttl - 600:
             grant = self._grant = self.storage.grant(self.plan.prefix, ttl_s=ttl, write=True)
         return grant

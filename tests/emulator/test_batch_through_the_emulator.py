@@ -1,0 +1,102 @@
+"""A batch sweep on an azure template (the emulator) with Blob storage (Azurite)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from azure.core.exceptions import HttpResponseError
+from azure.storage.blob import ContainerClient
+
+from azmanagers import batch
+from azmanagers.emulator import Emulator
+from azmanagers.errors import ConfigError, StorageAccessError
+from azmanagers.storage import open_storage
+from tests.conftest import processes_under
+
+pytestmark = pytest.mark.integration
+DEADLINE_S = 120.0
+
+
+def test_a_sweep_on_an_azure_template_with_blob_storage_and_a_scoped_credential(
+    emulated_azure: Emulator, azurite: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AZMANAGERS_STORAGE_CONNECTION_STRING", azurite)
+    container = f"runs-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "case").mkdir()
+    (tmp_path / "case" / "deck.inp").write_text("deck\n")
+    model = batch.Model(
+        "hydro",
+        command='cat case/deck.inp > out.txt; echo "run $RUN_NO on $AZ_BATCH_NODE_ID" >> out.txt',
+        inputs=[str(tmp_path / "case")],
+        outputs=[batch.Output("out.txt")],
+    )
+    seen_env: list[str] = []
+
+    def progress(counts: object, total: int) -> None:
+        for proc in processes_under(tmp_path / "emulator"):
+            with contextlib.suppress(psutil.Error):
+                seen_env.extend(f"{k}={v}" for k, v in proc.environ().items())
+
+    job = batch.submit(
+        model.sweep(batch.product(RUN_NO=range(4))),
+        name="ptm",
+        storage=f"az://{container}",
+        cluster="myscaleset",
+        workers=2,
+        progress=progress,
+        wait=True,
+        timeout=DEADLINE_S,
+    )
+    assert job.status().status == "succeeded", job.runs()
+    runs = job.runs()
+    assert len(runs) == 4 and all(r.node.startswith("myscaleset") or r.node for r in runs)
+    for r in runs:
+        text = job.storage.get_bytes(r.outputs[0].key).decode()
+        assert text.startswith("deck\nrun ") and r.outputs[0].url.startswith(f"az://{container}/")
+    # no account key reached a VM: the workers got a SAS
+    assert seen_env and not [e for e in seen_env if "AccountKey" in e or "devstoreaccount1:" in e]
+
+    # the credential the workers got: the job's container, read/write, no delete, expiring
+    assert job._local is not None
+    grant = job._local.driver._grant
+    assert grant is not None and grant.prefix == "ptm/" and grant.token
+    assert "AccountKey" not in repr(grant) and grant.token not in repr(grant)
+    scoped = ContainerClient(grant.endpoint, container, credential=grant.token)
+    scoped.upload_blob("ptm/extra.txt", b"ok", overwrite=True)
+    assert scoped.download_blob("ptm/extra.txt").readall() == b"ok"
+    with pytest.raises(HttpResponseError) as refused:
+        scoped.delete_blob("ptm/extra.txt")
+    assert refused.value.status_code == 403
+    other = f"other-{uuid.uuid4().hex[:8]}"
+    open_storage(f"az://{other}").check()
+    with pytest.raises(HttpResponseError) as elsewhere:
+        ContainerClient(grant.endpoint, other, credential=grant.token).upload_blob("x", b"no")
+    assert elsewhere.value.status_code == 403
+    # and the grant's own client refuses keys outside the job's prefix
+    with pytest.raises(StorageAccessError):
+        grant.open().put_bytes("another-job/job.json", b"{}")
+    short = job.storage.grant("ptm/", ttl_s=1, write=True)
+    time.sleep(2.5)
+    with pytest.raises(HttpResponseError) as expired:
+        ContainerClient(short.endpoint, container, credential=short.token).upload_blob(
+            "ptm/late.txt", b"late"
+        )
+    assert expired.value.status_code == 403
+
+
+def test_file_storage_with_an_azure_template_is_refused_before_anything_starts(
+    emulated_azure: Emulator, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="az://"):
+        batch.submit(
+            batch.Model("m", command="true"),
+            name="nope",
+            storage=(tmp_path / "runs").as_uri(),
+            cluster="myscaleset",
+        )
+    assert not emulated_azure.state.scalesets
