@@ -58,6 +58,9 @@ POOL_CONNECTIONS = BLOCK_THREADS + FILE_THREADS + 4
 
 CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 120.0
+READ_BLOCK_BYTES = 1 << 20
+"""Bytes read from a response per step (the transport's own default, 4 KiB, is slow)."""
+
 RETRIES = 3
 """The SDK's retries of a failed request (connection errors, 5xx, 429)."""
 
@@ -176,6 +179,7 @@ def _transport(session: requests.Session) -> RequestsTransport:
         session_owner=False,
         connection_timeout=CONNECT_TIMEOUT_S,
         read_timeout=READ_TIMEOUT_S,
+        connection_data_block_size=READ_BLOCK_BYTES,
     )
 
 

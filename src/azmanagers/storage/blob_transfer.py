@@ -8,7 +8,7 @@ import os
 import time
 import uuid
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -102,6 +102,13 @@ def put_blocks(
     return ObjectInfo(where.key, size, digest, stamp(done["last_modified"]))
 
 
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
+
+
 def download(
     container: ContainerClient,
     blocks: ThreadPoolExecutor,
@@ -110,48 +117,66 @@ def download(
     temp: str | None,
     verify: bool,
 ) -> tuple[bytes, ObjectInfo]:
-    """Read blob ``name`` into file ``temp`` (or return its bytes when ``temp`` is None)."""
+    """Read blob ``name`` into file ``temp`` (or return its bytes when ``temp`` is None).
+
+    The first read gives the size, metadata and ETag; the other BLOCK_BYTES ranges are read on
+    ``blocks``, pinned to that ETag, each written in place by the thread that read it, while
+    the caller's thread hashes the finished ranges in order.
+    """
     with mapped_errors(where.url, where.endpoint):
         first = container.download_blob(name)
         props: BlobProperties = first.properties
         size = first.size
         recorded = (props.metadata or {}).get(SHA_KEY) if verify else None
         hasher = hashlib.sha256() if recorded else None
-        out = open(temp, "wb") if temp is not None else None  # noqa: SIM115
-        parts: list[bytes] = []
-        pending: deque[Future[bytes]] = deque()
+        head = next(iter(first.chunks()), b"") if size > BLOCK_BYTES else first.readall()
+        buffer = bytearray(size) if temp is None else None
+        fd = os.open(temp, os.O_RDWR | os.O_TRUNC) if temp is not None else -1
+        pending: list[tuple[int, int, Future[None]]] = []
+
+        def put(offset: int, data: bytes) -> None:
+            if buffer is not None:
+                buffer[offset : offset + len(data)] = data
+            else:
+                _pwrite_all(fd, data, offset)
+
+        def fetch(offset: int, length: int) -> None:
+            part = container.download_blob(
+                name,
+                offset=offset,
+                length=length,
+                etag=props.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+            data = part.readall()
+            if len(data) != length:
+                raise StorageError(f"{where.url}: a ranged read came back short; try again")
+            put(offset, data)
+
         try:
-            head = next(iter(first.chunks()), b"") if size > BLOCK_BYTES else first.readall()
-            offsets = iter(range(len(head), size, BLOCK_BYTES))
-
-            def fetch(offset: int) -> bytes:
-                part = container.download_blob(
-                    name,
-                    offset=offset,
-                    length=min(BLOCK_BYTES, size - offset),
-                    etag=props.etag,
-                    match_condition=MatchConditions.IfNotModified,
-                )
-                return part.readall()
-
-            chunk: bytes | None = head
-            while chunk is not None:
-                while len(pending) <= BLOCK_THREADS and (o := next(offsets, None)) is not None:
-                    pending.append(blocks.submit(fetch, o))
+            put(0, head)
+            for offset in range(len(head), size, BLOCK_BYTES):
+                length = min(BLOCK_BYTES, size - offset)
+                pending.append((offset, length, blocks.submit(fetch, offset, length)))
+            if hasher is not None:
+                hasher.update(head)
+            for offset, length, future in pending:
+                future.result()
                 if hasher is not None:
-                    hasher.update(chunk)
-                if out is not None:
-                    out.write(chunk)
-                else:
-                    parts.append(chunk)
-                chunk = pending.popleft().result() if pending else None
+                    hasher.update(
+                        memoryview(buffer)[offset : offset + length]
+                        if buffer is not None
+                        else os.pread(fd, length, offset)
+                    )
         finally:
-            for future in pending:
+            for _offset, _length, future in pending:
                 future.cancel()
-            if out is not None:
-                out.close()
+            wait([future for _offset, _length, future in pending])  # none writes after close
+            if fd >= 0:
+                os.close(fd)
     if hasher is not None and hasher.hexdigest() != recorded:
         raise IntegrityError(
             f"{where.url}: SHA-256 {hasher.hexdigest()} does not match the recorded {recorded}"
         )
-    return b"".join(parts), blob_info(where.key, size, props.metadata, props.last_modified)
+    data = bytes(buffer) if buffer is not None else b""
+    return data, blob_info(where.key, size, props.metadata, props.last_modified)
