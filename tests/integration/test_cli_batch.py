@@ -375,3 +375,32 @@ def test_ctrl_c_cancels_the_job_and_exits_130(
         azm("batch", "status", "interrupted", "--storage", storage, "--json").stdout
     )
     assert status["status"] == "cancelled", status
+
+
+def test_detach_returns_at_once_and_status_follows_the_job(
+    storage: str, run_azm: Callable[..., tuple[int, str, str]]
+) -> None:
+    code, out, err = run_azm(
+        "batch", "run", "--name", "away", "--command", 'echo "far $N"', "--sweep", "N=1,2",
+        "--storage", storage, "--workers", "1", "--detach", "--json",
+    )  # fmt: skip
+    assert code == 0, out + err
+    submitted = json.loads(out)
+    assert submitted["driver"].startswith("detached:") and submitted["status"] != "succeeded"
+    vm = submitted["driver"].removeprefix("detached:").split("/")[0]
+    try:
+
+        def ended() -> bool:
+            _, text, _ = run_azm("batch", "status", "away", "--storage", storage, "--json")
+            return bool(json.loads(text)["status"] in ("succeeded", "failed", "cancelled"))
+
+        eventually(ended, "the detached job to end", timeout=90)
+        code, out, _ = run_azm("batch", "status", "away", "--storage", storage, "--json")
+        assert json.loads(out)["status"] == "succeeded"
+        code, out, _ = run_azm("batch", "runs", "away", "--storage", storage, "--json")
+        runs = json.loads(out)
+        assert sorted(r["params"]["N"] for r in runs) == ["1", "2"]
+        code, out, _ = run_azm("batch", "logs", "away", runs[0]["run_id"], "--storage", storage)
+        assert out == f"far {runs[0]['params']['N']}\n"
+    finally:
+        run_azm("vm", "delete", vm)  # it deletes itself after the job; this is for a failure
