@@ -376,3 +376,19 @@ def test_an_eviction_notice_stops_the_run_keeps_its_logs_and_requeues_it(
     assert run.attempts[-1].reason == "exit" and run.attempts[-1].exit_code == 0
     first = job.logs(run.run_id, attempt=run.attempts[0].number)
     assert first.startswith("start ") and not psutil.pid_exists(victim.pid)
+
+
+def test_a_sweep_of_10000_runs_is_fed_in_bounded_chunks(tmp_path: Path) -> None:
+    model = batch.Model("many", command="sleep 0.3")
+    sweep = model.sweep(batch.product(I=range(10_000)))
+    job = batch.submit(sweep, name="many", storage=(tmp_path / "runs").as_uri(), workers=2)
+    assert job._local is not None
+    driver = job._local.driver
+    eventually(lambda: driver.counts["succeeded"] >= 6, "a few runs done")
+    on_scheduler = driver.client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+    # bounded by what is in flight (plus results not yet released), never the sweep's size
+    assert on_scheduler <= 2 * driver.max_in_flight
+    job.cancel()
+    status = job.wait(timeout=DEADLINE_S)
+    assert status.status == "cancelled" and status.total == 10_000
+    assert len(job.runs()) < 100  # only the runs that started have records

@@ -339,7 +339,8 @@ def _connect(cluster: Any, workers: int | None, storage: Storage) -> _Connection
 
     def close() -> None:
         client.close()
-        rmprocs(template=template)
+        if clusters().get(template) is made:  # not already closed by its owner
+            rmprocs(template=template)
 
     return _Connection(client, template, made.provider.name, close)
 
