@@ -184,6 +184,9 @@ def test_cancel_kills_every_run_and_ends_cancelled(tmp_path: Path, azm_home: Pat
     status = job.wait(timeout=DEADLINE_S)
     assert status.status == "cancelled"
     assert all(r.status == "cancelled" for r in job.runs())
+    # the two that were running kept their attempt and logs; the queued ones never started
+    logs = sorted(job.logs(r.run_id) for r in job.runs() if r.attempts)
+    assert logs[-2:] == ["up\n", "up\n"] and set(logs[:-2]) <= {""}
     eventually(
         lambda: not [p for p in processes_under(azm_home) if p.cmdline()[:2] == ["sleep", "300"]],
         "no run left",
@@ -215,7 +218,8 @@ def test_a_resubmitted_sweep_skips_what_succeeded_and_retry_reruns_failures(
     assert retried.status().status == "succeeded"
     assert sorted((tmp_path / "ran.txt").read_text().split()) == ["0", "1", "2", "2", "2", "3"]
     (run,) = [r for r in retried.runs() if r.params["I"] == "2"]
-    assert [a.number for a in run.attempts] == [3]
+    assert [a.number for a in run.attempts] == [1, 2, 3]  # the history is kept
+    assert [a.exit_code for a in run.attempts] == [1, 1, 0]
 
 
 def test_a_job_name_used_with_another_model_is_refused(tmp_path: Path) -> None:

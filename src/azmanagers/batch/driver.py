@@ -28,6 +28,8 @@ RECORD_EVERY_S = 2.0
 CANCEL_CHECK_S = 5.0
 """How often the driver looks for a cancel request in storage (one small read)."""
 WAIT_STEP_S = 0.5
+CANCEL_DRAIN_S = 15.0
+"""After a cancel: how long killed runs get to store their logs and report."""
 GRANT_SLACK_S = 3600.0
 """A grant outlives the longest a run may take by this much."""
 DEFAULT_GRANT_TTL_S = 24 * 3600.0
@@ -141,7 +143,7 @@ class Driver:
                 if spec is None:
                     exhausted = True
                     break
-                self._submit(flights, _Flight(spec, self._next_attempt(spec, known), 0))
+                self._submit(flights, self._flight(spec, known))
             if not flights:
                 break
             try:
@@ -165,11 +167,13 @@ class Driver:
                 continue
             yield spec
 
-    def _next_attempt(self, spec: RunSpec, known: Mapping[str, str]) -> int:
-        if spec.run_id not in known:
-            return 1
-        record = self.store.read_run(spec.run_id)
-        return 1 + max((a.number for a in record.attempts), default=0) if record else 1
+    def _flight(self, spec: RunSpec, known: Mapping[str, str]) -> _Flight:
+        """A run's next attempt; a run tried before keeps its history and numbering."""
+        record = self.store.read_run(spec.run_id) if spec.run_id in known else None
+        if record is None:
+            return _Flight(spec, 1, 0)
+        number = 1 + max((a.number for a in record.attempts), default=0)
+        return _Flight(spec, number, record.requeues, list(record.attempts))
 
     def _submit(self, flights: dict[Any, _Flight], flight: _Flight) -> None:
         task = self.plan.task(flight.spec, flight.attempt, self._fresh_grant(), self.session)
@@ -274,10 +278,22 @@ class Driver:
                 logger.warning("could not update the job record: %s", exc)
 
     def _kill(self, flights: dict[Any, _Flight]) -> None:
+        """Kill the runs in progress, give them ``CANCEL_DRAIN_S`` to store their logs and
+        report, and record every one of them cancelled (with its attempt when it reported)."""
+        from distributed import wait
+
         try:
             self.client.run(cancel_session, self.session)
         except Exception as exc:  # a worker that went away cannot be asked
             logger.warning("could not reach every worker to cancel: %r", exc)
+        deadline = time.monotonic() + CANCEL_DRAIN_S
+        while flights and time.monotonic() < deadline:
+            try:
+                done, _ = wait(list(flights), timeout=WAIT_STEP_S, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                continue
+            for future in done:
+                self._finish(flights, future, flights.pop(future))
         for future, flight in list(flights.items()):
             future.cancel()
             self._write(flight, "cancelled", error="cancelled")
