@@ -80,7 +80,7 @@ def test_every_command_has_help(command: list[str]) -> None:
 
 def test_errors_are_one_line_and_exit_non_zero() -> None:
     result = azm("template", "show", "no-such-template")
-    assert result.returncode == 1
+    assert result.returncode == 2  # a bad input, as a usage error
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ")
     assert "Traceback" not in result.stderr

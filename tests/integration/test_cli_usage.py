@@ -62,7 +62,7 @@ def test_emulator_serve_refuses_an_empty_folder(
 ) -> None:
     # Before: '' became Path('.') and the emulator wrote its CA and token file in the cwd.
     monkeypatch.chdir(tmp_path)
-    assert main(["emulator", "serve", "--folder", ""]) == 1
+    assert main(["emulator", "serve", "--folder", ""]) == 2  # a bad input
     err = capsys.readouterr().err
     assert "Error: --folder" in err and "empty" in err
     assert list(tmp_path.iterdir()) == []

@@ -117,15 +117,15 @@ def test_the_job_commands_take_any_file_name_and_refuse_bad_input_clearly(
         odd.write_text("print('odd')\n")
         assert main(["job", "run", str(odd), "--vm", vm.name, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["name"] == "bad\ufffd.py"
-    assert main(["job", "run", str(long_name), "--vm", vm.name, "--env", "K=\udcff"]) == 1
+    assert main(["job", "run", str(long_name), "--vm", vm.name, "--env", "K=\udcff"]) == 2
     err = capsys.readouterr().err
     assert "--env K" in err and "not UTF-8" in err and "base64" not in err
-    assert main(["job", "run", str(long_name), "--vm", vm.name, "--env", "AZMANAGERS_X=1"]) == 1
+    assert main(["job", "run", str(long_name), "--vm", vm.name, "--env", "AZMANAGERS_X=1"]) == 2
     assert "AZMANAGERS_X" in capsys.readouterr().err
     assert main(["job", "wait", started["id"], "--vm", vm.name, "--timeout", "60"]) == 0
     for bad in ("nan", "-5", "0", "inf"):
         capsys.readouterr()
-        assert main(["job", "wait", started["id"], "--vm", vm.name, "--timeout", bad]) == 1
+        assert main(["job", "wait", started["id"], "--vm", vm.name, "--timeout", bad]) == 2
         assert "--timeout must be a finite number of seconds > 0" in capsys.readouterr().err
     jobs = azmanagers.detached.list_jobs(vm)
     assert len(jobs) == (2 if sys.platform != "darwin" else 1)

@@ -124,7 +124,7 @@ def test_the_vm_and_job_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert capsys.readouterr().out.endswith("value 42\n")
         assert main(["job", "list", "--vm", "clivm"]) == 0
         assert f"{job_id}  succeeded" in capsys.readouterr().out
-        assert main(["job", "run", str(script), "--vm", "clivm", "--env", "novalue"]) == 1
+        assert main(["job", "run", str(script), "--vm", "clivm", "--env", "novalue"]) == 2
         assert "--env takes KEY=VALUE" in capsys.readouterr().err
         assert main(["job", "status", "0123456789abcdef", "--vm", "clivm"]) == 1
         assert "no job" in capsys.readouterr().err
@@ -133,7 +133,7 @@ def test_the_vm_and_job_commands(tmp_path: Path, capsys: pytest.CaptureFixture[s
     finally:
         _check_json_commands(tmp_path, capsys)
         assert main(["vm", "delete", "clivm"]) == 0
-    assert main(["job", "list", "--vm", "clivm"]) == 1
+    assert main(["job", "list", "--vm", "clivm"]) == 2
     assert "no detached VM named 'clivm'" in capsys.readouterr().err
 
 
@@ -181,7 +181,7 @@ def test_vm_create_json_and_names_that_cannot_be_a_vm_name(
     from azmanagers.cli import main
 
     for name in ("v" * 300, "v" * 44, "vm1\n"):
-        assert main(["vm", "create", "--name", name]) == 1
+        assert main(["vm", "create", "--name", name]) == 2
         assert "detached VM name" in capsys.readouterr().err
     assert not (azm_home / "state" / "local" / "vms").exists()  # refused before anything
     assert main(["vm", "create", "--name", "jsonvm", "--json"]) == 0

@@ -88,7 +88,7 @@ def test_a_copied_record_deletes_nothing(
     copy = records_dir() / "victim-backup.json"
     copy.write_text((records_dir() / "victim.json").read_text())
     copy.chmod(0o600)
-    assert main(["vm", "delete", "victim-backup"]) == 1
+    assert main(["vm", "delete", "victim-backup"]) == 2
     assert "victim-backup.json" in capsys.readouterr().err
     assert load_vm("victim") == victim
 

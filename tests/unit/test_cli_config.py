@@ -90,7 +90,7 @@ def test_manifest_write_key_files() -> None:
 
 
 def test_manifest_show_missing(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["manifest", "show"]) == 1
+    assert main(["manifest", "show"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "azm manifest write" in line
 
@@ -99,13 +99,13 @@ def test_manifest_write_bad_subscription(capsys: pytest.CaptureFixture[str], _ho
     code = main(
         ["manifest", "write", "--resourcegroup", "rg", "--subscriptionid", "x", "--ssh-user", "u"]
     )
-    assert code == 1
+    assert code == 2
     assert "GUID" in _one_error_line(capsys.readouterr().err)
     assert not (_home / "manifest.json").exists()
 
 
 def test_manifest_write_missing_option(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["manifest", "write", "--resourcegroup", "rg", "--subscriptionid", SUB]) == 1
+    assert main(["manifest", "write", "--resourcegroup", "rg", "--subscriptionid", SUB]) == 2
     assert "--ssh-user" in _one_error_line(capsys.readouterr().err)
 
 
@@ -133,7 +133,7 @@ def test_add_scaleset_uses_manifest_defaults(capsys: pytest.CaptureFixture[str])
 def test_add_scaleset_without_manifest_needs_subscription(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["template", "add-scaleset", "big", *AZURE_SS]) == 1
+    assert main(["template", "add-scaleset", "big", *AZURE_SS]) == 2
     assert "--subscriptionid" in _one_error_line(capsys.readouterr().err)
     args = ["--subscriptionid", SUB, "--resourcegroup", "rg", "--admin-username", "u"]
     assert main(["template", "add-scaleset", "big", *AZURE_SS, *args]) == 0
@@ -142,13 +142,13 @@ def test_add_scaleset_without_manifest_needs_subscription(
 def test_add_scaleset_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
     _write_manifest()
     capsys.readouterr()
-    assert main(["template", "add-scaleset", "bad name", *AZURE_SS]) == 1
+    assert main(["template", "add-scaleset", "bad name", *AZURE_SS]) == 2
     assert "letters, digits" in _one_error_line(capsys.readouterr().err)
-    assert main(["template", "add-scaleset", "x", *AZURE_SS, "--osdisksize", "0"]) == 1
+    assert main(["template", "add-scaleset", "x", *AZURE_SS, "--osdisksize", "0"]) == 2
     assert "osdisksize" in _one_error_line(capsys.readouterr().err)
-    assert main(["template", "add-scaleset", "x", *AZURE_SS, "--tag", "novalue"]) == 1
+    assert main(["template", "add-scaleset", "x", *AZURE_SS, "--tag", "novalue"]) == 2
     assert "KEY=VALUE" in _one_error_line(capsys.readouterr().err)
-    assert main(["template", "add-scaleset", "x", *AZURE_SS, "--datadisk", "big"]) == 1
+    assert main(["template", "add-scaleset", "x", *AZURE_SS, "--datadisk", "big"]) == 2
     assert "SIZE_GB" in _one_error_line(capsys.readouterr().err)
     assert stored_template_names("scaleset") == []
 
@@ -163,16 +163,16 @@ def test_add_local_scaleset(capsys: pytest.CaptureFixture[str]) -> None:
         "memory_limit": 1000000,
         "join_timeout_s": 9.5,
     }
-    assert main(["template", "add-scaleset", "m2", "--local", "--max-instances", "999"]) == 1
+    assert main(["template", "add-scaleset", "m2", "--local", "--max-instances", "999"]) == 2
     assert "max_instances" in _one_error_line(capsys.readouterr().err)
 
 
 def test_local_and_azure_options_do_not_mix(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["template", "add-scaleset", "x", "--local", "--skuname", "S"]) == 1
+    assert main(["template", "add-scaleset", "x", "--local", "--skuname", "S"]) == 2
     assert "--skuname" in _one_error_line(capsys.readouterr().err)
-    assert main(["template", "add-scaleset", "x", *AZURE_SS, "--nthreads", "2"]) == 1
+    assert main(["template", "add-scaleset", "x", *AZURE_SS, "--nthreads", "2"]) == 2
     assert "--nthreads" in _one_error_line(capsys.readouterr().err)
-    assert main(["template", "add-vm", "x", "--local", "--vmsize", "S"]) == 1
+    assert main(["template", "add-vm", "x", "--local", "--vmsize", "S"]) == 2
     assert "--vmsize" in _one_error_line(capsys.readouterr().err)
 
 
@@ -193,7 +193,7 @@ def test_add_vm_and_nic(capsys: pytest.CaptureFixture[str]) -> None:
     nic = load_template_nic("n1")
     assert nic["properties"]["enableAcceleratedNetworking"] is False
     assert "templates_nic.json" in capsys.readouterr().out
-    assert main(["template", "add-nic", "n2", "--vnet", "v", "--location", "w"]) == 1
+    assert main(["template", "add-nic", "n2", "--vnet", "v", "--location", "w"]) == 2
     assert "--subnet" in _one_error_line(capsys.readouterr().err)
 
 
@@ -220,14 +220,14 @@ def test_list_show_remove(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["template", "show", "nope"]) == 1
+    assert main(["template", "show", "nope"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "'nope'" in line and "local" in line and "add-scaleset" in line
-    assert main(["template", "list", "--kind", "disks"]) == 1
+    assert main(["template", "list", "--kind", "disks"]) == 2
     assert "scaleset, vm, nic" in _one_error_line(capsys.readouterr().err)
-    assert main(["template", "remove", "local"]) == 1
+    assert main(["template", "remove", "local"]) == 2
     assert "built in" in _one_error_line(capsys.readouterr().err)
-    assert main(["template", "remove", "nope", "--kind", "nic"]) == 1
+    assert main(["template", "remove", "nope", "--kind", "nic"]) == 2
     _one_error_line(capsys.readouterr().err)
 
 
@@ -235,11 +235,11 @@ def test_corrupt_template_file(capsys: pytest.CaptureFixture[str], _home: Path) 
     _home.mkdir()
     path = _home / "templates_scaleset.json"
     path.write_text("{oops")
-    assert main(["template", "add-scaleset", "x", "--local"]) == 1
+    assert main(["template", "add-scaleset", "x", "--local"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert str(path) in line
     assert path.read_text() == "{oops"
-    assert main(["template", "list"]) == 1
+    assert main(["template", "list"]) == 2
     _one_error_line(capsys.readouterr().err)
 
 
@@ -250,9 +250,9 @@ def test_unwritable_home(
     blocker.write_text("x")
     monkeypatch.setenv("AZMANAGERS_HOME", str(blocker / "home"))
     args = ["manifest", "write", "--resourcegroup", "rg", "--subscriptionid", SUB]
-    assert main([*args, "--ssh-user", "u"]) == 1
+    assert main([*args, "--ssh-user", "u"]) == 2
     assert "AZMANAGERS_HOME" in _one_error_line(capsys.readouterr().err)
-    assert main(["template", "add-scaleset", "x", "--local"]) == 1
+    assert main(["template", "add-scaleset", "x", "--local"]) == 2
     _one_error_line(capsys.readouterr().err)
     assert blocker.read_text() == "x"
 
@@ -332,7 +332,7 @@ def test_emulator_serve_at_an_unusable_folder_says_which_and_what_to_do(
     folder = _unusable_folder(case, tmp_path)
     capsys.readouterr()
     # Before the fix: "Error: FileExistsError: ..." or "Error: NotADirectoryError: ...".
-    assert main(["emulator", "serve", "--folder", str(folder)]) == 1
+    assert main(["emulator", "serve", "--folder", str(folder)]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert str(folder) in line and "--folder" in line
     assert "Error: " in line and "Error: FileNotFoundError" not in line
@@ -376,7 +376,7 @@ def test_add_scaleset_refuses_a_name_too_long_for_azure(
 
     limit = MAX_TEMPLATE_NAME_CHARS["scaleset"]
     capsys.readouterr()
-    assert main(["template", "add-scaleset", "n" * (limit + 1), "--local"]) == 1
+    assert main(["template", "add-scaleset", "n" * (limit + 1), "--local"]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert f"at most {limit} characters" in line and "shorter name" in line
     assert not (_home / "templates_scaleset.json").exists()

@@ -17,7 +17,10 @@ from typing import Protocol, cast
 
 import typer
 
-from azmanagers.errors import AzManagersError
+from azmanagers.errors import AzManagersError, ConfigError
+
+BAD_INPUT_EXIT = 2
+"""A bad input (``ConfigError``) exits 2, as click's usage errors do; other errors exit 1."""
 
 app = typer.Typer(
     name="azm",
@@ -93,7 +96,8 @@ def _click_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseExc
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``azm``; return the exit code (0 on success, 2 for a usage error)."""
+    """Run ``azm``; return the exit code (0 on success, 2 for a usage error or a bad input,
+    1 for any other error, 130 when interrupted)."""
     _register()
     args = sys.argv[1:] if argv is None else argv
     _state["debug"] = "--debug" in args
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if _state["debug"]:
             raise
         typer.echo(f"Error: {exc}", err=True)
-        return 1
+        return BAD_INPUT_EXIT if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         typer.echo("Error: interrupted.", err=True)
         return 130

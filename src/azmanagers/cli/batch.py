@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from azmanagers.cli.batch_output import (
-    bad_input_exits_2,
     finish,
     follow_logs,
     one_line_model,
@@ -61,7 +60,6 @@ Many = list[str] | None
 
 
 @batch_app.command("run")
-@bad_input_exits_2
 def batch_run(
     spec: Annotated[
         Path | None, typer.Argument(help="A YAML spec (or use the options below).")
@@ -226,7 +224,6 @@ def _attach(name: str, storage: str | None) -> Job:
 
 
 @batch_app.command("status")
-@bad_input_exits_2
 def batch_status(
     name: NameArgument, storage: StorageOption = None, json_out: JsonOption = False
 ) -> None:
@@ -239,7 +236,6 @@ def batch_status(
 
 
 @batch_app.command("runs")
-@bad_input_exits_2
 def batch_runs(
     name: NameArgument,
     state: Annotated[
@@ -260,7 +256,6 @@ def batch_runs(
 
 
 @batch_app.command("logs")
-@bad_input_exits_2
 def batch_logs(
     name: NameArgument,
     run: Annotated[str, typer.Argument(help="The run's id (see `azm batch runs`).")],
@@ -285,7 +280,6 @@ def batch_logs(
 
 
 @batch_app.command("download")
-@bad_input_exits_2
 def batch_download(
     name: NameArgument,
     dest: Annotated[Path, typer.Argument(help="The folder to fetch into (DIR/<run id>/...).")],
@@ -304,7 +298,6 @@ def batch_download(
 
 
 @batch_app.command("retry")
-@bad_input_exits_2
 def batch_retry(
     name: NameArgument,
     failed: Annotated[
@@ -332,7 +325,6 @@ def batch_retry(
 
 
 @batch_app.command("cancel")
-@bad_input_exits_2
 def batch_cancel(name: NameArgument, storage: StorageOption = None) -> None:
     """Ask a job to stop: its driver kills every run in progress; the job ends cancelled."""
     job = _attach(name, storage)
@@ -345,7 +337,6 @@ def batch_cancel(name: NameArgument, storage: StorageOption = None) -> None:
 
 
 @batch_app.command("list")
-@bad_input_exits_2
 def batch_list(storage: StorageOption = None, json_out: JsonOption = False) -> None:
     """List the jobs in a storage root with their status."""
     from azmanagers.batch.api import default_storage_url, jobs
@@ -360,7 +351,6 @@ def batch_list(storage: StorageOption = None, json_out: JsonOption = False) -> N
 
 
 @package_app.command("add")
-@bad_input_exits_2
 def package_add(
     name: Annotated[str, typer.Argument(help="The package's name, e.g. dsm2.")],
     version: Annotated[str, typer.Argument(help="Its version, e.g. 8.2.")],
@@ -387,7 +377,6 @@ def package_add(
 
 
 @package_app.command("list")
-@bad_input_exits_2
 def package_list(storage: StorageOption = None, json_out: JsonOption = False) -> None:
     """List the registered application packages."""
     from azmanagers.batch.api import open_job_storage

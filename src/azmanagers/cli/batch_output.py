@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, ParamSpec, TypeVar
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
     from azmanagers.batch.records import RunRecord
     from azmanagers.batch.sweep import Sweep
 
-BAD_INPUT_EXIT = 2
-"""Exit code of a bad input (a ``ConfigError``), as for click's usage errors."""
 FAILED_EXIT = 1
 """Exit code of a job that ended with runs failed or cancelled."""
 CANCEL_GRACE_S = 30.0
@@ -45,9 +42,6 @@ FOLLOW_POLL_S = 1.0
 """How often ``azm batch logs --follow`` reads the run's record."""
 STATE_ORDER = ("pending", "staging", "running", "uploading", "succeeded", "failed", "cancelled")
 _FINAL = frozenset({"succeeded", "failed", "cancelled"})
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 def when(stamp: float | None) -> str:
@@ -219,24 +213,6 @@ def follow_logs(
             if record.status in _FINAL:
                 return
         sleep(FOLLOW_POLL_S)
-
-
-def bad_input_exits_2(command: Callable[P, R]) -> Callable[P, R]:
-    """Print a ``ConfigError`` as one ``Error: ...`` line and exit 2 (raise it with --debug)."""
-
-    @functools.wraps(command)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return command(*args, **kwargs)
-        except ConfigError as exc:
-            from azmanagers.cli import _state
-
-            if _state["debug"]:
-                raise
-            typer.echo(f"Error: {exc}", err=True)
-            raise typer.Exit(BAD_INPUT_EXIT) from None
-
-    return wrapper
 
 
 def submit_and_wait(
