@@ -54,7 +54,7 @@ def run_files(run_dir: Path) -> list[str]:
             if path.is_symlink():
                 try:
                     path.resolve().relative_to(root)
-                except (ValueError, OSError):
+                except (ValueError, OSError, RuntimeError):  # outside, or a link loop
                     continue
             if path.is_file():
                 found.append(path.relative_to(run_dir).as_posix())

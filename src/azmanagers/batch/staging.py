@@ -19,6 +19,8 @@ from azmanagers.storage.hashing import sha256_file
 
 BLOBS = "inputs/sha256"
 TREES = "inputs/trees"
+BIG_FILE_BYTES = 8 * 2**20
+"""Files at least this big are uploaded with their known hash (not hashed a second time)."""
 MAX_TREE_FILES = 200_000
 """A folder input with more files than this is refused (zip it: one archive stages faster)."""
 
@@ -187,10 +189,16 @@ class Stager:
             source_root.close()
 
     def flush(self) -> None:
-        """Upload what is wanted and not yet stored, many files in parallel."""
-        pairs = [(path, blob_key(self.prefix, digest)) for digest, path in self._pending.items()]
-        if pairs:
-            infos = self.storage.put_files(pairs)
-            self.uploaded_bytes += sum(i.size for i in infos)
-            self._have.update(self._pending)
+        """Upload what is wanted and not yet stored: small files together in parallel, big
+        ones one by one with the hash already known (each in parallel blocks)."""
+        small: list[tuple[Path, str]] = []
+        for digest, path in self._pending.items():
+            key = blob_key(self.prefix, digest)
+            if path.stat().st_size >= BIG_FILE_BYTES:
+                self.uploaded_bytes += self.storage.put_file(path, key, sha256=digest).size
+            else:
+                small.append((path, key))
+        if small:
+            self.uploaded_bytes += sum(i.size for i in self.storage.put_files(small))
+        self._have.update(self._pending)
         self._pending.clear()
