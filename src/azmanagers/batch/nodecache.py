@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
 import shutil
+import stat
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -12,10 +15,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from azmanagers.batch.packages import check_archive
 from azmanagers.batch.staging import InputRef, TreeFile, parse_manifest
 from azmanagers.config.paths import node_work_dir
 from azmanagers.errors import BatchError
 from azmanagers.storage.base import Storage
+from azmanagers.storage.hashing import sha256_file
+
+MARKER = ".azm-complete"
+"""Next to a package folder: it was unpacked completely, with the fingerprint it had then."""
 
 
 def node_dir() -> Path:
@@ -53,21 +61,40 @@ class NodeCache:
         return path
 
     def file(self, storage: Storage, key: str, sha256: str) -> Path:
-        """The cached copy of the file stored at ``key`` (fetched and verified if missing)."""
+        """The cached copy of the file stored at ``key``, whose content is ``sha256``.
+
+        Fetched when missing, and checked: bytes the storage could not verify against
+        ``sha256`` are hashed here, and refused (``BatchError``, nothing cached) when they
+        differ. A cached copy is read-only (0444) but runs see it through links and may change
+        it, so its (size, mtime, ctime, inode) is kept at fetch time; when they differ on
+        reuse, the copy is hashed again, and fetched again unless it is still ``sha256``.
+        """
         path = self.root / "cache" / sha256[:2] / sha256
-        if path.exists():
+        stamp = path.with_name(f"{sha256}.stamp")
+        if _stamp_matches(path, stamp):
             return path
         with _locked(self.root / "locks" / f"{sha256}.lock"):
-            if path.exists():
+            if _stamp_matches(path, stamp):
+                return path
+            stamp.unlink(missing_ok=True)
+            if path.is_file() and sha256_file(path) == sha256:
+                path.chmod(0o444)  # changed in mode or time only: the content is right
+                _write_stamp(path, stamp)
                 return path
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = path.with_name(f".{sha256}.part")
-            info = storage.get_file(key, tmp)
-            if info.sha256 not in (None, sha256):
+            try:
+                info = storage.get_file(key, tmp)
+                if info.sha256 != sha256 and (got := sha256_file(tmp)) != sha256:
+                    raise BatchError(
+                        f"{key} holds content with SHA-256 {got}, expected {sha256}: it was "
+                        "changed after the job was staged; submit the job again to stage it."
+                    )
+                tmp.chmod(0o444)
+                os.replace(tmp, path)
+            finally:
                 tmp.unlink(missing_ok=True)
-                raise BatchError(f"{key} holds {info.sha256}, expected {sha256}")
-            tmp.chmod(0o444)
-            os.replace(tmp, path)
+            _write_stamp(path, stamp)
             self.fetched_files += 1
             self.fetched_bytes += info.size
         return path
@@ -91,22 +118,110 @@ class NodeCache:
             _put(cached, target / _safe_rel(item.rel), item.mode, link=link)
 
     def package(self, storage: Storage, ref: InputRef, name: str, version: str) -> Path:
-        """The folder a package is unpacked in (once per node and content)."""
+        """The folder a package is unpacked in (once per node and content).
+
+        Its files are made read-only, and its fingerprint (every path with its size, times and
+        mode) is kept in a marker next to it; when a run changed, added or removed anything,
+        the next use unpacks it again.
+        """
         folder = self.root / "packages" / name / f"{version}-{ref.sha256[:12]}"
-        done = folder / ".azm-complete"
-        if done.exists():
+        marker = folder.with_name(folder.name + MARKER)
+        if _marker_matches(folder, marker):
             return folder
         with _locked(self.root / "locks" / f"pkg-{ref.sha256}.lock"):
-            if done.exists():
+            if _marker_matches(folder, marker):
                 return folder
-            shutil.rmtree(folder, ignore_errors=True)
+            marker.unlink(missing_ok=True)
+            _remove(folder)
             folder.mkdir(parents=True, mode=0o755)
-            if ref.tree:
-                self.place(storage, ref, folder, link=False)
-            else:
-                _unpack(self.file(storage, ref.key, ref.sha256), folder, ref.source)
-            done.touch()
+            try:
+                if ref.tree:
+                    self.place(storage, ref, folder, link=False)
+                else:
+                    _unpack(self.file(storage, ref.key, ref.sha256), folder, ref.source)
+                _seal(folder)
+            except BaseException:
+                _remove(folder)
+                raise
+            _write_json(marker, {"fingerprint": fingerprint(folder)})
         return folder
+
+
+def _write_json(path: Path, data: dict[str, object]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, object]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode]
+
+
+def _write_stamp(path: Path, stamp: Path) -> None:
+    _write_json(stamp, {"stat": _identity(os.lstat(path))})
+
+
+def _stamp_matches(path: Path, stamp: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and _read_json(stamp).get("stat") == _identity(st)
+
+
+def fingerprint(folder: Path) -> str:
+    """A hash of every path under ``folder`` with its type, size, times and mode."""
+    rows = []
+    for parent, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(dirs + names):
+            path = Path(parent, name)
+            st = os.lstat(path)
+            size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size
+            times = (0, 0) if stat.S_ISDIR(st.st_mode) else (st.st_mtime_ns, st.st_ctime_ns)
+            rel = path.relative_to(folder).as_posix()
+            rows.append(f"{rel}\0{st.st_mode}\0{size}\0{times[0]}\0{times[1]}")
+    return hashlib.sha256("\n".join(rows).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _marker_matches(folder: Path, marker: Path) -> bool:
+    if not marker.exists() or not folder.is_dir():
+        return False
+    return _read_json(marker).get("fingerprint") == fingerprint(folder)
+
+
+def _seal(folder: Path) -> None:
+    """Make a package's files read-only (folders stay writable by us, to remove them)."""
+    for parent, dirs, names in os.walk(folder):
+        for name in dirs:
+            path = Path(parent, name)
+            if not path.is_symlink():
+                path.chmod(stat.S_IMODE(path.lstat().st_mode) | 0o700)
+        for name in names:
+            path = Path(parent, name)
+            if not path.is_symlink():
+                path.chmod(stat.S_IMODE(path.lstat().st_mode) & ~0o222)
+
+
+def _remove(folder: Path) -> None:
+    if not folder.exists() and not folder.is_symlink():
+        return
+    for parent, dirs, _names in os.walk(folder):
+        for name in dirs:
+            path = Path(parent, name)
+            if not path.is_symlink():
+                path.chmod(stat.S_IMODE(path.lstat().st_mode) | 0o700)
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.exists():
+        raise BatchError(f"{folder} could not be removed to unpack it again; remove it by hand.")
 
 
 def _safe_rel(rel: str) -> Path:
@@ -128,13 +243,23 @@ def _put(cached: Path, target: Path, mode: int, *, link: bool) -> None:
 
 
 def _unpack(archive: Path, folder: Path, source: str) -> None:
-    """Unpack a zip or tar archive (known by its content) safely, or place a single file."""
+    """Unpack a zip or tar archive (known by its content) safely, or place a single file.
+
+    Members are checked first (``check_archive``: nothing outside the folder, a size cap), and
+    the disk must have room for them. Zip members keep their Unix modes (group and other write
+    bits dropped, as tar's "data" filter does); zip links are made when they stay inside.
+    """
     try:
+        if zipfile.is_zipfile(archive) or tarfile.is_tarfile(archive):
+            total = check_archive(archive, source, BatchError)
+            free = shutil.disk_usage(folder).free
+            if total > free:
+                raise BatchError(
+                    f"package {source} would unpack to {total:,} bytes; this node has "
+                    f"{free:,} bytes free: use bigger disks, or a smaller package."
+                )
         if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                for member in zf.namelist():
-                    _safe_rel(member.rstrip("/") or ".")
-                zf.extractall(folder)
+            _unzip(archive, folder, source)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as tf:
                 tf.extractall(folder, filter="data")
@@ -144,3 +269,43 @@ def _unpack(archive: Path, folder: Path, source: str) -> None:
             target.chmod(0o755)
     except (tarfile.TarError, zipfile.BadZipFile, OSError) as exc:
         raise BatchError(f"package {source} could not be unpacked: {exc}") from exc
+
+
+def _unzip(archive: Path, folder: Path, source: str) -> None:
+    root = os.path.realpath(folder)
+    links: list[Path] = []
+
+    def inside(path: str | Path, name: str) -> None:
+        real = os.path.realpath(path)
+        if real != root and not real.startswith(root + os.sep):
+            raise BatchError(
+                f"package {source} could not be unpacked: member {name!r} leads outside its "
+                "folder through a link; rebuild the archive with links that stay inside it."
+            )
+
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            parts = PurePosixPath(info.filename).parts
+            if not parts:
+                continue
+            target = folder.joinpath(*parts)
+            inside(target.parent, info.filename)
+            mode = info.external_attr >> 16 if info.create_system == 3 else 0
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_symlink() or (target.exists() and not target.is_dir()):
+                target.unlink()
+            if stat.S_ISLNK(mode):
+                link = zf.read(info).decode("utf-8", "surrogateescape")
+                inside(target.parent / link, info.filename)
+                target.symlink_to(link)
+                links.append(target)
+            elif info.is_dir():
+                inside(target, info.filename)
+                target.mkdir(exist_ok=True)
+            else:
+                with zf.open(info) as src, open(target, "xb") as out:
+                    shutil.copyfileobj(src, out, 2**20)
+                perm = mode & 0o755 if mode & 0o777 else 0o644
+                target.chmod(perm | 0o600)
+    for made in links:  # links made later can redirect earlier ones
+        inside(made, made.relative_to(folder).as_posix())
