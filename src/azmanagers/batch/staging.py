@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -12,9 +14,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from azmanagers.errors import ConfigError, StorageNotFoundError
+from azmanagers.errors import ConfigError, StorageError, StorageNotFoundError
 from azmanagers.storage import open_storage
-from azmanagers.storage.base import Storage, is_storage_url
+from azmanagers.storage.base import Storage, check_key, is_storage_url
 from azmanagers.storage.hashing import sha256_file
 
 BLOBS = "inputs/sha256"
@@ -23,6 +25,15 @@ BIG_FILE_BYTES = 8 * 2**20
 """Files at least this big are uploaded with their known hash (not hashed a second time)."""
 MAX_TREE_FILES = 200_000
 """A folder input with more files than this is refused (zip it: one archive stages faster)."""
+_URL_QUERY = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:/[^\s'\"?#]*)[?#][^\s'\"]*")
+
+
+def redact(text: str, source: str = "") -> str:
+    """``text`` without the query string (a SAS, say) of any URL in it, or of ``source``."""
+    query = source.partition("?")[2] if "://" in source else ""
+    if query:
+        text = text.replace(query, "...")
+    return _URL_QUERY.sub(r"\1?...", text)
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,12 @@ class Stager:
 
     Each distinct content is uploaded once: what the job's storage already holds (listed once)
     is skipped. ``refs`` maps every staged source (as given) to its ``InputRef``.
+
+    In a folder input, a link to a file (inside the folder or outside it) is followed: its
+    content is staged under the link's name, as ``cp -rL`` would. A link to a folder, a link
+    loop or a broken link is refused (``ConfigError`` naming it): copy the folder in, or give
+    it as its own input. Other special files (FIFOs, sockets, devices) are not staged. Error
+    messages never show a URL's query string (a SAS).
     """
 
     def __init__(self, storage: Storage, prefix: str, *, base: Path | None = None) -> None:
@@ -102,24 +119,36 @@ class Stager:
         """Stage ``source`` (a local path, relative to ``base``, or a storage URL)."""
         if source in self.refs:
             return self.refs[source]
-        where = dest_for(source) if dest is None else dest
-        if is_storage_url(source):
-            ref = self._add_url(source, where)
-        else:
-            path = Path(source).expanduser()
-            path = path if path.is_absolute() else self.base / path
-            if not path.exists():
-                raise ConfigError(
-                    f"input {source!r} does not exist (looked at {path}); check the path, which is "
-                    "relative to the current folder (or to the spec file's folder)."
-                )
-            ref = (
-                self._add_tree(source, path, where)
-                if path.is_dir()
-                else self._add_file(source, path, where)
-            )
+        try:
+            ref = self._add(source, dest)
+        except (ConfigError, StorageError) as exc:
+            text = redact(str(exc), source)
+            if text == str(exc):
+                raise
+            raise type(exc)(text) from None
         self.refs[source] = ref
         return ref
+
+    def _add(self, source: str, dest: str | None) -> InputRef:
+        where = dest_for(source) if dest is None else dest
+        if is_storage_url(source):
+            return self._add_url(source, where)
+        if "://" in source:
+            raise ConfigError(
+                f"input {source!r} is neither a local path nor a storage URL; use "
+                "file:///absolute/path or az://container/path (credentials come from the "
+                "environment, not from the URL)."
+            )
+        path = Path(source).expanduser()
+        path = path if path.is_absolute() else self.base / path
+        if not path.exists():
+            raise ConfigError(
+                f"input {source!r} does not exist (looked at {path}); check the path, which is "
+                "relative to the current folder (or to the spec file's folder)."
+            )
+        if path.is_dir():
+            return self._add_tree(source, path, where)
+        return self._add_file(source, path, where)
 
     def _add_file(self, source: str, path: Path, dest: str) -> InputRef:
         digest = sha256_file(path)
@@ -133,10 +162,16 @@ class Stager:
         files: list[TreeFile] = []
         for folder, dirs, names in os.walk(root, followlinks=False):
             dirs.sort()
+            for name in dirs:
+                if Path(folder, name).is_symlink():
+                    raise ConfigError(
+                        f"input {source!r} holds {Path(folder, name)}, a link to a folder, "
+                        "which is not followed: copy it in, or give it as its own input."
+                    )
             for name in sorted(names):
                 path = Path(folder, name)
                 if path.is_symlink() and not path.exists():
-                    raise ConfigError(f"input {source!r} holds a broken link {path}; remove it.")
+                    raise ConfigError(f"input {source!r} holds {_broken(path)}; remove it.")
                 if not path.is_file():
                     continue
                 digest = sha256_file(path)
@@ -166,7 +201,10 @@ class Stager:
 
     def _add_url(self, url: str, dest: str) -> InputRef:
         parent, _, name = url.rstrip("/").rpartition("/")
-        source_root = open_storage(parent)
+        try:
+            source_root = open_storage(parent)
+        except ConfigError as exc:
+            raise ConfigError(f"input {url!r}: {exc}") from None
         try:
             info = source_root.stat(name) if name and not url.endswith("/") else None
             with tempfile.TemporaryDirectory(prefix="azm-stage-") as tmp:
@@ -180,6 +218,14 @@ class Stager:
                 infos = list(tree_root.list(""))
                 if not infos:
                     raise StorageNotFoundError(f"input {url} names nothing in storage.")
+                for found in infos:
+                    try:
+                        check_key(found.key)
+                    except ConfigError as exc:
+                        raise ConfigError(
+                            f"input {url!r} holds {found.key!r}, which cannot be staged ({exc}); "
+                            "rename or remove it in storage, or give the other files as inputs."
+                        ) from None
                 pairs = [(i.key, Path(tmp, "tree", i.key)) for i in infos]
                 tree_root.get_files(pairs)
                 ref = self._add_tree(url, Path(tmp, "tree"), dest)
@@ -202,3 +248,12 @@ class Stager:
             self.uploaded_bytes += sum(i.size for i in self.storage.put_files(small))
         self._have.update(self._pending)
         self._pending.clear()
+
+
+def _broken(path: Path) -> str:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{path}, a link loop (copy it in, or give it as its own input)"
+    return f"a broken link {path}"
