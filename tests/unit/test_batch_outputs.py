@@ -13,8 +13,15 @@ from hypothesis import strategies as st
 
 from azmanagers.batch.model import Output
 from azmanagers.batch.nodecache import _safe_rel, _unpack
-from azmanagers.batch.outputs import glob_regex, run_files, selected
+from azmanagers.batch.outputs import (
+    collect_outputs,
+    glob_regex,
+    run_files,
+    selected,
+    upload_outputs,
+)
 from azmanagers.errors import BatchError
+from azmanagers.storage.local import LocalStorage
 
 
 @pytest.mark.parametrize(
@@ -98,3 +105,20 @@ def test_a_plain_file_package_is_placed_executable(tmp_path: Path) -> None:
     folder.mkdir()
     _unpack(tool, folder, "dist/tool")
     assert (folder / "tool").stat().st_mode & 0o111
+
+
+def test_an_output_whose_name_cannot_be_a_key_does_not_lose_the_others(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / ".azm-x").mkdir(parents=True)
+    (run / "good.txt").write_text("good\n")
+    for odd in ("c\tz.txt", "x\\y.txt", "new\nline", ".azm-x/y.txt"):
+        (run / odd).write_text("odd")
+    store = LocalStorage(tmp_path / "store")
+    done = upload_outputs(store, run, [Output("**")], "job/out/", succeeded=True)
+    assert [f.path for f in done.files] == ["good.txt"]
+    assert store.get_bytes("job/out/good.txt") == b"good\n"
+    assert sorted(done.skipped) == sorted([".azm-x/y.txt", "c\tz.txt", "new\nline", "x\\y.txt"])
+    assert "'c\\tz.txt'" in done.error and "cannot be storage keys" in done.error
+    kept = collect_outputs(store, run, [Output("*.txt")], "job/again/", succeeded=True)
+    assert [f.path for f in kept] == ["good.txt"]
+    assert upload_outputs(store, run, [Output("good.txt")], "p/", succeeded=True).error == ""
