@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import pickle
 import stat as statmod
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +41,8 @@ class Backend:
     reopen: Callable[[], Storage]
     version: Callable[[str], object]  # changes whenever the object at key is rewritten
     tamper: Callable[[str, bytes], None]  # replace the bytes, keep our recorded hash
+    record: Callable[[str, str], None]  # replace the recorded hash text, keep the bytes
+    raw_put: Callable[[str, bytes], None]  # write an object by name, not through the seam
     raw: BlobServiceClient | None = None
     container: str = ""
 
@@ -51,8 +55,20 @@ def _file_backend(root: Path) -> Backend:
     def tamper(key: str, data: bytes) -> None:
         (root / key).write_bytes(data)
 
+    def record(key: str, text: str) -> None:
+        size = (root / key).stat().st_size
+        (root / ".azm-meta" / key).write_text(f"{text} {size}\n")
+
     url = root.as_uri()
-    return Backend("file", open_storage(url), lambda: open_storage(url), version, tamper)
+    return Backend(
+        "file",
+        open_storage(url),
+        lambda: open_storage(url),
+        version,
+        tamper,
+        record,
+        lambda name, data: _write(root / name, data) and None,
+    )
 
 
 def _az_backend(connection_string: str) -> Backend:
@@ -68,10 +84,18 @@ def _az_backend(connection_string: str) -> Backend:
         metadata = blob.get_blob_properties().metadata
         blob.upload_blob(data, overwrite=True, metadata=metadata)
 
+    def record(key: str, text: str) -> None:
+        raw.get_blob_client(container, f"root/{key}").set_blob_metadata({"azm_sha256": text})
+
+    def raw_put(name: str, data: bytes) -> None:
+        raw.get_blob_client(container, f"root/{name}").upload_blob(data, overwrite=True)
+
     def reopen() -> Storage:
         return open_storage(url, connection_string=connection_string)
 
-    return Backend("az", reopen(), reopen, version, tamper, raw=raw, container=container)
+    return Backend(
+        "az", reopen(), reopen, version, tamper, record, raw_put, raw=raw, container=container
+    )
 
 
 @pytest.fixture(params=["file", "az"])
@@ -230,6 +254,12 @@ def test_missing_objects(backend: Backend, tmp_path: Path) -> None:
         "a\x00b",
         "a\nb",
         "x" * 1025,
+        "surrogate/\ud800",
+        "bidi/\u202etxt.exe",
+        "line\u2028sep",
+        "zero\u200bwidth",
+        "long/" + "x" * 256,
+        "long/" + "\u00e9" * 128,
         ".azm-meta/x",
         "a/.azm-tmp-1",
         "trailing/",
@@ -370,7 +400,8 @@ def test_a_grant_does_not_open_another_container(backend: Backend) -> None:
 def test_open_storage_refuses_bad_urls(monkeypatch: pytest.MonkeyPatch) -> None:
     for bad, words in (
         ("s3://bucket/x", "unknown scheme"),
-        ("relative/path", "unknown scheme"),
+        ("relative/path", "relative path; use an absolute path or file:///"),
+        ("~/x", "relative path"),
         ("file://host/x", "file:///"),
         ("file://relative", "file:///"),
         ("az://A_B/x", "container"),
@@ -414,6 +445,360 @@ def test_grant_arguments_are_checked(backend: Backend) -> None:
     with pytest.raises(ConfigError):
         backend.store.grant("../p", ttl_s=60, write=False)
     assert isinstance(backend.store.grant("", ttl_s=60, write=False), Grant)
+
+
+# -- recorded hashes that do not fit (F1, F4) -------------------------------------------------
+def test_a_recorded_hash_is_read_one_way_and_a_bad_one_fails_verified_reads(
+    backend: Backend, tmp_path: Path
+) -> None:
+    store = backend.store
+    data = b"hello world"
+    store.put_bytes("h/upper", data)
+    backend.record("h/upper", _sha(data).upper())  # the same hash, in capitals: fine
+    assert store.get_bytes("h/upper") == data
+    assert store.stat("h/upper").sha256 == _sha(data)  # type: ignore[union-attr]
+    store.put_bytes("h/garbage", data)
+    backend.record("h/garbage", "ABC")
+    assert store.stat("h/garbage").sha256 is None  # type: ignore[union-attr]
+    assert [i.sha256 for i in store.list("h/garbage")] == [None]
+    with pytest.raises(IntegrityError):
+        store.get_bytes("h/garbage")
+    with pytest.raises(IntegrityError):
+        store.get_file("h/garbage", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert store.get_bytes("h/garbage", verify=False) == data
+
+
+def test_file_an_object_whose_size_changed_fails_verified_reads(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = open_storage(str(root))
+    store.put_bytes("a.txt", b"hello world")
+    (root / "a.txt").write_bytes(b"hello world!!")  # appended outside the seam
+    with pytest.raises(IntegrityError):
+        store.get_bytes("a.txt")
+    with pytest.raises(IntegrityError):
+        store.get_file("a.txt", tmp_path / "a.txt")
+    assert store.stat("a.txt").sha256 is None  # type: ignore[union-attr]
+    (root / ".azm-meta" / "a.txt").unlink()  # no sidecar: written by someone else
+    assert store.get_bytes("a.txt") == b"hello world!!"
+    store.close()
+
+
+# -- file:// writers keep data and sidecar in step (F5, F6, F7) -------------------------------
+def test_file_racing_writers_never_leave_a_sidecar_that_lies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_storage(str(tmp_path / "store"))
+    target = str(tmp_path / "store" / "k")
+    real_replace = os.replace
+    slow = threading.Event()
+
+    def replace(src: object, dst: object) -> None:  # writer A pauses after its data lands
+        real_replace(src, dst)  # type: ignore[arg-type]
+        if str(dst) == target and threading.current_thread().name == "A":
+            slow.set()
+            time.sleep(0.5)
+
+    monkeypatch.setattr(os, "replace", replace)
+    a = threading.Thread(target=store.put_bytes, args=("k", b"A" * 100), name="A")
+    a.start()
+    slow.wait(10)
+    store.put_bytes("k", b"B" * 100)
+    a.join()
+    data = store.get_bytes("k")
+    assert store.stat("k").sha256 in (_sha(data), None)  # type: ignore[union-attr]
+    store.close()
+
+
+def test_file_put_records_the_hash_of_the_bytes_it_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import azmanagers.storage.local as local
+
+    store = open_storage(str(tmp_path / "store"))
+    source = _write(tmp_path / "src.bin", b"x" * 5000)
+    real = local.sha256_file
+
+    def hash_then_change(path: Path) -> str:  # a writer still appending to its output
+        digest = real(path)
+        with open(path, "r+b") as handle:
+            handle.seek(-1, os.SEEK_END)
+            handle.write(b"y")
+        return digest
+
+    monkeypatch.setattr(local, "sha256_file", hash_then_change)
+    store.put_bytes("k", b"z" * 5000)  # same size: put_file hashes to decide whether to skip
+    for key in ("fresh", "k"):
+        info = store.put_file(source, key)
+        assert store.get_bytes(key) == source.read_bytes() or info.sha256 == _sha(
+            store.get_bytes(key)
+        )
+        assert info.sha256 == _sha(store.get_bytes(key))
+    store.close()
+
+
+def test_download_temps_are_named_for_their_target_and_old_put_temps_are_swept(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    store = backend.store
+    store.put_bytes("d/x.bin", b"x")
+    made: list[tuple[str, str]] = []
+    real = tempfile.mkstemp
+
+    def mkstemp(**kwargs: str) -> tuple[int, str]:
+        fd, name = real(**kwargs)  # type: ignore[call-overload]
+        made.append((str(kwargs.get("dir")), os.path.basename(name)))
+        return fd, name  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    store.get_file("d/x.bin", tmp_path / "dl" / "x.bin")
+    assert next(n for d, n in made if d == str(tmp_path / "dl")).startswith(".x.bin.azm-part-")
+    monkeypatch.undo()
+    if backend.kind == "file":
+        folder = tmp_path / "store" / "d"
+        old, new = folder / ".azm-tmp-old", folder / ".azm-tmp-new"
+        old.write_bytes(b"left by a killed put")
+        new.write_bytes(b"a put running now")
+        os.utime(old, (time.time() - 7200, time.time() - 7200))
+        fresh = backend.reopen()
+        fresh.put_bytes("d/y.bin", b"y")
+        assert not old.exists() and new.exists()
+        fresh.close()
+
+
+# -- file:// stays inside its root (F8, F9) ---------------------------------------------------
+def test_file_storage_never_follows_links_out_of_its_root(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    _write(outside / "secret", b"SECRET")
+    root = tmp_path / "store"
+    store = open_storage(str(root))
+    store.put_bytes("jobs/a/in.txt", b"in")
+    os.symlink(outside, root / "jobs" / "a" / "esc")
+    os.symlink(outside / "secret", root / "jobs" / "a" / "filelink")
+    grant = store.grant("jobs/a/", ttl_s=600, write=True)
+    with grant.open() as worker:  # type: ignore[attr-defined]
+        for who in (store, worker):
+            for refused in (
+                lambda who=who: who.get_bytes("jobs/a/esc/secret"),
+                lambda who=who: who.get_bytes("jobs/a/filelink"),
+                lambda who=who: who.get_file("jobs/a/filelink", tmp_path / "got"),
+                lambda who=who: who.stat("jobs/a/esc/secret"),
+                lambda who=who: who.put_bytes("jobs/a/esc/planted", b"x"),
+                lambda who=who: who.put_file(outside / "secret", "jobs/a/filelink"),
+            ):
+                with pytest.raises(StorageAccessError, match="link"):
+                    refused()
+            assert [i.key for i in who.list("jobs/a/")] == ["jobs/a/in.txt"]
+            assert who.list_dirs("jobs/a/") == []
+    for refused in (
+        lambda: store.delete("jobs/a/esc/secret"),
+        lambda: store.delete("jobs/a/filelink"),
+    ):
+        with pytest.raises(StorageAccessError):
+            refused()
+    assert (outside / "secret").read_bytes() == b"SECRET"
+    assert sorted(os.listdir(outside)) == ["secret"] and not (tmp_path / "got").exists()
+    store.close()
+
+
+def test_file_roots_are_canonical_and_never_the_whole_file_system(tmp_path: Path) -> None:
+    for bad in ("file:///", "/", "file:///tmp/..", "FILE:///"):
+        with pytest.raises(ConfigError, match="root of the file system"):
+            open_storage(bad)
+    assert open_storage(f"{tmp_path}/a/../b/").url == (tmp_path / "b").as_uri()
+    assert open_storage(f"FILE://{tmp_path}/c").url == (tmp_path / "c").as_uri()
+    assert is_storage_url("AZ://c/p") and is_storage_url("File:///x")
+
+
+# -- keys and URLs (F11, F12, F23) -------------------------------------------------------------
+def test_a_blob_name_longer_than_blob_allows_is_refused_up_front(backend: Backend) -> None:
+    key = "/".join(["x" * 200] * 5) + "/" + "y" * 15  # 1,020 characters; az:// adds "root/"
+    if backend.kind == "az":
+        with pytest.raises(ConfigError, match="1024"):
+            backend.store.put_bytes(key, b"x")
+        assert list(backend.store.list()) == []
+    else:
+        backend.store.put_bytes(key, b"x")
+        assert backend.store.get_bytes(key) == b"x"
+
+
+def test_urls_in_messages_never_show_their_query() -> None:
+    for url, words in (
+        ("https://acct.blob.core.windows.net/c/x?sv=2024&sig=SECRETSIG", "use az://container"),
+        ("az://cont/x?sv=2024&sig=SECRETSIG", "no query"),
+        ("s3://b/x?sig=SECRETSIG", "unknown scheme"),
+        ("file://host/x?sig=SECRETSIG", "file:///"),
+    ):
+        with pytest.raises(ConfigError, match=words) as refused:
+            open_storage(url)
+        assert "SECRETSIG" not in str(refused.value)
+
+
+# -- local paths, duplicates and folders (F19) ---------------------------------------------------
+def test_bad_local_paths_duplicate_keys_and_folder_keys(backend: Backend, tmp_path: Path) -> None:
+    store = backend.store
+    store.put_bytes("c/d", b"d")
+    (tmp_path / "dir").mkdir()
+    _write(tmp_path / "plain", b"p")
+    for local in (tmp_path / "dir", tmp_path / "plain" / "under"):
+        with pytest.raises(ConfigError, match=str(local)):
+            store.get_file("c/d", local)
+        with pytest.raises(ConfigError, match=str(local)):
+            store.get_files([("c/d", local)])
+    assert sorted(os.listdir(tmp_path / "dir")) == []
+    one, two = _write(tmp_path / "1", b"1"), _write(tmp_path / "2", b"2")
+    with pytest.raises(ConfigError, match="twice"):
+        store.put_files([(one, "dup"), (two, "dup")])
+    assert store.stat("dup") is None
+    store.delete("c")  # a "folder": no object, nothing deleted, as on every back-end
+    assert store.get_bytes("c/d") == b"d"
+    with pytest.raises(ConfigError, match="ttl_s"):
+        store.grant("p/", ttl_s=True, write=False)
+
+
+# -- listings skip names no call accepts (F21) ---------------------------------------------------
+def test_listings_skip_names_no_call_accepts(backend: Backend) -> None:
+    store = backend.store
+    store.put_bytes("tree/ok.txt", b"ok")
+    backend.raw_put("tree/bidi\u202etxt", b"b")
+    backend.raw_put("tree/.azm-x/y", b"y")
+    if backend.kind == "az":
+        backend.raw_put("tree/a//b", b"b")
+        backend.raw_put("tree/trail/", b"t")
+    assert [i.key for i in store.list("tree/")] == ["tree/ok.txt"]
+    assert ".azm-x" not in store.list_dirs("tree/")
+    for info in store.list():
+        store.get_bytes(info.key)
+
+
+# -- bounded waits, racing writers and readers, failing batches (F15, F16, F17, F18) -----------
+def test_a_silent_endpoint_is_reported_by_check_within_seconds() -> None:
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_say_nothing() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(listener.accept()[0])
+
+    server = threading.Thread(target=accept_and_say_nothing, daemon=True)
+    server.start()
+    port = listener.getsockname()[1]
+    store = open_storage(
+        "az://blackhole/p",
+        connection_string="DefaultEndpointsProtocol=http;AccountName=acct;"
+        f"AccountKey=a2V5a2V5a2V5;BlobEndpoint=http://127.0.0.1:{port}/acct;",
+    )
+    failures: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            store.check()
+        except BaseException as exc:
+            failures.append(exc)
+
+    checker = threading.Thread(target=check, daemon=True)
+    started = time.monotonic()
+    checker.start()
+    checker.join(20)
+    try:
+        assert not checker.is_alive(), "check() still waiting after 20 s"
+        assert time.monotonic() - started < 16
+        assert len(failures) == 1 and isinstance(failures[0], StorageError)
+    finally:
+        stop.set()
+        server.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+        if not checker.is_alive():
+            store.close()
+
+
+def _put_at_once(stores: list[Storage], source: Path, key: str) -> list[object]:
+    """put_file ``source`` to ``key`` from every store at the same instant; infos or errors."""
+    barrier = threading.Barrier(len(stores))
+    results: list[object] = []
+
+    def put(store: Storage) -> None:
+        barrier.wait()
+        try:
+            results.append(store.put_file(source, key))
+        except Exception as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=put, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_two_writers_of_the_same_big_content_both_succeed(backend: Backend, tmp_path: Path) -> None:
+    data = os.urandom(BIG_BYTES)
+    source = _write(tmp_path / "same.bin", data)
+    stores = [backend.reopen(), backend.reopen()]
+    try:
+        for round_ in range(2):
+            results = _put_at_once(stores, source, f"inputs/same{round_}")
+            assert [getattr(r, "sha256", r) for r in results] == [_sha(data)] * 2
+            assert backend.store.get_bytes(f"inputs/same{round_}") == data
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_reader_racing_a_writer_gets_whole_objects_or_a_clear_error(backend: Backend) -> None:
+    store = backend.store
+    versions = [bytes([65 + i]) * (17 << 20) for i in range(2)]
+    store.put_bytes("busy", versions[0])
+    stop = threading.Event()
+
+    def write() -> None:
+        with backend.reopen() as writer:  # type: ignore[attr-defined]
+            i = 0
+            while not stop.is_set():
+                i += 1
+                writer.put_bytes("busy", versions[i % 2])
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for _ in range(6):
+            try:
+                assert store.get_bytes("busy") in versions
+            except StorageError as exc:
+                assert "kept changing while being read; try again" in str(exc)
+                assert "StorageErrorCode" not in str(exc)
+    finally:
+        stop.set()
+        writer.join()
+
+
+def test_a_failing_batch_returns_only_when_no_transfer_runs(
+    backend: Backend, tmp_path: Path
+) -> None:
+    store = backend.store
+    sources = [_write(tmp_path / "src" / f"b{i}", os.urandom(16 << 20)) for i in range(6)]
+    store.put_files([(path, f"big/b{i}") for i, path in enumerate(sources)])
+    out = tmp_path / "dl"
+    out.mkdir()
+    pairs = [("big/missing", out / "m")] + [(f"big/b{i}", out / f"b{i}") for i in range(6)]
+    with pytest.raises(StorageNotFoundError):
+        store.get_files(pairs)
+    seen = sorted(os.listdir(out))
+    time.sleep(1.0)
+    assert sorted(os.listdir(out)) == seen
+    assert not [name for name in seen if ".azm-" in name]
 
 
 def _sha(data: bytes) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import builtins
+import os
 import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -14,7 +15,15 @@ from typing import Protocol, TypeVar
 from azmanagers.errors import ConfigError, StorageAccessError
 
 MAX_KEY_CHARS = 1024
-"""Longest key accepted (Blob names may be 1,024 characters)."""
+"""Longest key accepted (Blob names may be 1,024 characters, prefix included: see blob.py)."""
+
+MAX_SEGMENT_BYTES = 255
+"""Longest key segment in UTF-8 bytes (a file name on every common file system)."""
+
+REFUSED_CATEGORIES = frozenset({"Cc", "Cs", "Cf", "Zl", "Zp"})
+"""Unicode categories refused in keys: controls, lone surrogates (undecodable file names),
+format characters (bidi overrides, zero-width) and line/paragraph separators, which make keys
+that cannot be stored or that print misleadingly."""
 
 RESERVED_SEGMENT = ".azm-"
 """Key segments starting with this are ours (hash sidecars, temp files) on every back-end."""
@@ -199,15 +208,19 @@ def check_key(key: object, *, what: str = "storage key") -> str:
     """Return ``key`` when it is a safe relative key, else raise ConfigError.
 
     A key is "/"-separated, relative, with no empty, "." or ".." segment, no backslash, no
-    control character, no segment starting with ".azm-" (ours), at most 1,024 characters.
+    control, format, separator or lone-surrogate character (REFUSED_CATEGORIES), no segment
+    starting with ".azm-" (ours), each segment at most 255 UTF-8 bytes, at most 1,024
+    characters in all.
     """
     if not isinstance(key, str) or not key:
         raise ConfigError(f"{what} {key!r}: expected a non-empty string such as 'inputs/a.txt'")
     if len(key) > MAX_KEY_CHARS:
         raise ConfigError(f"{what} {key[:40]!r}...: longer than {MAX_KEY_CHARS} characters")
-    if "\\" in key or any(unicodedata.category(c) == "Cc" for c in key):
+    bad = next((c for c in key if unicodedata.category(c) in REFUSED_CATEGORIES), None)
+    if "\\" in key or bad is not None:
         raise ConfigError(
-            f"{what} {key!r}: backslashes and control characters are not allowed; use '/'"
+            f"{what} {key!r}: backslashes, control, invisible (format/bidi), line-separator and "
+            "undecodable (lone surrogate) characters are not allowed; rename it (use '/')"
         )
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
@@ -217,7 +230,30 @@ def check_key(key: object, *, what: str = "storage key") -> str:
             )
         if segment.startswith(RESERVED_SEGMENT):
             raise ConfigError(f"{what} {key!r}: names starting with {RESERVED_SEGMENT!r} are ours")
+        if len(segment.encode()) > MAX_SEGMENT_BYTES:
+            raise ConfigError(
+                f"{what} {key[:60]!r}...: the part {segment[:20]!r}... is longer than "
+                f"{MAX_SEGMENT_BYTES} bytes (UTF-8); shorten that file or folder name"
+            )
     return key
+
+
+def check_unique(keys: Sequence[str]) -> None:
+    """ConfigError when a key appears twice in one batch (which copy wins would be chance)."""
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            raise ConfigError(f"storage key {key!r} appears twice in one put_files; keep one")
+        seen.add(key)
+
+
+def is_key(key: str) -> bool:
+    """Tell whether ``key`` passes check_key (for listings, which skip other names)."""
+    try:
+        check_key(key)
+    except ConfigError:
+        return False
+    return True
 
 
 def check_prefix(prefix: object, *, what: str = "storage prefix") -> str:
@@ -238,25 +274,45 @@ def dir_prefix(prefix: object, *, what: str = "storage prefix") -> str:
 
 def check_ttl(ttl_s: float) -> float:
     """Return a positive finite ``ttl_s`` or raise ConfigError."""
-    if not isinstance(ttl_s, (int, float)) or not 0 < ttl_s < 366 * 86400:
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)):
+        raise ConfigError(f"grant ttl_s {ttl_s!r}: expected seconds, more than 0 and under a year")
+    if not 0 < ttl_s < 366 * 86400:
         raise ConfigError(f"grant ttl_s {ttl_s!r}: expected seconds, more than 0 and under a year")
     return float(ttl_s)
 
 
+def shown_url(url: object) -> str:
+    """Return ``url`` for a message: its query and fragment (a SAS) cut off."""
+    text = str(url)
+    cut = min((i for i in (text.find("?"), text.find("#")) if i >= 0), default=len(text))
+    return text[:cut] + ("?..." if cut < len(text) else "")
+
+
+def _scheme(text: str) -> str:
+    """Return the URL's scheme lower-cased with its "://" ("" when there is none)."""
+    head, sep, _ = text.partition("://")
+    return head.lower() + sep if sep and "/" not in head else ""
+
+
 def is_storage_url(text: str) -> bool:
-    """Tell a storage URL (``file://...``, ``az://...``) from a local path."""
-    return isinstance(text, str) and text.lower().startswith(SCHEMES)
+    """Tell a storage URL (``file://...``, ``az://...``, any case) from a local path."""
+    return isinstance(text, str) and _scheme(text) in SCHEMES
 
 
 def local_root(url: str) -> Path:
-    """Return the absolute folder of a ``file://`` URL or an absolute path; ConfigError else."""
+    """Return the normalised absolute folder of a ``file://`` URL or an absolute path.
+
+    ConfigError for anything else, and for the root of the file system (``file:///``), which
+    would make every file on the machine a key.
+    """
     from urllib.parse import unquote, urlsplit
 
-    if url.startswith("file://"):
-        parts = urlsplit(url)
+    shown = shown_url(url)
+    if _scheme(url) == "file://":
+        parts = urlsplit("file://" + url[len("file://") :])
         if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
             raise ConfigError(
-                f"storage URL {url!r}: expected file:///absolute/path (a folder on this machine)"
+                f"storage URL {shown!r}: expected file:///absolute/path (a folder on this machine)"
             )
         text = unquote(parts.path)
     else:
@@ -264,7 +320,13 @@ def local_root(url: str) -> Path:
     path = Path(text)
     if not path.is_absolute() or "\x00" in text:
         raise ConfigError(
-            f"storage URL {url!r}: expected file:///absolute/path or an absolute folder path"
+            f"storage URL {shown!r}: expected file:///absolute/path or an absolute folder path"
+        )
+    path = Path(os.path.normpath(text))
+    if path == Path(path.anchor):
+        raise ConfigError(
+            f"storage URL {shown!r}: the root of the file system cannot be a storage folder; "
+            "name a folder such as file:///data/azm"
         )
     return path
 
@@ -272,7 +334,8 @@ def local_root(url: str) -> Path:
 def parallel_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """Return ``[fn(i) for i in items]`` computed on ``pool``; the first error is raised.
 
-    When one call fails, the calls not yet started are cancelled before the error is raised.
+    When one call fails, the calls not yet started are cancelled and the running ones are
+    waited for before the error is raised: nothing is transferred after this returns.
     """
     if len(items) <= 1:
         return [fn(item) for item in items]
@@ -282,6 +345,7 @@ def parallel_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Sequence
     finally:
         for future in futures:
             future.cancel()
+        wait(futures)
 
 
 def open_storage(url: str, *, connection_string: str | None = None) -> Storage:
@@ -290,7 +354,8 @@ def open_storage(url: str, *, connection_string: str | None = None) -> Storage:
     Parameters
     ----------
     url : str
-        ``file:///abs/path`` (or an absolute path), or ``az://container[/prefix]``.
+        ``file:///abs/path`` (or an absolute path), or ``az://container[/prefix]``; the
+        scheme may be in any case.
     connection_string : str, optional
         For ``az://``: the account's connection string (else the environment; see
         ``azmanagers.storage.blob``).
@@ -302,16 +367,28 @@ def open_storage(url: str, *, connection_string: str | None = None) -> Storage:
     """
     if not isinstance(url, str) or not url:
         raise ConfigError(f"storage URL {url!r}: expected file:///path or az://container/prefix")
-    if url.startswith("az://"):
+    scheme = _scheme(url)
+    shown = shown_url(url)
+    if scheme == "az://":
         from azmanagers.storage.blob import open_blob
 
-        return open_blob(url, connection_string=connection_string)
-    if url.startswith("file://") or url.startswith("/"):
+        return open_blob("az://" + url[len(scheme) :], connection_string=connection_string)
+    if scheme == "file://" or (not scheme and url.startswith("/")):
         from azmanagers.storage.local import LocalStorage
 
         return LocalStorage(local_root(url))
-    scheme = url.split("://", 1)[0] + "://" if "://" in url else url
+    if scheme in ("https://", "http://") and ".blob." in url.split("/")[2].lower():
+        raise ConfigError(
+            f"storage URL {shown!r}: a Blob endpoint URL; use az://container/prefix (the account "
+            "comes from connection_string= or AZMANAGERS_STORAGE_CONNECTION_STRING / "
+            "AZURE_STORAGE_CONNECTION_STRING / AZURE_STORAGE_ACCOUNT), never a SAS URL"
+        )
+    if not scheme:
+        raise ConfigError(
+            f"storage URL {shown!r}: a relative path; use an absolute path or "
+            "file:///absolute/path (a folder; '~' is not expanded), or az://container/prefix"
+        )
     raise ConfigError(
-        f"storage URL {url!r}: unknown scheme {scheme!r}; use file:///absolute/path (a folder) "
+        f"storage URL {shown!r}: unknown scheme {scheme!r}; use file:///absolute/path (a folder) "
         "or az://container/prefix (Azure Blob)"
     )

@@ -6,6 +6,7 @@ import builtins
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -18,20 +19,24 @@ from azure.storage.blob import (
     ContainerClient,
 )
 
-from azmanagers.errors import ConfigError
+from azmanagers.errors import ConfigError, StorageError
 from azmanagers.storage.base import (
+    MAX_KEY_CHARS,
     Access,
     Grant,
     ObjectInfo,
     check_key,
     check_prefix,
     check_ttl,
+    check_unique,
     dir_prefix,
+    is_key,
     parallel_map,
 )
 from azmanagers.storage.blob_account import (
     BLOCK_BYTES,
     BLOCK_THREADS,
+    CHECK_READ_TIMEOUT_S,
     FILE_THREADS,
     Account,
     BlobLocation,
@@ -45,17 +50,26 @@ from azmanagers.storage.blob_account import (
 )
 from azmanagers.storage.blob_transfer import (
     SHA_KEY,
+    BlobChanged,
+    CommitLost,
     Where,
     blob_info,
     download,
     put_blocks,
     stamp,
 )
+from azmanagers.storage.files import download_to
 from azmanagers.storage.hashing import is_sha256, sha256_file
-from azmanagers.storage.local import atomic_write
 
 CHECK_RETRIES = 1
-"""check() answers fast: one retry (an unreachable account is reported in seconds)."""
+"""check() answers fast: one retry with CHECK_READ_TIMEOUT_S (an unreachable or silent
+endpoint is reported in about 12 seconds)."""
+
+READ_ATTEMPTS = 2
+"""Reads of a blob that was replaced meanwhile (412): one restart, then a StorageError."""
+
+COMMIT_ATTEMPTS = 2
+"""Block uploads whose commit another writer's commit discarded: one more try (see _blocks)."""
 
 LIST_FIRST_AT = 8
 """put_files lists the keys' common folder once (instead of a HEAD per file) from this many."""
@@ -94,6 +108,7 @@ class BlobStorage:
         self._closers = list(closers)
         self._files: ThreadPoolExecutor | None = None
         self._blocks: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"BlobStorage({self.url!r}, endpoint={self._endpoint!r})"
@@ -110,29 +125,65 @@ class BlobStorage:
 
     def _name(self, key: str, *, write: bool, delete: bool = False) -> str:
         check_key(key)
+        if len(self._base) + len(key) > MAX_KEY_CHARS:
+            raise ConfigError(
+                f"storage key {key[:40]!r}...: with the prefix {self._base!r} the blob name is "
+                f"longer than {MAX_KEY_CHARS} characters (Blob's limit); shorten it"
+            )
         self.access.check(key, write=write, url=self.url, delete=delete)
         return self._base + key
 
     def _where(self, key: str) -> Where:
         return Where(key=key, url=self.url_for(key), endpoint=self._endpoint)
 
-    def _up(
+    def _blocks_up(
         self, name: str, key: str, source: memoryview | int, size: int, digest: str | None
     ) -> ObjectInfo:
-        return put_blocks(
-            self._container, self._pools()[1], name, self._where(key), source, size, digest
-        )
+        """Upload in blocks; when another writer's commit discarded ours, look before retrying.
+
+        Two writers of one key (e.g. two submissions staging the same input) race: the first
+        commit discards the other's staged blocks. The loser HEADs the blob: the same size and
+        SHA-256 means the content is there (success); otherwise it uploads once more.
+        """
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                return put_blocks(
+                    self._container, self._pools()[1], name, self._where(key), source, size, digest
+                )
+            except CommitLost as lost:
+                there = self._head(name, key)
+                if there is not None and (there.size, there.sha256) == (size, lost.digest):
+                    return there
+                if attempt + 1 == COMMIT_ATTEMPTS:
+                    raise StorageError(
+                        f"{self.url_for(key)}: other writers kept replacing this blob while it "
+                        "was uploaded; try again"
+                    ) from lost
+                digest = lost.digest
+        raise StorageError(f"{self.url_for(key)}: not uploaded")  # pragma: no cover
 
     def _down(
         self, name: str, key: str, temp: str | None, verify: bool
     ) -> tuple[bytes, ObjectInfo]:
-        return download(self._container, self._pools()[1], name, self._where(key), temp, verify)
+        """Download, restarting once when the blob was replaced during the read."""
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return download(
+                    self._container, self._pools()[1], name, self._where(key), temp, verify
+                )
+            except BlobChanged:
+                if attempt + 1 == READ_ATTEMPTS:
+                    raise
+        raise StorageError(f"{self.url_for(key)}: not read")  # pragma: no cover
 
     def _pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
-        if self._files is None or self._blocks is None:
-            self._files = ThreadPoolExecutor(FILE_THREADS, thread_name_prefix="azm-blob-file")
-            self._blocks = ThreadPoolExecutor(BLOCK_THREADS, thread_name_prefix="azm-blob-block")
-        return self._files, self._blocks
+        with self._lock:
+            if self._files is None or self._blocks is None:
+                self._files = ThreadPoolExecutor(FILE_THREADS, thread_name_prefix="azm-blob-file")
+                self._blocks = ThreadPoolExecutor(
+                    BLOCK_THREADS, thread_name_prefix="azm-blob-block"
+                )
+            return self._files, self._blocks
 
     # -- the Storage calls -----------------------------------------------------------------
     def check(self) -> None:
@@ -142,12 +193,15 @@ class BlobStorage:
                 from azure.core.exceptions import ResourceExistsError
 
                 with contextlib.suppress(ResourceExistsError):
-                    self._container.create_container(retry_total=CHECK_RETRIES)
+                    self._container.create_container(
+                        retry_total=CHECK_RETRIES, read_timeout=CHECK_READ_TIMEOUT_S
+                    )
                 return
             pages = self._container.list_blobs(
                 name_starts_with=self._base + self.access.prefix,
                 results_per_page=1,
                 retry_total=CHECK_RETRIES,
+                read_timeout=CHECK_READ_TIMEOUT_S,
             ).by_page()
             next(iter(pages), None)
 
@@ -170,15 +224,7 @@ class BlobStorage:
         name = self._name(key, write=True)
         digest = hashlib.sha256(data).hexdigest()
         if len(data) > BLOCK_BYTES:
-            return put_blocks(
-                self._container,
-                self._pools()[1],
-                name,
-                self._where(key),
-                memoryview(data),
-                len(data),
-                digest,
-            )
+            return self._blocks_up(name, key, memoryview(data), len(data), digest)
         with mapped_errors(self.url_for(key), self._endpoint):
             done = self._container.get_blob_client(name).upload_blob(
                 data, length=len(data), overwrite=True, metadata={SHA_KEY: digest}
@@ -209,9 +255,7 @@ class BlobStorage:
             return ObjectInfo(key, len(data), digest, stamp(done["last_modified"]))
         fd = os.open(local, os.O_RDONLY)
         try:
-            return put_blocks(
-                self._container, self._pools()[1], name, self._where(key), fd, size, sha256
-            )
+            return self._blocks_up(name, key, fd, size, sha256)
         finally:
             os.close(fd)
 
@@ -248,6 +292,7 @@ class BlobStorage:
             self._name(key, write=True)
             if not Path(local).is_file():
                 raise ConfigError(f"local file {local} does not exist (or is not a file)")
+        check_unique([key for _local, key in pairs])
         files, _ = self._pools()
         if len(pairs) < LIST_FIRST_AT:
             return parallel_map(files, lambda p: self._put(p[0], p[1], None, True), pairs)
@@ -263,26 +308,17 @@ class BlobStorage:
     def get_file(self, key: str, local: Path, *, verify: bool = True) -> ObjectInfo:
         """Download ``key`` to ``local`` (temp file + rename), verifying its SHA-256."""
         name = self._name(key, write=False)
-        local = Path(local)
-        local.parent.mkdir(parents=True, exist_ok=True)
         infos: builtins.list[ObjectInfo] = []
 
         def fill(temp: str) -> None:
             infos.append(self._down(name, key, temp, verify)[1])
 
-        atomic_write(local, fill, local.parent)
+        download_to(Path(local), fill)
         return infos[0]
 
     def get_bytes(self, key: str, *, verify: bool = True) -> bytes:
         """Return the bytes at ``key``, verified against the recorded SHA-256."""
-        return download(
-            self._container,
-            self._pools()[1],
-            self._name(key, write=False),
-            self._where(key),
-            None,
-            verify,
-        )[0]
+        return self._down(self._name(key, write=False), key, None, verify)[0]
 
     def get_files(
         self, pairs: Sequence[tuple[str, Path]], *, verify: bool = True
@@ -302,7 +338,8 @@ class BlobStorage:
             for item in self._container.list_blobs(
                 name_starts_with=self._base + prefix, include=["metadata"]
             ):
-                yield blob_info(item.name[cut:], item.size, item.metadata, item.last_modified)
+                if is_key(item.name[cut:]):  # names no call accepts (a//b, .azm-x, c/) skipped
+                    yield blob_info(item.name[cut:], item.size, item.metadata, item.last_modified)
 
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         """Return the sorted names of the "folders" directly under ``prefix``."""
@@ -315,7 +352,7 @@ class BlobStorage:
                 for item in self._container.walk_blobs(
                     name_starts_with=self._base + folder, delimiter="/"
                 )
-                if isinstance(item, BlobPrefix)
+                if isinstance(item, BlobPrefix) and is_key(folder + item.name[cut:].rstrip("/"))
             )
 
     def delete(self, key: str) -> None:
@@ -354,10 +391,12 @@ class BlobStorage:
 
     def close(self) -> None:
         """Stop the transfer threads and close the HTTP connections."""
-        for pool in (self._files, self._blocks):
+        with self._lock:
+            pools = (self._files, self._blocks)
+            self._files = self._blocks = None
+        for pool in pools:
             if pool is not None:
                 pool.shutdown(wait=True)
-        self._files = self._blocks = None
         self._container.close()
         for thing in self._closers:
             close = getattr(thing, "close", None)

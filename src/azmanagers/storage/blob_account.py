@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import NoReturn
 
 import requests
 from azure.core.credentials import TokenCredential
@@ -36,7 +37,7 @@ from azmanagers.errors import (
     StorageError,
     StorageNotFoundError,
 )
-from azmanagers.storage.base import check_key
+from azmanagers.storage.base import check_key, shown_url
 
 CONNECTION_ENV = ("AZMANAGERS_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_CONNECTION_STRING")
 """Environment variables holding a connection string, in order of precedence."""
@@ -57,7 +58,17 @@ POOL_CONNECTIONS = BLOCK_THREADS + FILE_THREADS + 4
 """HTTP connections kept per host: every thread has one."""
 
 CONNECT_TIMEOUT_S = 10.0
-READ_TIMEOUT_S = 120.0
+"""Longest wait for a TCP connection to the Blob endpoint."""
+
+READ_TIMEOUT_S = 60.0
+"""Longest silence on a data call's socket (one 8 MiB block moves in well under this). With
+RETRIES, one request is silent for at most (1 + RETRIES) * (READ_TIMEOUT_S + backoff), about
+4 minutes on an endpoint that accepts and never answers, then a StorageError."""
+
+CHECK_READ_TIMEOUT_S = 4.0
+"""check()'s read timeout: with one retry, an endpoint that never answers is reported in about
+12 seconds (4 + backoff + 4)."""
+
 READ_BLOCK_BYTES = 1 << 20
 """Bytes read from a response per step (the transport's own default, 4 KiB, is slow)."""
 
@@ -91,6 +102,12 @@ class BlobLocation:
 
 def parse_az_url(url: str) -> BlobLocation:
     """Split ``az://container[/prefix]``; ConfigError naming the URL when it is malformed."""
+    shown = shown_url(url)
+    if shown != url:
+        raise ConfigError(
+            f"storage URL {shown!r}: no query (SAS) in az:// URLs; the account comes from "
+            "connection_string= or AZMANAGERS_STORAGE_CONNECTION_STRING"
+        )
     rest = url.removeprefix("az://").strip("/")
     container, _, prefix = rest.partition("/")
     if not CONTAINER_NAME.fullmatch(container):
@@ -272,45 +289,46 @@ def container_sas(
     raise StorageAccessError(f"container {container}: this credential cannot grant access")
 
 
-def _code(exc: HttpResponseError) -> str:
-    """The service's error code (the storage SDK sets ``error_code``), else the status."""
+def error_code(exc: HttpResponseError) -> str:
+    """The service's error code (e.g. "InvalidBlockList"), else the HTTP status."""
     code = getattr(exc, "error_code", None)
-    return str(code or exc.status_code)
+    return str(getattr(code, "value", code) or exc.status_code)
 
 
 @contextlib.contextmanager
-def mapped_errors(what: str, endpoint: str) -> Iterator[None]:
-    """Map azure.core exceptions to ours; no key or SAS ever goes into a message."""
+def mapped_errors(what: str, endpoint: str, passing: tuple[int, ...] = ()) -> Iterator[None]:
+    """Map azure.core exceptions to ours; no key or SAS ever goes into a message.
+
+    HTTP errors whose status is in ``passing`` are re-raised as they are, for the caller.
+    """
     try:
         yield
     except (ConfigError, StorageError, IntegrityError):
         raise
-    except ResourceNotFoundError as exc:
-        code = _code(exc)
-        if code == "ContainerNotFound":
-            raise StorageNotFoundError(
-                f"{what}: the container does not exist; create it or call check() as its owner"
-            ) from exc
-        raise StorageNotFoundError(f"{what}: not found") from exc
-    except ClientAuthenticationError as exc:
-        raise StorageAccessError(
-            f"{what}: refused ({_code(exc)}); the SAS may have expired, "
-            "or the credential lacks this permission"
-        ) from exc
     except HttpResponseError as exc:
-        if exc.status_code in (401, 403):
-            raise StorageAccessError(
-                f"{what}: refused ({_code(exc)}); the SAS may have "
-                "expired, or the credential lacks this permission"
-            ) from exc
-        if exc.status_code == 404:
-            raise StorageNotFoundError(f"{what}: not found ({_code(exc)})") from exc
-        raise StorageError(
-            f"{what}: the service answered {exc.status_code} ({_code(exc)})"
-        ) from exc
+        if exc.status_code in passing:
+            raise
+        _map_http(what, exc)
     except (ServiceRequestError, ServiceResponseError) as exc:
         # Connection messages may quote the request URL, whose query holds a SAS: say less.
         raise StorageError(
             f"{what}: cannot reach the Blob endpoint {endpoint} ({type(exc).__name__}); "
             "check the account, the network and that the service is up"
         ) from None
+
+
+def _map_http(what: str, exc: HttpResponseError) -> NoReturn:
+    """Raise our error for an azure.core HTTP error (codes printed as the service sends them)."""
+    code = error_code(exc)
+    if isinstance(exc, ResourceNotFoundError) or exc.status_code == 404:
+        if code == "ContainerNotFound":
+            raise StorageNotFoundError(
+                f"{what}: the container does not exist; create it or call check() as its owner"
+            ) from exc
+        raise StorageNotFoundError(f"{what}: not found ({code})") from exc
+    if isinstance(exc, ClientAuthenticationError) or exc.status_code in (401, 403):
+        raise StorageAccessError(
+            f"{what}: refused ({code}); the SAS may have expired, or the credential (SAS or "
+            "account key) lacks this permission or is wrong"
+        ) from exc
+    raise StorageError(f"{what}: the service answered {exc.status_code} ({code})") from exc

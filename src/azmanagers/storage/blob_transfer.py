@@ -13,15 +13,37 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobBlock, BlobProperties, ContainerClient
 
 from azmanagers.errors import IntegrityError, StorageError
 from azmanagers.storage.base import ObjectInfo
-from azmanagers.storage.blob_account import BLOCK_BYTES, BLOCK_THREADS, mapped_errors
-from azmanagers.storage.hashing import is_sha256
+from azmanagers.storage.blob_account import (
+    BLOCK_BYTES,
+    BLOCK_THREADS,
+    error_code,
+    mapped_errors,
+)
+from azmanagers.storage.hashing import MALFORMED, read_recorded
 
 SHA_KEY = "azm_sha256"
 """Blob metadata name holding the object's SHA-256 (lower-case hex)."""
+
+
+class BlobChanged(StorageError):
+    """The blob was replaced while it was being read (412 on a read pinned to its ETag)."""
+
+
+class CommitLost(StorageError):
+    """Our block list could not be committed: another writer committed the blob meanwhile."""
+
+    def __init__(self, message: str, digest: str) -> None:
+        super().__init__(message)
+        self.digest = digest
+
+
+LOST_CODES = frozenset({"InvalidBlockList", "BlockListTooLong", "BlobNotFound", "ConditionNotMet"})
+"""Commit errors that mean another writer's commit discarded our staged blocks."""
 
 
 @dataclass(frozen=True)
@@ -36,11 +58,11 @@ class Where:
 def blob_info(
     key: str, size: int, metadata: dict[str, str] | None, modified: datetime
 ) -> ObjectInfo:
-    sha = (metadata or {}).get(SHA_KEY)
+    sha = read_recorded((metadata or {}).get(SHA_KEY))
     return ObjectInfo(
         key=key,
         size=size,
-        sha256=sha if sha and is_sha256(sha) else None,
+        sha256=None if sha == MALFORMED else sha,
         modified=modified.timestamp(),
     )
 
@@ -96,9 +118,16 @@ def put_blocks(
             for future in pending:
                 future.cancel()
         digest = digest or (hasher.hexdigest() if hasher else "")
-        done = blob.commit_block_list(
-            [BlobBlock(block_id=i) for i in ids], metadata={SHA_KEY: digest}
-        )
+        try:
+            done = blob.commit_block_list(
+                [BlobBlock(block_id=i) for i in ids], metadata={SHA_KEY: digest}
+            )
+        except HttpResponseError as exc:
+            if exc.status_code in (409, 412) or error_code(exc) in LOST_CODES:
+                raise CommitLost(
+                    f"{where.url}: another writer committed this blob during the upload", digest
+                ) from exc
+            raise
     return ObjectInfo(where.key, size, digest, stamp(done["last_modified"]))
 
 
@@ -123,11 +152,32 @@ def download(
     ``blocks``, pinned to that ETag, each written in place by the thread that read it, while
     the caller's thread hashes the finished ranges in order.
     """
-    with mapped_errors(where.url, where.endpoint):
+    try:
+        return _download(container, blocks, name, where, temp, verify)
+    except HttpResponseError as exc:
+        if exc.status_code != 412:
+            raise
+        raise BlobChanged(f"{where.url} kept changing while being read; try again") from exc
+
+
+def _download(
+    container: ContainerClient,
+    blocks: ThreadPoolExecutor,
+    name: str,
+    where: Where,
+    temp: str | None,
+    verify: bool,
+) -> tuple[bytes, ObjectInfo]:
+    with mapped_errors(where.url, where.endpoint, passing=(412,)):
         first = container.download_blob(name)
         props: BlobProperties = first.properties
         size = first.size
-        recorded = (props.metadata or {}).get(SHA_KEY) if verify else None
+        recorded = read_recorded((props.metadata or {}).get(SHA_KEY)) if verify else None
+        if recorded == MALFORMED:
+            raise IntegrityError(
+                f"{where.url}: its recorded SHA-256 ({SHA_KEY} metadata) is not a hash; the blob "
+                "was changed outside azmanagers: store it again"
+            )
         hasher = hashlib.sha256() if recorded else None
         head = next(iter(first.chunks()), b"") if size > BLOCK_BYTES else first.readall()
         buffer = bytearray(size) if temp is None else None

@@ -42,3 +42,20 @@ def sha256_bytes(data: bytes) -> str:
 def is_sha256(text: str) -> bool:
     """Tell whether ``text`` looks like a lower-case hex SHA-256 digest."""
     return len(text) == HEX_LENGTH and all(c in "0123456789abcdef" for c in text)
+
+
+MALFORMED = "malformed"
+"""What read_recorded returns for a recorded hash that is there but not a SHA-256."""
+
+
+def read_recorded(value: str | None) -> str | None:
+    """Return a recorded hash in its one form: lower-case hex, None when none, or MALFORMED.
+
+    The one rule for every back-end: a recorded value is lower-cased; a value that is then
+    not 64 hex characters is MALFORMED (``stat``/``list`` say ``sha256=None`` for it and a
+    verified read raises IntegrityError); only a missing value means "written by someone else".
+    """
+    if value is None:
+        return None
+    text = value.strip().lower()
+    return text if is_sha256(text) else MALFORMED

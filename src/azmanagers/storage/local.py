@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import fcntl
 import hashlib
 import os
-import shutil
+import stat as statmod
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from azmanagers.errors import (
     ConfigError,
@@ -27,87 +30,57 @@ from azmanagers.storage.base import (
     check_key,
     check_prefix,
     check_ttl,
+    check_unique,
     dir_prefix,
+    is_key,
+    local_root,
     parallel_map,
 )
-from azmanagers.storage.hashing import CHUNK_BYTES, is_sha256, sha256_file
+from azmanagers.storage.files import DIR_MODE, copy_hashing, download_to, makedirs, os_errors, sweep
+from azmanagers.storage.hashing import MALFORMED, is_sha256, read_recorded, sha256_file
 
 META_DIR = ".azm-meta"
 """Folder under the root holding one sidecar per object: "<sha256 hex> <size>"."""
 
+LOCK_NAME = ".azm-lock"
+"""File in META_DIR that writers flock (exclusive) while they swap an object and its sidecar,
+and readers (shared) while they open an object and read its sidecar."""
+
 TEMP_PREFIX = ".azm-tmp-"
 """Temp files (renamed into place when complete) start with this; never listed."""
 
+TEMP_MAX_AGE_S = 3600.0
+"""Temp files older than this, left by a killed put, are removed by the next put in that
+folder (once per folder per LocalStorage)."""
+
 COPY_THREADS = 8
 """Threads for put_files/get_files (copies release the GIL)."""
-
-DIR_MODE = 0o700
-"""Folders we create in the root."""
-
-
-@contextlib.contextmanager
-def _os_errors(what: str) -> Iterator[None]:
-    """Map OSError to the storage errors, naming ``what``."""
-    try:
-        yield
-    except (ConfigError, StorageError):
-        raise
-    except FileNotFoundError as exc:
-        raise StorageNotFoundError(f"{what}: not found ({exc.strerror})") from exc
-    except PermissionError as exc:
-        raise StorageAccessError(f"{what}: permission denied; check the folder's owner") from exc
-    except OSError as exc:
-        raise StorageError(f"{what}: {exc.strerror or exc}") from exc
-
-
-def _makedirs(path: Path, stop: Path) -> None:
-    """Create ``path`` and its missing parents up to ``stop``, each with mode 0700."""
-    if path.is_dir():
-        return
-    if path != stop and path.parent != path:
-        _makedirs(path.parent, stop)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, DIR_MODE)
-
-
-def atomic_write(target: Path, fill: Callable[[str], object], stop: Path) -> None:
-    """Write ``target`` through a temp file in its folder (``fill(temp)``) and a rename."""
-    _makedirs(target.parent, stop)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
-    os.close(fd)
-    try:
-        fill(temp)
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
-def _copy_hashing(source: Path, temp: str) -> str:
-    """Copy ``source`` to ``temp`` in one pass and return the SHA-256 of what was copied."""
-    digest = hashlib.sha256()
-    with open(source, "rb") as reader, open(temp, "wb") as writer:
-        while chunk := reader.read(CHUNK_BYTES):
-            digest.update(chunk)
-            writer.write(chunk)
-    return digest.hexdigest()
 
 
 class LocalStorage:
     """Objects as files under a folder (``file:///abs/path``).
 
-    Writes go to a temp file in the same folder, then ``os.replace``; files are 0600 and
-    folders 0700. Each object's SHA-256 and size sit in ``<root>/.azm-meta/<key>``, removed
-    before and written after the data, so a reader sees no hash or a matching one.
+    Writes go to a temp file in the same folder; files are 0600 and folders 0700. Each
+    object's SHA-256 and size sit in ``<root>/.azm-meta/<key>``. Under an exclusive lock
+    (LOCK_NAME) a writer removes the old sidecar, renames the new data into place and then
+    renames the new sidecar in; readers take the lock shared to open the data and read its
+    sidecar. So a sidecar always describes the data next to it, or is missing (a writer was
+    killed between the renames, or someone else wrote the file): two racing writers end with
+    one writer's matching pair. A sidecar that does not match (size, hash or format) fails a
+    verified read with IntegrityError; ``stat``/``list`` then say ``sha256=None``.
+
+    Links (symlinks) inside the root are never followed: a key whose path resolves elsewhere
+    than ``realpath(root)/key`` is refused with StorageAccessError, and listings skip links.
     """
 
     def __init__(self, root: Path, *, access: Access | None = None, create: bool = True) -> None:
-        self.root = Path(root)
+        self.root = local_root(str(root))
         self.url = self.root.as_uri()
         self.access = access or Access()
         self._create = create
         self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._swept: set[Path] = set()
 
     def __repr__(self) -> str:
         return f"LocalStorage({self.url!r}, prefix={self.access.prefix!r})"
@@ -128,37 +101,115 @@ class LocalStorage:
         self.access.check(key, write=write, url=self.url, delete=delete)
         return key
 
-    def _meta(self, key: str) -> Path:
-        return self.root / META_DIR / key
+    def _real(self) -> Path:
+        return Path(os.path.realpath(self.root))
 
-    def _read_meta(self, key: str, size: int) -> str | None:
-        """Return the recorded SHA-256 of ``key`` when its sidecar matches ``size``."""
+    def _inside(self, rel: str, key: str) -> Path:
+        """Return ``realpath(root)/rel``; StorageAccessError when a link leads elsewhere."""
+        real = self._real()
+        path = real / rel
+        if os.path.realpath(path) != str(path):
+            raise StorageAccessError(
+                f"{self.url_for(key)} is reached through a link (symlink) in the storage "
+                "folder; file:// storage never follows links, remove the link"
+            )
+        return path
+
+    def _path(self, key: str) -> Path:
+        return self._inside(key, key)
+
+    def _meta(self, key: str) -> Path:
+        return self._inside(f"{META_DIR}/{key}", key)
+
+    @contextlib.contextmanager
+    def _locked(self, *, shared: bool) -> Iterator[None]:
+        """Hold the root's sidecar lock (readers: shared, and only when it exists)."""
+        lock = self._real() / META_DIR / LOCK_NAME
+        try:
+            if shared:
+                fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+            else:
+                makedirs(lock.parent, self._real())
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except FileNotFoundError:
+            if not shared:
+                raise
+            yield  # no sidecar was ever written through us: nothing to keep in step
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _recorded(self, key: str, size: int) -> str | None:
+        """Return the sidecar's hash, None when there is none, MALFORMED when it does not fit."""
         try:
             text = self._meta(key).read_text()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+        except (UnicodeDecodeError, ValueError):
+            return MALFORMED
         parts = text.split()
-        if len(parts) == 2 and is_sha256(parts[0]) and parts[1] == str(size):
-            return parts[0]
-        return None
+        if len(parts) != 2 or parts[1] != str(size):
+            return MALFORMED
+        return read_recorded(parts[0])
 
-    def _write_meta(self, key: str, sha256: str, size: int) -> None:
-        def fill(temp: str) -> None:
-            Path(temp).write_text(f"{sha256} {size}\n")
+    def _info(self, key: str, st: os.stat_result, recorded: str | None) -> ObjectInfo:
+        sha = None if recorded == MALFORMED else recorded
+        return ObjectInfo(key=key, size=st.st_size, sha256=sha, modified=st.st_mtime)
 
-        atomic_write(self._meta(key), fill, self.root)
+    def _sweep(self, folder: Path) -> None:
+        with self._lock:
+            if folder in self._swept:
+                return
+            self._swept.add(folder)
+        sweep(folder, TEMP_PREFIX, TEMP_MAX_AGE_S)
 
-    def _drop_meta(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            os.unlink(self._meta(key))
-
-    def _info(self, key: str, st: os.stat_result, sha256: str | None) -> ObjectInfo:
-        return ObjectInfo(key=key, size=st.st_size, sha256=sha256, modified=st.st_mtime)
+    def _write(self, key: str, fill: Callable[[str], str]) -> ObjectInfo:
+        """Write ``key`` through a temp file (``fill(temp)`` returns its SHA-256) and commit."""
+        target, meta = self._path(key), self._meta(key)
+        real = self._real()
+        try:
+            makedirs(target.parent, real)
+            makedirs(meta.parent, real)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise ConfigError(
+                f"{self.url_for(key)}: a part of the key is an object, not a folder; file:// "
+                "cannot keep both 'a' and 'a/b'"
+            ) from exc
+        self._sweep(target.parent)
+        self._sweep(meta.parent)
+        temps: builtins.list[str] = []
+        try:
+            for folder in (target.parent, meta.parent):
+                fd, temp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX)
+                os.close(fd)
+                temps.append(temp)
+            digest = fill(temps[0])
+            st = os.stat(temps[0])
+            Path(temps[1]).write_text(f"{digest} {st.st_size}\n")
+            with self._locked(shared=False):
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    os.unlink(meta)
+                try:
+                    os.replace(temps[0], target)
+                except (IsADirectoryError, NotADirectoryError) as exc:
+                    raise ConfigError(
+                        f"{self.url_for(key)} is a folder here (it holds other keys); file:// "
+                        "cannot keep both 'a' and 'a/b'"
+                    ) from exc
+                os.replace(temps[1], meta)
+        finally:
+            for temp in temps:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+        return self._info(key, st, digest)
 
     # -- the Storage calls -----------------------------------------------------------------
     def check(self) -> None:
         """Check the root folder exists and is usable (create it 0700 when allowed)."""
-        with _os_errors(f"storage folder {self.root}"):
+        with os_errors(f"storage folder {self.root}"):
             if self._create and not self.root.exists():
                 self.root.mkdir(mode=DIR_MODE, parents=True)
             if not self.root.is_dir():
@@ -172,99 +223,117 @@ class LocalStorage:
                 )
 
     def put_file(self, local: Path, key: str, *, sha256: str | None = None) -> ObjectInfo:
-        """Copy ``local`` to ``key``, unless the object there already has its SHA-256."""
+        """Copy ``local`` to ``key``, unless the object there already has its SHA-256.
+
+        The recorded hash is that of the bytes copied (one pass); a ``sha256`` given that
+        differs from them (the file changed, or the value is wrong) is a StorageError.
+        """
         self._key(key, write=True)
         local = Path(local)
         if not local.is_file():
             raise ConfigError(f"local file {local} does not exist (or is not a file)")
         if sha256 is not None and not is_sha256(sha256):
             raise ConfigError(f"sha256 {sha256!r}: expected 64 lower-case hex characters")
-        target = self.root / key
-        with _os_errors(f"{self.url_for(key)} from {local}"):
-            digest = sha256 or sha256_file(local)
+        with os_errors(f"{self.url_for(key)} from {local}"):
+            target = self._path(key)
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 st = os.stat(target)
-                if self._read_meta(key, st.st_size) == digest:
-                    return self._info(key, st, digest)
-            self._drop_meta(key)
-            atomic_write(target, lambda temp: shutil.copyfile(local, temp), self.root)
-            st = os.stat(target)
-            self._write_meta(key, digest, st.st_size)
-        return self._info(key, st, digest)
+                recorded = self._recorded(key, st.st_size)
+                same_size = st.st_size == os.stat(local).st_size
+                if recorded not in (None, MALFORMED) and same_size:  # noqa: SIM102 (hash last)
+                    if (sha256 or sha256_file(local)) == recorded:
+                        return self._info(key, st, recorded)
+
+            def fill(temp: str) -> str:
+                with open(local, "rb") as reader:
+                    got = copy_hashing(reader, temp)
+                if sha256 is not None and got != sha256:
+                    raise StorageError(
+                        f"{self.url_for(key)} from {local}: the file's SHA-256 is {got}, not the "
+                        f"{sha256} given (did it change?); nothing was stored"
+                    )
+                return got
+
+            return self._write(key, fill)
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         """Write ``data`` at ``key`` (overwrite, atomic)."""
         self._key(key, write=True)
-        target = self.root / key
-        with _os_errors(self.url_for(key)):
-            digest = hashlib.sha256(data).hexdigest()
-            self._drop_meta(key)
-            atomic_write(target, lambda temp: Path(temp).write_bytes(data), self.root)
-            st = os.stat(target)
-            self._write_meta(key, digest, st.st_size)
-        return self._info(key, st, digest)
 
-    def _fetch(self, key: str, temp: str, verify: bool) -> ObjectInfo:
-        """Copy ``key`` into ``temp``; verify against the sidecar (re-read once if it moved)."""
-        source = self.root / key
-        for attempt in range(2):
-            st = os.stat(source)
-            if not os.path.isfile(source):
-                raise StorageNotFoundError(f"{self.url_for(key)} is a folder, not an object")
-            recorded = self._read_meta(key, st.st_size)
-            if not (verify and recorded):
-                shutil.copyfile(source, temp)
-                return self._info(key, st, recorded)
-            got = _copy_hashing(source, temp)
-            if got == recorded:
-                return self._info(key, st, recorded)
-            if attempt == 0 and self._read_meta(key, os.stat(source).st_size) != recorded:
-                continue  # a writer replaced the object meanwhile: read the new one
+        def fill(temp: str) -> str:
+            Path(temp).write_bytes(data)
+            return hashlib.sha256(data).hexdigest()
+
+        with os_errors(self.url_for(key)):
+            return self._write(key, fill)
+
+    @contextlib.contextmanager
+    def _reading(self, key: str) -> Iterator[tuple[BinaryIO, os.stat_result, str | None]]:
+        """Open ``key`` and read its sidecar as one consistent pair (under the shared lock)."""
+        source = self._path(key)
+        with self._locked(shared=True):
+            try:
+                reader = open(source, "rb")  # noqa: SIM115 (closed below)
+            except (IsADirectoryError, NotADirectoryError) as exc:
+                raise StorageNotFoundError(f"{self.url_for(key)}: no such object") from exc
+            try:
+                st = os.fstat(reader.fileno())
+                recorded = self._recorded(key, st.st_size)
+            except BaseException:
+                reader.close()
+                raise
+        with reader:
+            yield reader, st, recorded
+
+    def _verified(self, key: str, recorded: str | None, got: str | None) -> None:
+        if recorded == MALFORMED:
+            raise IntegrityError(
+                f"{self.url_for(key)}: its SHA-256 sidecar does not fit the object (other size "
+                "or not a hash); the object was changed outside azmanagers: store it again"
+            )
+        if recorded is not None and got != recorded:
             raise IntegrityError(
                 f"{self.url_for(key)}: SHA-256 {got} does not match the recorded {recorded}"
             )
-        raise StorageError(f"{self.url_for(key)} kept changing while being read; try again")
 
     def get_file(self, key: str, local: Path, *, verify: bool = True) -> ObjectInfo:
-        """Copy ``key`` to ``local`` (temp file + rename), verifying its SHA-256."""
+        """Copy ``key`` to ``local`` (part file + rename), verifying its SHA-256."""
         self._key(key, write=False)
         local = Path(local)
-        info: list[ObjectInfo] = []
-        with _os_errors(f"{self.url_for(key)} to {local}"):
-            local.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(
-                local, lambda temp: info.append(self._fetch(key, temp, verify)), local.parent
-            )
+        info: builtins.list[ObjectInfo] = []
+
+        def fill(temp: str) -> None:
+            with self._reading(key) as (reader, st, recorded):
+                got = copy_hashing(reader, temp)
+            if verify:
+                self._verified(key, recorded, got)
+            info.append(self._info(key, st, recorded))
+
+        with os_errors(f"{self.url_for(key)} to {local}"):
+            download_to(local, fill)
         return info[0]
 
     def get_bytes(self, key: str, *, verify: bool = True) -> bytes:
         """Return the bytes at ``key``, verified against the recorded SHA-256."""
         self._key(key, write=False)
-        source = self.root / key
-        with _os_errors(self.url_for(key)):
-            for _attempt in range(2):
-                if not source.is_file() and source.exists():
-                    raise StorageNotFoundError(f"{self.url_for(key)} is a folder, not an object")
-                data = source.read_bytes()
-                recorded = self._read_meta(key, len(data))
-                if not (verify and recorded) or hashlib.sha256(data).hexdigest() == recorded:
-                    return data
-            raise IntegrityError(
-                f"{self.url_for(key)}: its bytes do not match the recorded SHA-256 {recorded}"
-            )
-        raise StorageError(f"{self.url_for(key)}: could not be read")  # pragma: no cover
+        with os_errors(self.url_for(key)), self._reading(key) as (reader, _st, recorded):
+            data = reader.read()
+        if verify:
+            self._verified(key, recorded, hashlib.sha256(data).hexdigest())
+        return data
 
     def stat(self, key: str) -> ObjectInfo | None:
         """Return the info of ``key``, or None when there is no object."""
         self._key(key, write=False)
-        with _os_errors(self.url_for(key)):
+        with os_errors(self.url_for(key)):
+            path = self._path(key)
             try:
-                st = os.stat(self.root / key)
+                st = os.stat(path)
             except (FileNotFoundError, NotADirectoryError):
                 return None
-            if not os.path.isfile(self.root / key):
+            if not statmod.S_ISREG(st.st_mode):
                 return None
-            return self._info(key, st, self._read_meta(key, st.st_size))
+            return self._info(key, st, self._recorded(key, st.st_size))
 
     def _walk(self, folder: Path, rel: str, out: builtins.list[tuple[str, os.stat_result]]) -> None:
         try:
@@ -272,40 +341,43 @@ class LocalStorage:
         except (FileNotFoundError, NotADirectoryError):
             return
         for entry in entries:
-            if entry.name.startswith(".azm-"):
-                continue
+            key = f"{rel}{entry.name}"
+            if entry.is_symlink() or not is_key(key):
+                continue  # links, our .azm- names and names no call accepts
             if entry.is_dir(follow_symlinks=False):
-                self._walk(Path(entry.path), f"{rel}{entry.name}/", out)
-            elif entry.is_file():
+                self._walk(Path(entry.path), f"{key}/", out)
+            elif entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(FileNotFoundError):
-                    out.append((f"{rel}{entry.name}", entry.stat()))
+                    out.append((key, entry.stat(follow_symlinks=False)))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        """Yield the objects whose keys start with ``prefix``, sorted by key."""
+        """Yield the objects whose keys start with ``prefix``, sorted by key (no links)."""
         check_prefix(prefix)
         self.access.check(prefix, write=False, url=self.url)
         folder = prefix[: prefix.rfind("/") + 1]
         found: builtins.list[tuple[str, os.stat_result]] = []
-        with _os_errors(f"{self.url}/{prefix}"):
-            self._walk(self.root / folder, folder, found)
+        with os_errors(f"{self.url}/{prefix}"):
+            start = self._inside(folder, folder.rstrip("/")) if folder else self._real()
+            self._walk(start, folder, found)
         found.sort(key=lambda item: item[0])
         for key, st in found:
             if key.startswith(prefix):
-                yield self._info(key, st, self._read_meta(key, st.st_size))
+                yield self._info(key, st, self._recorded(key, st.st_size))
 
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
-        """Return the sorted names of the folders directly under ``prefix``."""
+        """Return the sorted names of the folders directly under ``prefix`` (no links)."""
         folder = dir_prefix(prefix)
         self.access.check(folder, write=False, url=self.url)
-        with _os_errors(f"{self.url}/{folder}"):
+        with os_errors(f"{self.url}/{folder}"):
+            start = self._inside(folder, folder.rstrip("/")) if folder else self._real()
             try:
-                entries = list(os.scandir(self.root / folder))
+                entries = list(os.scandir(start))
             except (FileNotFoundError, NotADirectoryError):
                 return []
             return sorted(
                 e.name
                 for e in entries
-                if e.is_dir(follow_symlinks=False) and not e.name.startswith(".azm-")
+                if e.is_dir(follow_symlinks=False) and is_key(folder + e.name)
             )
 
     def _prune(self, folder: Path, stop: Path) -> None:
@@ -318,24 +390,32 @@ class LocalStorage:
             folder = folder.parent
 
     def delete(self, key: str) -> None:
-        """Delete the object at ``key`` and its sidecar; a missing object is fine."""
+        """Delete the object at ``key`` and its sidecar; no object (or a folder) is fine."""
         self._key(key, write=True, delete=True)
-        with _os_errors(self.url_for(key)):
-            self._drop_meta(key)
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                os.unlink(self.root / key)
-            self._prune((self.root / key).parent, self.root)
-            self._prune(self._meta(key).parent, self.root / META_DIR)
+        with os_errors(self.url_for(key)):
+            path, meta = self._path(key), self._meta(key)
+            if os.path.isdir(path):
+                return  # a "folder" is no object, as on az://
+            with self._locked(shared=False):
+                for gone in (meta, path):
+                    with contextlib.suppress(
+                        FileNotFoundError, NotADirectoryError, IsADirectoryError
+                    ):
+                        os.unlink(gone)
+            self._prune(path.parent, self._real())
+            self._prune(meta.parent, self._real() / META_DIR)
 
     def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="azm-file")
-        return self._pool
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="azm-file")
+            return self._pool
 
     def put_files(self, pairs: Sequence[tuple[Path, str]]) -> builtins.list[ObjectInfo]:
         """Copy many ``(local, key)`` pairs in parallel; infos in the order given."""
         for _local, key in pairs:
             self._key(key, write=True)
+        check_unique([key for _local, key in pairs])
         return parallel_map(self._executor(), lambda p: self.put_file(p[0], p[1]), pairs)
 
     def get_files(
@@ -363,6 +443,7 @@ class LocalStorage:
 
     def close(self) -> None:
         """Stop the copy threads."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
