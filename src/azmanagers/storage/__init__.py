@@ -1,8 +1,10 @@
 """The storage seam: objects by key under a root URL, ``file://`` (a folder) or ``az://`` (Blob).
 
 ``base`` (ObjectInfo, Grant, the Storage Protocol, key checks, ``open_storage``,
-``is_storage_url``), ``hashing`` (SHA-256 of files), ``local`` (``file://``: files plus hash
-sidecars under ``.azm-meta/``), ``blob`` (``az://`` on azure-storage-blob) with its account,
+``is_storage_url``), ``hashing`` (SHA-256 of files, the one rule for recorded hashes),
+``files`` (local-file helpers: error mapping, downloads via ``.<name>.azm-part-*``),
+``local`` (``file://``: files plus hash sidecars under ``.azm-meta/``), ``blob`` (``az://`` on
+azure-storage-blob, moving blobs in ``blob_transfer``) with its account,
 HTTP pool and error mapping in ``blob_account``. storage/ may import only ``azmanagers.errors``,
 ``azmanagers._version`` and ``azmanagers.config`` (plus the Azure SDKs, loaded only for az://).
 """
