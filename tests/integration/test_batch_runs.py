@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import pytest
 
 from azmanagers import batch
 from azmanagers.batch.packages import add_package
-from azmanagers.errors import ConfigError
+from azmanagers.errors import BatchError, ConfigError
 from azmanagers.storage import open_storage
 from tests.conftest import processes_under
 
@@ -396,3 +397,95 @@ def test_a_sweep_of_10000_runs_is_fed_in_bounded_chunks(tmp_path: Path) -> None:
     status = job.wait(timeout=DEADLINE_S)
     assert status.status == "cancelled" and status.total == 10_000
     assert len(job.runs()) < 100  # only the runs that started have records
+
+
+def test_a_killed_caller_leaves_a_stopped_job_that_resumes_and_no_run_behind(
+    tmp_path: Path, azm_home: Path
+) -> None:
+    storage = (tmp_path / "runs").as_uri()
+    code = (
+        "from azmanagers import batch\n"
+        "m = batch.Model('m', command='echo \"$I\" >> " + str(tmp_path / "ran.txt") + "; '\n"
+        "                'if [ ! -e " + str(tmp_path / "go") + " ]; then sleep 300; fi')\n"
+        f"batch.submit(m.sweep(batch.product(I=range(2))), name='gone', storage={storage!r},\n"
+        "             wait=True)\n"
+    )
+    env = {**os.environ, "AZMANAGERS_DEATH_TIMEOUT_S": "3"}
+    caller = subprocess.Popen([sys.executable, "-c", code], env=env, start_new_session=True)
+    try:
+        eventually(
+            lambda: (
+                len([p for p in processes_under(azm_home) if p.cmdline()[:2] == ["sleep", "300"]])
+                == 2
+            ),
+            "2 runs running",
+        )
+    finally:
+        os.killpg(caller.pid, signal.SIGKILL)
+        caller.wait()
+    status = batch.attach("gone", storage=storage).status()
+    assert status.status == "stopped" and "submit the job again" in status.message, (
+        status, caller.pid, psutil.pid_exists(caller.pid))
+    # the workers lose their scheduler and end, and their runs with them
+    eventually(
+        lambda: not [p for p in processes_under(azm_home) if p.cmdline()[:2] == ["sleep", "300"]],
+        "the runs killed",
+        60,
+    )
+    (tmp_path / "go").touch()
+    model = batch.Model(
+        "m",
+        command=f'echo "$I" >> {tmp_path / "ran.txt"}; '
+        f"if [ ! -e {tmp_path / 'go'} ]; then sleep 300; fi",
+    )
+    again = batch.submit(
+        model.sweep(batch.product(I=range(2))),
+        name="gone",
+        storage=storage,
+        wait=True,
+        timeout=DEADLINE_S,
+    )
+    assert again.status().status == "succeeded"
+
+
+def test_an_edited_input_is_a_different_job_and_same_dest_inputs_are_refused(
+    tmp_path: Path,
+) -> None:
+    storage = (tmp_path / "runs").as_uri()
+    data = tmp_path / "in.txt"
+    data.write_text("v1\n")
+    model = batch.Model("m", command="cat in.txt", inputs=[str(data)])
+    batch.submit(model, name="edit", storage=storage, wait=True, timeout=DEADLINE_S)
+    data.write_text("v2\n")
+    with pytest.raises(ConfigError, match="input contents"):
+        batch.submit(model, name="edit", storage=storage)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x.txt").write_text("a")
+    (tmp_path / "b" / "x.txt").write_text("b")
+    twice = batch.Model(
+        "m", command="true", inputs=[str(tmp_path / "a" / "x.txt"), str(tmp_path / "b" / "x.txt")]
+    )
+    with pytest.raises(ConfigError, match="same path 'x.txt'"):
+        batch.submit(twice, name="twice", storage=storage)
+
+
+def test_a_second_driver_takes_over_and_the_first_stops(tmp_path: Path) -> None:
+    from azmanagers.batch.api import resubmit
+
+    storage = (tmp_path / "runs").as_uri()
+    model = batch.Model("m", command="sleep 2")
+    first = batch.submit(
+        model.sweep(batch.product(I=range(6))), name="two", storage=storage, workers=2
+    )
+    assert first._local is not None
+    eventually(lambda: first._local.driver.counts["running"] >= 1, "the first driver feeding")
+    # a second driver (as if from another machine, when the first looked stale)
+    record = first.record()
+    first.store.write_job(dataclasses.replace(record, session="other", driver="elsewhere:1"))
+    with pytest.raises(BatchError, match="taken over|driven by"):
+        first.wait(timeout=DEADLINE_S)
+    second = resubmit(
+        batch.attach("two", storage=storage), only_failed=False, wait=True, timeout=DEADLINE_S
+    )
+    assert second.status().status == "succeeded"

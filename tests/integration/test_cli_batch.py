@@ -404,3 +404,12 @@ def test_detach_returns_at_once_and_status_follows_the_job(
         assert out == f"far {runs[0]['params']['N']}\n"
     finally:
         run_azm("vm", "delete", vm)  # it deletes itself after the job; this is for a failure
+
+
+def test_debug_logs_never_show_a_sas_signature(tmp_path: Path) -> None:
+    import logging
+
+    from azmanagers.cli import main
+
+    main(["--debug", "batch", "list", "--storage", (tmp_path / "s").as_uri()])
+    assert logging.getLogger("urllib3").getEffectiveLevel() >= logging.INFO

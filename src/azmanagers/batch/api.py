@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from azmanagers.batch.driver import Driver, Plan, Progress
-from azmanagers.batch.job import STALE_DRIVER_S, Job, JobStatus, _Local
+from azmanagers.batch.driver import Driver, Plan, Progress, TakenOverError, new_session
+from azmanagers.batch.job import Job, JobStatus, _Local, driver_alive
 from azmanagers.batch.model import Model
 from azmanagers.batch.packages import registered_source
 from azmanagers.batch.records import JobRecord, JobStore
 from azmanagers.batch.runner import PackageRef
-from azmanagers.batch.staging import InputRef, Stager
+from azmanagers.batch.staging import InputRef, Stager, dest_for
 from azmanagers.batch.sweep import Sweep
 from azmanagers.config.paths import home
 from azmanagers.errors import AzManagersError, BatchError, ConfigError
@@ -154,12 +156,21 @@ def prepare(
     store = JobStore(opened, name)
     existing = store.read_job()
     if existing is not None:
-        _check_resumable(existing, sweep, opened)
+        _check_not_running(existing)
     _check_reach(opened, _provider_of(cluster))
     refs, shared, packages = _stage(opened, store.prefix, sweep, Path(base or Path.cwd()))
+    digest = job_digest(sweep, refs)
+    if existing is not None and existing.digest != digest:
+        raise ConfigError(
+            f"job {name!r} in {opened.url_for(name)} was submitted with a different model, "
+            "sweep or input contents; use another job name (or another storage) for this one, "
+            "or submit the same definition and inputs to resume it."
+        )
+    session = new_session()
     record = JobRecord(
         name=name,
-        digest=sweep.digest(),
+        session=session,
+        digest=digest,
         definition=sweep.to_dict(),
         total=len(sweep),
         cluster=cluster
@@ -169,7 +180,16 @@ def prepare(
         created=existing.created if existing else time.time(),
     )
     store.write_job(record)
-    return opened, store, Plan(name, store.prefix, sweep, refs, shared, packages)
+    return opened, store, Plan(name, store.prefix, sweep, refs, shared, packages, session)
+
+
+def job_digest(sweep: Sweep, refs: Mapping[str, InputRef]) -> str:
+    """What a job is: its definition and the content of every input (so editing an input and
+    submitting again is a different job, not a resumption mixing old and new results)."""
+    contents = sorted((source, ref.sha256) for source, ref in refs.items())
+    return hashlib.sha256(
+        json.dumps([sweep.digest(), contents], separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def resubmit(
@@ -189,11 +209,13 @@ def resubmit(
     driver), the workers get the same grant.
     """
     record = job.record()
-    if record.status == "running" and time.time() - record.updated_at < STALE_DRIVER_S:
+    if driver_alive(record):
         raise BatchError(
             f"job {job.name!r} is still running (driver {record.driver}); wait for it or cancel "
             "it before retrying."
         )
+    # a job prepared for a driver elsewhere (--detach) keeps the session a cancel names
+    session = record.session if record.status == "submitted" and record.session else None
     sweep = Sweep.from_dict(record.definition)
     refs = {k: InputRef.from_dict(v) for k, v in record.inputs.items()}
     model = sweep.model
@@ -208,7 +230,7 @@ def resubmit(
     except BaseException:
         connection.close()
         raise
-    plan = Plan(job.name, job.store.prefix, sweep, refs, shared, packages)
+    plan = Plan(job.name, job.store.prefix, sweep, refs, shared, packages, session or "")
     return _start(
         job.storage,
         job.store,
@@ -245,15 +267,19 @@ def _start(
         only_failed=only_failed,
         progress=progress,
         grant=grant,
+        session=plan.session or None,
     )
     local: _Local
 
     def drive() -> None:
         try:
             driver.run()
+        except TakenOverError as exc:
+            local.error.append(exc)
         except BaseException as exc:
             local.error.append(exc)
             logger.error("the driver of job %s failed: %r", plan.job, exc)
+            _record_crash(store, driver, exc)
         finally:
             connection.close()
 
@@ -266,6 +292,21 @@ def _start(
     return job
 
 
+def _record_crash(store: JobStore, driver: Driver, exc: BaseException) -> None:
+    """Say in the job record that its driver failed (unless another driver owns it now)."""
+    try:
+        record = store.read_job()
+        if record is not None and record.session == driver.session:
+            store.write_job(
+                replace(
+                    record.with_counts(driver.snapshot(), "failed"),
+                    message=f"the driver failed: {exc!r}; submit the job again to resume it",
+                )
+            )
+    except AzManagersError as again:
+        logger.error("could not record the driver's failure: %s", again)
+
+
 def _single(model: Model) -> Sweep:
     if not isinstance(model, Model):
         raise ConfigError(
@@ -275,15 +316,8 @@ def _single(model: Model) -> Sweep:
     return model.sweep()
 
 
-def _check_resumable(existing: JobRecord, sweep: Sweep, storage: Storage) -> None:
-    where = storage.url_for(existing.name)
-    if existing.digest != sweep.digest():
-        raise ConfigError(
-            f"job {existing.name!r} in {where} was submitted with a different model or sweep; "
-            "use another job name (or another storage) for this one, or submit the same "
-            "definition to resume it."
-        )
-    if existing.status == "running" and time.time() - existing.updated_at < STALE_DRIVER_S:
+def _check_not_running(existing: JobRecord) -> None:
+    if driver_alive(existing):
         raise BatchError(
             f"job {existing.name!r} is running (driver {existing.driver}); attach to it with "
             f"batch.attach({existing.name!r}) or wait until it ends."
@@ -295,9 +329,11 @@ def _stage(
 ) -> tuple[dict[str, InputRef], tuple[InputRef, ...], tuple[PackageRef, ...]]:
     stager = Stager(storage, prefix, base=base)
     model = sweep.model
+    shared_dests = [dest_for(s) for s in model.shared]
     for run in sweep.runs():
         for source in run.inputs:
             stager.add(source)
+        _check_dests(run.run_id, [stager.refs[s].dest for s in run.inputs] + shared_dests)
         if run.overlay is not None:
             stager.add(run.overlay, dest="")
     shared = tuple(stager.add(s) for s in model.shared)
@@ -311,6 +347,17 @@ def _stage(
         packages.append(PackageRef(pkg.name, pkg.version, pkg.env_name, ref))
     stager.flush()
     return dict(stager.refs), shared, tuple(packages)
+
+
+def _check_dests(run_id: str, dests: list[str]) -> None:
+    seen: set[str] = set()
+    for dest in dests:
+        if dest and dest in seen:
+            raise ConfigError(
+                f"two inputs of run {run_id} land on the same path {dest!r} in the run folder; "
+                "rename one, or put them in folders of their own."
+            )
+        seen.add(dest)
 
 
 def _connect(cluster: Any, workers: int | None, storage: Storage) -> _Connection:

@@ -16,7 +16,7 @@ from azmanagers.batch.records import FINAL_STATES, Attempt, JobRecord, JobStore,
 from azmanagers.batch.runner import PackageRef, RunResult, RunTask, cancel_session, execute
 from azmanagers.batch.staging import InputRef
 from azmanagers.batch.sweep import RunSpec, Sweep
-from azmanagers.errors import AzManagersError
+from azmanagers.errors import AzManagersError, BatchError
 from azmanagers.storage.base import Grant, Storage
 
 logger = logging.getLogger("azmanagers.batch")
@@ -34,6 +34,9 @@ GRANT_SLACK_S = 3600.0
 """A grant outlives the longest a run may take by this much."""
 DEFAULT_GRANT_TTL_S = 24 * 3600.0
 """A grant's lifetime for runs without a timeout."""
+MAX_GRANT_TTL_S = 7 * 24 * 3600.0
+"""The longest grant minted (a user-delegation key's limit); longer runs get a fresh one
+when they are requeued or retried."""
 MIN_IN_FLIGHT = 8
 
 Progress = Callable[[Mapping[str, int], int], None]
@@ -50,6 +53,8 @@ class Plan:
     refs: Mapping[str, InputRef]
     shared: tuple[InputRef, ...]
     packages: tuple[PackageRef, ...]
+    session: str = ""
+    """The submission id made when the job was prepared ("" for a fresh one)."""
 
     def task(self, spec: RunSpec, attempt: int, grant: Grant, session: str) -> RunTask:
         model = self.sweep.model
@@ -103,6 +108,7 @@ class Driver:
         only_failed: bool = False,
         progress: Progress | None = None,
         grant: Grant | None = None,
+        session: str | None = None,
     ) -> None:
         self.client = client
         self.storage = storage
@@ -111,11 +117,15 @@ class Driver:
         self.max_in_flight = max(MIN_IN_FLIGHT, max_in_flight)
         self.only_failed = only_failed
         self.progress = progress
-        self.session = uuid.uuid4().hex[:12]
+        self.session = session or new_session()
+        """This submission's id: what a cancel names; a driver that finds another session in
+        the job record stops (another driver took the job over)."""
         self.counts: Counter[str] = Counter()
         self.total = len(plan.sweep)
         self.fetches: Counter[str] = Counter()
         """Files fetched into node caches, by node (what ``shared`` saves)."""
+        self._claimed = False
+        self._taken_over = ""
         self._grant: Grant | None = grant
         self._given_grant = grant is not None
         """A driver that holds only a grant (a detached one) passes it on to the workers."""
@@ -136,6 +146,8 @@ class Driver:
         flights: dict[Any, _Flight] = {}
         job = self._job_record("running")
         self.store.write_job(job)
+        self._claimed = True
+        self._cancelled = self._cancelled or self.store.cancel_requested(self.session)
         exhausted = False
         while True:
             while not exhausted and not self._cancelled and len(flights) < self.max_in_flight:
@@ -153,6 +165,11 @@ class Driver:
             for future in done:
                 self._finish(flights, future, flights.pop(future))
             self._tick(flights)
+        if self._taken_over:
+            raise TakenOverError(
+                f"job {self.plan.job} was taken over by {self._taken_over}; this driver's runs "
+                "were stopped"
+            )
         status = self._final_status()
         job = self._job_record(status)
         self.store.write_job(job)
@@ -215,9 +232,10 @@ class Driver:
         )
         if result.succeeded:
             self._write(flight, "succeeded", result=result)
-        elif result.reason == "evicted" and not self._cancelled:
+        elif result.reason in ("evicted", "lost") and not self._cancelled:
             flight.attempts.pop()  # _lost records it, with its logs
-            self._lost(flights, flight, f"node {result.node} got an eviction notice", result=result)
+            why = "got an eviction notice" if result.reason == "evicted" else "was closing"
+            self._lost(flights, flight, f"node {result.node} {why}", result=result)
         elif result.reason == "cancelled" or self._cancelled:
             self._write(flight, "cancelled", result=result)
         elif flight.failures < self.plan.sweep.model.retries:
@@ -303,6 +321,8 @@ class Driver:
     def _write(
         self, flight: _Flight, status: str, *, result: RunResult | None = None, error: str = ""
     ) -> None:
+        if self._taken_over:
+            return  # the runs are the other driver's now: leave their records alone
         spec = flight.spec
         record = RunRecord(
             job=self.plan.job,
@@ -345,6 +365,11 @@ class Driver:
         current = self.store.read_job()
         if current is None:
             raise AzManagersError(f"the job record of {self.plan.job} disappeared from storage")
+        if self._claimed and current.session != self.session:
+            self._taken_over = current.driver or current.session
+            raise TakenOverError(
+                f"job {self.plan.job} is now driven by {self._taken_over}; this driver stopped"
+            )
         return replace(
             current.with_counts(self.snapshot(), status),
             driver=current.driver
@@ -356,12 +381,22 @@ class Driver:
     def _fresh_grant(self) -> Grant:
         timeout = self.plan.sweep.model.timeout_s
         ttl = DEFAULT_GRANT_TTL_S if timeout is None else timeout * 2 + GRANT_SLACK_S
+        ttl = min(ttl, MAX_GRANT_TTL_S)
         grant = self._grant
         if grant is not None and self._given_grant:
             return grant
         if grant is None or grant.expires_at - time.time() < ttl - 600:
             grant = self._grant = self.storage.grant(self.plan.prefix, ttl_s=ttl, write=True)
         return grant
+
+
+class TakenOverError(BatchError):
+    """Another driver wrote the job record: two drivers must not feed one job."""
+
+
+def new_session() -> str:
+    """A fresh submission id."""
+    return uuid.uuid4().hex[:12]
 
 
 def _worker_gone(exc: BaseException) -> bool:

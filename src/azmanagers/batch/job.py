@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import psutil
 
 from azmanagers.batch.records import FINAL_STATES, RUN_STATES, JobRecord, JobStore, RunRecord
 from azmanagers.errors import (
@@ -26,7 +30,8 @@ POLL_S = 2.0
 """How often ``wait`` reads the job record when the driver runs elsewhere."""
 STALE_DRIVER_S = 120.0
 """A running job whose record has not changed for this long has lost its driver."""
-JOB_STATES_FINAL = frozenset({"succeeded", "failed", "cancelled"})
+JOB_STATES_FINAL = frozenset({"succeeded", "failed", "cancelled", "stopped"})
+"""``stopped``: the job's driver went away before the end (resume it by submitting again)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,23 @@ class JobStatus:
             "cluster": self.cluster,
             "message": self.message,
         }
+
+
+def driver_alive(record: JobRecord) -> bool:
+    """Whether a job's driver may still be feeding it: the record says running and changed
+    lately, and a driver on this very machine still has its process."""
+    if record.status != "running" or time.time() - record.updated_at >= STALE_DRIVER_S:
+        return False
+    host, _, pid = record.driver.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        return (psutil.pid_exists(int(pid)) and int(pid) != os.getpid()) or (
+            int(pid) == os.getpid() and _driving_here(record)
+        )
+    return True
+
+
+def _driving_here(record: JobRecord) -> bool:
+    return any(t.name == f"azm-batch-{record.name}" and t.is_alive() for t in threading.enumerate())
 
 
 @dataclass
@@ -101,19 +123,26 @@ class Job:
         """The job's status and counts of runs by state (one read of the job record)."""
         r = self.record()
         counts = dict(r.counts)
+        status, message = r.status, r.message
         if self._local is not None and self._local.thread.is_alive():
             counts = self._local.driver.snapshot()
+        elif status == "running" and not driver_alive(r):
+            status = "stopped"
+            message = (
+                f"its driver ({r.driver}) is gone; submit the job again (or `azm batch retry "
+                f"{self.name} --unfinished`) to resume it: finished runs are skipped"
+            )
         return JobStatus(
             self.name,
             self.url,
-            r.status,
+            status,
             r.total,
             counts,
             r.created,
             r.updated_at,
             r.driver,
             r.cluster,
-            r.message,
+            message,
         )
 
     def runs(self, state: str | None = None) -> list[RunRecord]:

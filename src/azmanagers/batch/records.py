@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from azmanagers.errors import BatchError, StorageError, StorageNotFoundError
@@ -85,9 +85,20 @@ class RunRecord:
             data["attempts"] = tuple(Attempt(**a) for a in data.get("attempts", ()))
             data["outputs"] = tuple(OutputFile(**o) for o in data.get("outputs", ()))
             data["params"] = dict(data.get("params", {}))
-            return cls(**data)
-        except TypeError as exc:
-            raise BatchError(f"{where} is not a run record this version reads: {exc}") from exc
+            record = cls(**data)
+            _check_fields(record)
+            for item in (*record.attempts, *record.outputs):
+                _check_fields(item)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise BatchError(
+                f"{where} is not a run record this version reads ({exc}); it is damaged: "
+                "delete it to run that run again."
+            ) from exc
+        if record.status not in RUN_STATES or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in record.params.items()
+        ):
+            raise BatchError(f"{where} has a bad status or parameters; it is damaged.")
+        return record
 
 
 @dataclass(frozen=True)
@@ -120,14 +131,45 @@ class JobRecord:
     def from_json(cls, raw: bytes, *, where: str) -> JobRecord:
         data = _load(raw, where)
         try:
-            return cls(**data)
-        except TypeError as exc:
-            raise BatchError(f"{where} is not a job record this version reads: {exc}") from exc
+            record = cls(**data)
+            _check_fields(record)
+            if not all(isinstance(k, str) and type(v) is int for k, v in record.counts.items()):
+                raise ValueError("counts must map states to whole numbers")
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise BatchError(
+                f"{where} is not a job record this version reads ({exc}); it is damaged: "
+                "submit the job again under a new name, or restore the file."
+            ) from exc
+        return record
 
     def with_counts(self, counts: Mapping[str, int], status: str | None = None) -> JobRecord:
         return replace(
             self, counts=dict(counts), status=status or self.status, updated_at=time.time()
         )
+
+
+_SIMPLE: dict[str, type | tuple[type, ...]] = {
+    "str": str,
+    "int": int,
+    "float": (int, float),
+    "bool": bool,
+}
+
+
+def _check_fields(record: object) -> None:
+    """Raise ValueError when a field of a record read from JSON has the wrong simple type."""
+    for f in fields(record):  # type: ignore[arg-type]
+        value = getattr(record, f.name)
+        declared = str(f.type)
+        if declared.endswith("| None") and value is None:
+            continue
+        wanted = _SIMPLE.get(declared.removesuffix(" | None"))
+        if wanted is not None and (
+            not isinstance(value, wanted) or (wanted is int and isinstance(value, bool))
+        ):
+            raise ValueError(f"{f.name} must be {declared}, not {type(value).__name__}")
+        if declared.startswith("Mapping") and not isinstance(value, Mapping):
+            raise ValueError(f"{f.name} must be an object")
 
 
 def _load(raw: bytes, where: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -17,7 +18,7 @@ from typing import IO
 
 from azmanagers.batch.model import Output
 from azmanagers.batch.nodecache import NodeCache
-from azmanagers.batch.outputs import collect_outputs
+from azmanagers.batch.outputs import upload_outputs
 from azmanagers.batch.records import OutputFile
 from azmanagers.batch.staging import InputRef
 from azmanagers.config.paths import active_runs_dir, eviction_flag
@@ -79,8 +80,9 @@ class RunResult:
     ended: float
     exit_code: int | None
     reason: str
-    """``exit``, ``timeout``, ``cancelled``, ``evicted`` (the node got an eviction notice: the
-    run is requeued) or ``error`` (staging or upload failed)."""
+    """``exit``, ``timeout``, ``cancelled``, ``evicted`` (the node got an eviction notice) or
+    ``lost`` (the worker is closing): both requeue the run; or ``error`` (staging or upload
+    failed)."""
     stdout_key: str
     stderr_key: str
     outputs: tuple[OutputFile, ...] = ()
@@ -103,6 +105,25 @@ class _Active:
 
 
 _ACTIVE = _Active()
+
+
+GUARDED = (
+    '( while kill -0 "$AZM_WORKER_PID" 2>/dev/null; do sleep 1; done; kill -KILL 0 ) '
+    '</dev/null >/dev/null 2>&1 & exec bash -c "$1"'
+)
+"""How a run's command is started: a watchdog in the run's process group kills the group
+within a second of the worker process's end (even a kill -9, which no hook of ours sees),
+then ``exec`` makes the command's bash the group's leader, with the command's exit status."""
+
+
+@atexit.register
+def _kill_active_runs() -> None:
+    """When the worker process ends (its scheduler gone, a shutdown), no run outlives it:
+    every run is in a session of its own, which the worker's own group kill would miss."""
+    with _ACTIVE.lock:
+        procs = list(_ACTIVE.procs.values())
+    for proc in procs:
+        _kill_group(proc, signal.SIGKILL)
 
 
 def cancel_session(session: str) -> int:
@@ -164,13 +185,10 @@ def execute(task: RunTask) -> RunResult:
         succeeded = reason == "exit" and exit_code == 0
         outputs: tuple[OutputFile, ...] = ()
         try:
-            outputs = collect_outputs(
-                storage,
-                run_dir,
-                task.outputs,
-                f"{attempt_prefix}outputs/",
-                succeeded=succeeded,
+            upload = upload_outputs(
+                storage, run_dir, task.outputs, f"{attempt_prefix}outputs/", succeeded=succeeded
             )
+            outputs, error = upload.files, error or upload.error
         except (AzManagersError, OSError) as exc:
             error = error or f"uploading outputs failed: {exc}"
             reason = "error" if succeeded else reason
@@ -248,6 +266,7 @@ def _environment(
         }
     )
     env.update(task.extra_env)
+    env["AZM_WORKER_PID"] = str(os.getpid())
     return env
 
 
@@ -269,7 +288,7 @@ def _run(
         if eviction_flag().exists():
             return None, "evicted"
         proc = subprocess.Popen(
-            ["bash", "-c", task.command],
+            ["bash", "-c", GUARDED, "azm-run", task.command],
             cwd=run_dir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -288,6 +307,10 @@ def _run(
                 next_flag_check = time.monotonic() + EVICTION_CHECK_S
                 if flag.exists():
                     reason = "evicted"
+                    _stop(proc)
+                    break
+                if _worker_closing():
+                    reason = "lost"  # the worker is going away: its runs go with it
                     _stop(proc)
                     break
             if deadline is not None and time.monotonic() > deadline:
@@ -310,6 +333,17 @@ def _run(
         with _ACTIVE.lock:
             _ACTIVE.procs.pop(key, None)
     return proc.returncode, reason
+
+
+def _worker_closing() -> bool:
+    """Whether the Dask worker this runs in is closing (its close waits for our thread)."""
+    try:
+        from distributed import get_worker
+
+        status = get_worker().status.name
+    except (ImportError, ValueError):
+        return False
+    return status in ("closing", "closing_gracefully", "closed", "failed")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

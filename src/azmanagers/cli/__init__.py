@@ -40,6 +40,9 @@ def _root(
     """Run Python code and executables on Azure VM scale sets (and on this machine)."""
     _state["debug"] = debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING)
+    # urllib3 logs each request line whole, a SAS signature in its query included: never
+    # below INFO (the Azure SDK's own HTTP log redacts query values).
+    logging.getLogger("urllib3").setLevel(logging.INFO)
     if not debug:
         # Dask reads its logging levels when distributed is first imported (later, lazily).
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
