@@ -425,7 +425,10 @@ def test_a_killed_caller_leaves_a_stopped_job_that_resumes_and_no_run_behind(
         caller.wait()
     status = batch.attach("gone", storage=storage).status()
     assert status.status == "stopped" and "submit the job again" in status.message, (
-        status, caller.pid, psutil.pid_exists(caller.pid))
+        status,
+        caller.pid,
+        psutil.pid_exists(caller.pid),
+    )
     # the workers lose their scheduler and end, and their runs with them
     eventually(
         lambda: not [p for p in processes_under(azm_home) if p.cmdline()[:2] == ["sleep", "300"]],
@@ -466,7 +469,7 @@ def test_an_edited_input_is_a_different_job_and_same_dest_inputs_are_refused(
     twice = batch.Model(
         "m", command="true", inputs=[str(tmp_path / "a" / "x.txt"), str(tmp_path / "b" / "x.txt")]
     )
-    with pytest.raises(ConfigError, match="same path 'x.txt'"):
+    with pytest.raises(ConfigError, match=r"same path 'x\.txt'"):
         batch.submit(twice, name="twice", storage=storage)
 
 
@@ -483,7 +486,7 @@ def test_a_second_driver_takes_over_and_the_first_stops(tmp_path: Path) -> None:
     # a second driver (as if from another machine, when the first looked stale)
     record = first.record()
     first.store.write_job(dataclasses.replace(record, session="other", driver="elsewhere:1"))
-    with pytest.raises(BatchError, match="taken over|driven by"):
+    with pytest.raises(BatchError, match=r"taken over|driven by"):
         first.wait(timeout=DEADLINE_S)
     second = resubmit(
         batch.attach("two", storage=storage), only_failed=False, wait=True, timeout=DEADLINE_S

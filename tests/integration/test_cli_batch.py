@@ -413,3 +413,17 @@ def test_debug_logs_never_show_a_sas_signature(tmp_path: Path) -> None:
 
     main(["--debug", "batch", "list", "--storage", (tmp_path / "s").as_uri()])
     assert logging.getLogger("urllib3").getEffectiveLevel() >= logging.INFO
+
+
+def test_logs_follow_of_a_run_that_is_not_in_the_job_ends_at_once(tmp_path: Path) -> None:
+    from azmanagers import batch
+
+    storage = (tmp_path / "s").as_uri()
+    job = batch.submit(batch.Model("m", command="sleep 30"), name="busy", storage=storage)
+    try:
+        started = time.monotonic()
+        code = main(["batch", "logs", "busy", "no-such-run", "--follow", "--storage", storage])
+        assert code == 1 and time.monotonic() - started < 20
+    finally:
+        job.cancel()
+        job.wait(timeout=DEADLINE_S)

@@ -334,8 +334,11 @@ def _stage(
         for source in run.inputs:
             stager.add(source)
         _check_dests(run.run_id, [stager.refs[s].dest for s in run.inputs] + shared_dests)
-        if run.overlay is not None:
-            stager.add(run.overlay, dest="")
+        if run.overlay is not None and not stager.add(run.overlay, dest="").tree:
+            raise ConfigError(
+                f"overlay {run.overlay!r} is a file; an overlay is a folder whose contents are "
+                "laid over the run folder."
+            )
     shared = tuple(stager.add(s) for s in model.shared)
     packages = []
     for pkg in model.packages:

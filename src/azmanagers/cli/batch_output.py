@@ -189,6 +189,8 @@ def follow_logs(
     ``--- attempt N on NODE ---`` line when the run has several attempts.
     """
     printed: set[str] = set()
+    if job.store.read_run(run_id) is None and not job_has_run(job, run_id):
+        job.run(run_id)  # raises: no such run in this job
     while True:
         record = job.store.read_run(run_id)
         if record is None:
@@ -212,7 +214,19 @@ def follow_logs(
                 sys.stdout.flush()
             if record.status in _FINAL:
                 return
+            status = job.status()
+            if status.done:  # e.g. stopped: its driver went away, the run will not move
+                typer.echo(f"(job {job.name} is {status.status}: {status.message})", err=True)
+                return
         sleep(FOLLOW_POLL_S)
+
+
+def job_has_run(job: Job, run_id: str) -> bool:
+    """Whether ``run_id`` is one of the job's runs (from its definition)."""
+    from azmanagers.batch.sweep import Sweep
+
+    sweep = Sweep.from_dict(job.record().definition)
+    return any(spec.run_id == run_id for spec in sweep.runs())
 
 
 def submit_and_wait(
