@@ -3,9 +3,10 @@
 ``base`` (ObjectInfo, Grant, the Storage Protocol, key checks, ``open_storage``,
 ``is_storage_url``), ``hashing`` (SHA-256 of files, the one rule for recorded hashes),
 ``files`` (local-file helpers: error mapping, downloads via ``.<name>.azm-part-*``),
-``local`` (``file://``: files plus hash sidecars under ``.azm-meta/``), ``blob`` (``az://`` on
-azure-storage-blob, moving blobs in ``blob_transfer``) with its account,
-HTTP pool and error mapping in ``blob_account``. storage/ may import only ``azmanagers.errors``,
+``local`` (``file://``: files plus hash sidecars under ``.azm-meta/``, whose on-disk layout,
+lock and atomic writes are in ``local_meta``), ``blob`` (``az://`` on azure-storage-blob, moving
+blobs in ``blob_transfer``, HEAD and listings in ``blob_listing``) with its account, HTTP pool and
+error mapping in ``blob_account``. storage/ may import only ``azmanagers.errors``,
 ``azmanagers._version`` and ``azmanagers.config`` (plus the Azure SDKs, loaded only for az://).
 """
 

@@ -13,11 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from azure.core.credentials import TokenCredential
-from azure.storage.blob import (
-    BlobPrefix,
-    BlobServiceClient,
-    ContainerClient,
-)
+from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from azmanagers.errors import ConfigError, StorageError
 from azmanagers.storage.base import (
@@ -30,7 +26,6 @@ from azmanagers.storage.base import (
     check_ttl,
     check_unique,
     dir_prefix,
-    is_key,
     parallel_map,
 )
 from azmanagers.storage.blob_account import (
@@ -48,12 +43,11 @@ from azmanagers.storage.blob_account import (
     sas_container_client,
     service_client,
 )
+from azmanagers.storage.blob_listing import folder_names, head, list_common_folder, list_infos
 from azmanagers.storage.blob_transfer import (
     SHA_KEY,
-    BlobChanged,
     CommitLost,
     Where,
-    blob_info,
     download,
     put_blocks,
     stamp,
@@ -65,17 +59,11 @@ CHECK_RETRIES = 1
 """check() answers fast: one retry with CHECK_READ_TIMEOUT_S (an unreachable or silent
 endpoint is reported in about 12 seconds)."""
 
-READ_ATTEMPTS = 2
-"""Reads of a blob that was replaced meanwhile (412): one restart, then a StorageError."""
-
 COMMIT_ATTEMPTS = 2
 """Block uploads whose commit another writer's commit discarded: one more try (see _blocks)."""
 
 LIST_FIRST_AT = 8
 """put_files lists the keys' common folder once (instead of a HEAD per file) from this many."""
-
-SAS_SKEW_S = 300
-"""A SAS starts this long before now, for clocks that differ."""
 
 
 class BlobStorage:
@@ -165,16 +153,8 @@ class BlobStorage:
     def _down(
         self, name: str, key: str, temp: str | None, verify: bool
     ) -> tuple[bytes, ObjectInfo]:
-        """Download, restarting once when the blob was replaced during the read."""
-        for attempt in range(READ_ATTEMPTS):
-            try:
-                return download(
-                    self._container, self._pools()[1], name, self._where(key), temp, verify
-                )
-            except BlobChanged:
-                if attempt + 1 == READ_ATTEMPTS:
-                    raise
-        raise StorageError(f"{self.url_for(key)}: not read")  # pragma: no cover
+        """Download (restarted once when the blob was replaced during the read)."""
+        return download(self._container, self._pools()[1], name, self._where(key), temp, verify)
 
     def _pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         with self._lock:
@@ -206,14 +186,7 @@ class BlobStorage:
             next(iter(pages), None)
 
     def _head(self, name: str, key: str) -> ObjectInfo | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        with mapped_errors(self.url_for(key), self._endpoint):
-            try:
-                props = self._container.get_blob_client(name).get_blob_properties()
-            except ResourceNotFoundError:
-                return None
-        return blob_info(key, props.size, props.metadata, props.last_modified)
+        return head(self._container, name, self._where(key))
 
     def stat(self, key: str) -> ObjectInfo | None:
         """Return the info of ``key`` (one HEAD), or None when there is no object."""
@@ -268,20 +241,6 @@ class BlobStorage:
             raise ConfigError(f"local file {local} does not exist (or is not a file)")
         return self._put(Path(local), key, sha256, True)
 
-    def _listed(self, keys: Sequence[str]) -> tuple[dict[str, ObjectInfo], str | None]:
-        """List the common folder of ``keys`` once (bounded); return infos and the last name."""
-        common = os.path.commonprefix(builtins.list(keys))  # noqa: RUF071 (strings, on purpose)
-        folder = common[: common.rfind("/") + 1]
-        limit = max(1000, 4 * len(keys))
-        found: dict[str, ObjectInfo] = {}
-        last: str | None = None
-        for info in self.list(folder):
-            found[info.key] = info
-            if len(found) >= limit:
-                last = info.key
-                break
-        return found, last
-
     def put_files(self, pairs: Sequence[tuple[Path, str]]) -> builtins.list[ObjectInfo]:
         """Upload many ``(local, key)`` pairs on FILE_THREADS threads; skip same-hash blobs.
 
@@ -296,7 +255,7 @@ class BlobStorage:
         files, _ = self._pools()
         if len(pairs) < LIST_FIRST_AT:
             return parallel_map(files, lambda p: self._put(p[0], p[1], None, True), pairs)
-        found, last = self._listed([key for _, key in pairs])
+        found, last = list_common_folder(self.list, [key for _, key in pairs])
 
         def one(pair: tuple[Path, str]) -> ObjectInfo:
             local, key = pair
@@ -333,27 +292,17 @@ class BlobStorage:
         """Yield the objects whose keys start with ``prefix``, in the service's (sorted) order."""
         check_prefix(prefix)
         self.access.check(prefix, write=False, url=self.url)
-        cut = len(self._base)
-        with mapped_errors(f"{self.url}/{prefix}", self._endpoint):
-            for item in self._container.list_blobs(
-                name_starts_with=self._base + prefix, include=["metadata"]
-            ):
-                if is_key(item.name[cut:]):  # names no call accepts (a//b, .azm-x, c/) skipped
-                    yield blob_info(item.name[cut:], item.size, item.metadata, item.last_modified)
+        yield from list_infos(
+            self._container, self._base, prefix, f"{self.url}/{prefix}", self._endpoint
+        )
 
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         """Return the sorted names of the "folders" directly under ``prefix``."""
         folder = dir_prefix(prefix)
         self.access.check(folder, write=False, url=self.url)
-        cut = len(self._base + folder)
-        with mapped_errors(f"{self.url}/{folder}", self._endpoint):
-            return sorted(
-                item.name[cut:].rstrip("/")
-                for item in self._container.walk_blobs(
-                    name_starts_with=self._base + folder, delimiter="/"
-                )
-                if isinstance(item, BlobPrefix) and is_key(folder + item.name[cut:].rstrip("/"))
-            )
+        return folder_names(
+            self._container, self._base, folder, f"{self.url}/{folder}", self._endpoint
+        )
 
     def delete(self, key: str) -> None:
         """Delete the blob at ``key``; a missing blob is fine."""

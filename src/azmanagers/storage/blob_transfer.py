@@ -42,6 +42,9 @@ class CommitLost(StorageError):
         self.digest = digest
 
 
+READ_ATTEMPTS = 2
+"""Reads of a blob that was replaced meanwhile (412): one restart, then a StorageError."""
+
 LOST_CODES = frozenset({"InvalidBlockList", "BlockListTooLong", "BlobNotFound", "ConditionNotMet"})
 """Commit errors that mean another writer's commit discarded our staged blocks."""
 
@@ -150,14 +153,18 @@ def download(
 
     The first read gives the size, metadata and ETag; the other BLOCK_BYTES ranges are read on
     ``blocks``, pinned to that ETag, each written in place by the thread that read it, while
-    the caller's thread hashes the finished ranges in order.
+    the caller's thread hashes the finished ranges in order. A blob replaced during the read
+    (412) is read again from the start, READ_ATTEMPTS in all; then BlobChanged.
     """
-    try:
-        return _download(container, blocks, name, where, temp, verify)
-    except HttpResponseError as exc:
-        if exc.status_code != 412:
-            raise
-        raise BlobChanged(f"{where.url} kept changing while being read; try again") from exc
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return _download(container, blocks, name, where, temp, verify)
+        except HttpResponseError as exc:
+            if exc.status_code != 412:
+                raise
+            if attempt + 1 == READ_ATTEMPTS:
+                raise BlobChanged(f"{where.url} kept changing while being read; try again") from exc
+    raise StorageError(f"{where.url}: not read")  # pragma: no cover
 
 
 def _download(

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import fcntl
 import hashlib
 import os
 import stat as statmod
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
 
 from azmanagers.errors import (
     ConfigError,
-    IntegrityError,
     StorageAccessError,
     StorageError,
     StorageNotFoundError,
@@ -33,31 +28,17 @@ from azmanagers.storage.base import (
     check_unique,
     dir_prefix,
     is_key,
-    local_root,
     parallel_map,
 )
-from azmanagers.storage.files import DIR_MODE, copy_hashing, download_to, makedirs, os_errors, sweep
-from azmanagers.storage.hashing import MALFORMED, is_sha256, read_recorded, sha256_file
-
-META_DIR = ".azm-meta"
-"""Folder under the root holding one sidecar per object: "<sha256 hex> <size>"."""
-
-LOCK_NAME = ".azm-lock"
-"""File in META_DIR that writers flock (exclusive) while they swap an object and its sidecar,
-and readers (shared) while they open an object and read its sidecar."""
-
-TEMP_PREFIX = ".azm-tmp-"
-"""Temp files (renamed into place when complete) start with this; never listed."""
-
-TEMP_MAX_AGE_S = 3600.0
-"""Temp files older than this, left by a killed put, are removed by the next put in that
-folder (once per folder per LocalStorage)."""
+from azmanagers.storage.files import DIR_MODE, copy_hashing, download_to, os_errors
+from azmanagers.storage.hashing import MALFORMED, is_sha256, sha256_file
+from azmanagers.storage.local_meta import META_DIR, SidecarFolder
 
 COPY_THREADS = 8
 """Threads for put_files/get_files (copies release the GIL)."""
 
 
-class LocalStorage:
+class LocalStorage(SidecarFolder):
     """Objects as files under a folder (``file:///abs/path``).
 
     Writes go to a temp file in the same folder; files are 0600 and folders 0700. Each
@@ -74,13 +55,10 @@ class LocalStorage:
     """
 
     def __init__(self, root: Path, *, access: Access | None = None, create: bool = True) -> None:
-        self.root = local_root(str(root))
-        self.url = self.root.as_uri()
+        super().__init__(root)
         self.access = access or Access()
         self._create = create
         self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-        self._swept: set[Path] = set()
 
     def __repr__(self) -> str:
         return f"LocalStorage({self.url!r}, prefix={self.access.prefix!r})"
@@ -91,120 +69,10 @@ class LocalStorage:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- paths and sidecars --------------------------------------------------------------
-    def url_for(self, key: str) -> str:
-        """Return ``url + "/" + key``."""
-        return f"{self.url}/{check_key(key)}"
-
     def _key(self, key: str, *, write: bool, delete: bool = False) -> str:
         check_key(key)
         self.access.check(key, write=write, url=self.url, delete=delete)
         return key
-
-    def _real(self) -> Path:
-        return Path(os.path.realpath(self.root))
-
-    def _inside(self, rel: str, key: str) -> Path:
-        """Return ``realpath(root)/rel``; StorageAccessError when a link leads elsewhere."""
-        real = self._real()
-        path = real / rel
-        if os.path.realpath(path) != str(path):
-            raise StorageAccessError(
-                f"{self.url_for(key)} is reached through a link (symlink) in the storage "
-                "folder; file:// storage never follows links, remove the link"
-            )
-        return path
-
-    def _path(self, key: str) -> Path:
-        return self._inside(key, key)
-
-    def _meta(self, key: str) -> Path:
-        return self._inside(f"{META_DIR}/{key}", key)
-
-    @contextlib.contextmanager
-    def _locked(self, *, shared: bool) -> Iterator[None]:
-        """Hold the root's sidecar lock (readers: shared, and only when it exists)."""
-        lock = self._real() / META_DIR / LOCK_NAME
-        try:
-            if shared:
-                fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
-            else:
-                makedirs(lock.parent, self._real())
-                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        except FileNotFoundError:
-            if not shared:
-                raise
-            yield  # no sidecar was ever written through us: nothing to keep in step
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    def _recorded(self, key: str, size: int) -> str | None:
-        """Return the sidecar's hash, None when there is none, MALFORMED when it does not fit."""
-        try:
-            text = self._meta(key).read_text()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            return None
-        except (UnicodeDecodeError, ValueError):
-            return MALFORMED
-        parts = text.split()
-        if len(parts) != 2 or parts[1] != str(size):
-            return MALFORMED
-        return read_recorded(parts[0])
-
-    def _info(self, key: str, st: os.stat_result, recorded: str | None) -> ObjectInfo:
-        sha = None if recorded == MALFORMED else recorded
-        return ObjectInfo(key=key, size=st.st_size, sha256=sha, modified=st.st_mtime)
-
-    def _sweep(self, folder: Path) -> None:
-        with self._lock:
-            if folder in self._swept:
-                return
-            self._swept.add(folder)
-        sweep(folder, TEMP_PREFIX, TEMP_MAX_AGE_S)
-
-    def _write(self, key: str, fill: Callable[[str], str]) -> ObjectInfo:
-        """Write ``key`` through a temp file (``fill(temp)`` returns its SHA-256) and commit."""
-        target, meta = self._path(key), self._meta(key)
-        real = self._real()
-        try:
-            makedirs(target.parent, real)
-            makedirs(meta.parent, real)
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise ConfigError(
-                f"{self.url_for(key)}: a part of the key is an object, not a folder; file:// "
-                "cannot keep both 'a' and 'a/b'"
-            ) from exc
-        self._sweep(target.parent)
-        self._sweep(meta.parent)
-        temps: builtins.list[str] = []
-        try:
-            for folder in (target.parent, meta.parent):
-                fd, temp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX)
-                os.close(fd)
-                temps.append(temp)
-            digest = fill(temps[0])
-            st = os.stat(temps[0])
-            Path(temps[1]).write_text(f"{digest} {st.st_size}\n")
-            with self._locked(shared=False):
-                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                    os.unlink(meta)
-                try:
-                    os.replace(temps[0], target)
-                except (IsADirectoryError, NotADirectoryError) as exc:
-                    raise ConfigError(
-                        f"{self.url_for(key)} is a folder here (it holds other keys); file:// "
-                        "cannot keep both 'a' and 'a/b'"
-                    ) from exc
-                os.replace(temps[1], meta)
-        finally:
-            for temp in temps:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
-        return self._info(key, st, digest)
 
     # -- the Storage calls -----------------------------------------------------------------
     def check(self) -> None:
@@ -267,35 +135,6 @@ class LocalStorage:
         with os_errors(self.url_for(key)):
             return self._write(key, fill)
 
-    @contextlib.contextmanager
-    def _reading(self, key: str) -> Iterator[tuple[BinaryIO, os.stat_result, str | None]]:
-        """Open ``key`` and read its sidecar as one consistent pair (under the shared lock)."""
-        source = self._path(key)
-        with self._locked(shared=True):
-            try:
-                reader = open(source, "rb")  # noqa: SIM115 (closed below)
-            except (IsADirectoryError, NotADirectoryError) as exc:
-                raise StorageNotFoundError(f"{self.url_for(key)}: no such object") from exc
-            try:
-                st = os.fstat(reader.fileno())
-                recorded = self._recorded(key, st.st_size)
-            except BaseException:
-                reader.close()
-                raise
-        with reader:
-            yield reader, st, recorded
-
-    def _verified(self, key: str, recorded: str | None, got: str | None) -> None:
-        if recorded == MALFORMED:
-            raise IntegrityError(
-                f"{self.url_for(key)}: its SHA-256 sidecar does not fit the object (other size "
-                "or not a hash); the object was changed outside azmanagers: store it again"
-            )
-        if recorded is not None and got != recorded:
-            raise IntegrityError(
-                f"{self.url_for(key)}: SHA-256 {got} does not match the recorded {recorded}"
-            )
-
     def get_file(self, key: str, local: Path, *, verify: bool = True) -> ObjectInfo:
         """Copy ``key`` to ``local`` (part file + rename), verifying its SHA-256."""
         self._key(key, write=False)
@@ -335,21 +174,6 @@ class LocalStorage:
                 return None
             return self._info(key, st, self._recorded(key, st.st_size))
 
-    def _walk(self, folder: Path, rel: str, out: builtins.list[tuple[str, os.stat_result]]) -> None:
-        try:
-            entries = list(os.scandir(folder))
-        except (FileNotFoundError, NotADirectoryError):
-            return
-        for entry in entries:
-            key = f"{rel}{entry.name}"
-            if entry.is_symlink() or not is_key(key):
-                continue  # links, our .azm- names and names no call accepts
-            if entry.is_dir(follow_symlinks=False):
-                self._walk(Path(entry.path), f"{key}/", out)
-            elif entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError):
-                    out.append((key, entry.stat(follow_symlinks=False)))
-
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Yield the objects whose keys start with ``prefix``, sorted by key (no links)."""
         check_prefix(prefix)
@@ -379,15 +203,6 @@ class LocalStorage:
                 for e in entries
                 if e.is_dir(follow_symlinks=False) and is_key(folder + e.name)
             )
-
-    def _prune(self, folder: Path, stop: Path) -> None:
-        """Remove empty folders from ``folder`` up to (not including) ``stop``."""
-        while folder != stop and stop in folder.parents:
-            try:
-                os.rmdir(folder)
-            except OSError:
-                return
-            folder = folder.parent
 
     def delete(self, key: str) -> None:
         """Delete the object at ``key`` and its sidecar; no object (or a folder) is fine."""
