@@ -295,6 +295,7 @@ def test_a_worker_killed_mid_run_requeues_the_run(tmp_path: Path, azm_home: Path
     eventually(lambda: len(running()) >= 1, "a run sleeping")
     victim = running()[0]
     vm_dir = victim.environ()["AZMANAGERS_INSTANCE_DIR"]
+    victim_run = victim.environ()["AZM_RUN_ID"]
     leader = [
         p
         for p in processes_under(azm_home)
@@ -308,6 +309,10 @@ def test_a_worker_killed_mid_run_requeues_the_run(tmp_path: Path, azm_home: Path
     assert status.status == "succeeded", job.runs()
     texts = sorted(job.storage.get_bytes(r.outputs[0].key).decode() for r in job.runs())
     assert texts == ["done 0\n", "done 1\n"]
+    # the requeue is visible: a lost attempt, then a new one, no retry spent
+    (requeued,) = [r for r in job.runs() if r.run_id == victim_run]
+    assert requeued.requeues == 1
+    assert [a.reason for a in requeued.attempts] == ["lost", "exit"]
 
 
 def test_detach_drives_the_job_from_a_vm_after_the_caller_is_gone(tmp_path: Path) -> None:
@@ -477,17 +482,24 @@ def test_a_second_driver_takes_over_and_the_first_stops(tmp_path: Path) -> None:
     from azmanagers.batch.api import resubmit
 
     storage = (tmp_path / "runs").as_uri()
-    model = batch.Model("m", command="sleep 2")
+    model = batch.Model("m", command="sleep 1")
     first = batch.submit(
-        model.sweep(batch.product(I=range(6))), name="two", storage=storage, workers=2
+        model.sweep(batch.product(I=range(30))), name="two", storage=storage, workers=2
     )
     assert first._local is not None
     eventually(lambda: first._local.driver.counts["running"] >= 1, "the first driver feeding")
     # a second driver (as if from another machine, when the first looked stale)
     record = first.record()
-    first.store.write_job(dataclasses.replace(record, session="other", driver="elsewhere:1"))
+    first.store.write_job(
+        dataclasses.replace(
+            record, session="other", driver="elsewhere:1", updated_at=time.time() - 3600
+        )
+    )  # (written an hour ago: that other driver is gone too, so the job can be resumed)
+    at_takeover = first._local.driver.submitted
     with pytest.raises(BatchError, match=r"taken over|driven by"):
         first.wait(timeout=DEADLINE_S)
+    # it noticed within a record period and fed nothing more after that
+    assert first._local.driver.submitted <= at_takeover + 6 < 30
     second = resubmit(
         batch.attach("two", storage=storage), only_failed=False, wait=True, timeout=DEADLINE_S
     )

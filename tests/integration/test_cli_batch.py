@@ -126,23 +126,25 @@ def test_a_one_line_sweep_runs_and_its_outputs_download(
     assert all(r[2:4] == ["succeeded", "0"] for r in rows), lines
     assert lines[-1].startswith("job squares succeeded: succeeded 3")
 
-    code, out, _ = run_azm("batch", "download", "squares", str(tmp_path / "got"),
-                           "--storage", storage)  # fmt: skip
-    assert code == 0 and out.startswith("9 files downloaded")
+    code, out, err = run_azm("batch", "download", "squares", str(tmp_path / "got"),
+                             "--storage", storage)  # fmt: skip
+    assert code == 0 and out.startswith("9 files downloaded"), err
     by_n = {r[1]: r[0] for r in rows}
     for n in (1, 2, 3):
         folder = tmp_path / "got" / by_n[f"N={n}"]
         assert (folder / "out.txt").read_text() == f"{n * n} wet deck\nshared table\n"
         assert (folder / "stdout.txt").read_text() == f"hello {n}\n"
 
-    code, out, _ = run_azm("batch", "status", "squares", "--storage", storage, "--json")
+    code, out, err = run_azm("batch", "status", "squares", "--storage", storage, "--json")
+    assert code == 0, err
     status = json.loads(out)
-    assert code == 0 and status["status"] == "succeeded" and status["total"] == 3
+    assert status["status"] == "succeeded" and status["total"] == 3
     assert status["counts"]["succeeded"] == 3
 
-    code, out, _ = run_azm("batch", "runs", "squares", "--storage", storage, "--json")
+    code, out, err = run_azm("batch", "runs", "squares", "--storage", storage, "--json")
+    assert code == 0, err
     runs = json.loads(out)
-    assert code == 0 and sorted(r["params"]["N"] for r in runs) == ["1", "2", "3"]
+    assert sorted(r["params"]["N"] for r in runs) == ["1", "2", "3"]
     assert all(r["exit_code"] == 0 and r["outputs"][0]["path"] == "out.txt" for r in runs)
 
     code, out, _ = run_azm("batch", "logs", "squares", by_n["N=2"], "--storage", storage)

@@ -122,3 +122,32 @@ def test_an_output_whose_name_cannot_be_a_key_does_not_lose_the_others(tmp_path:
     kept = collect_outputs(store, run, [Output("*.txt")], "job/again/", succeeded=True)
     assert [f.path for f in kept] == ["good.txt"]
     assert upload_outputs(store, run, [Output("good.txt")], "p/", succeeded=True).error == ""
+
+
+def test_a_package_is_unpacked_again_only_when_its_own_files_change(tmp_path: Path) -> None:
+    from azmanagers.batch.nodecache import NodeCache
+    from azmanagers.batch.staging import Stager
+    from azmanagers.storage import open_storage
+
+    archive = tmp_path / "tool.tar.gz"
+    (tmp_path / "src" / "bin").mkdir(parents=True)
+    (tmp_path / "src" / "bin" / "tool").write_text("#!/bin/sh\necho 1\n")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "bin", arcname="bin")
+    storage = open_storage((tmp_path / "store").as_uri())
+    stager = Stager(storage, "job/")
+    ref = stager.add(str(archive), dest="")
+    stager.flush()
+    cache = NodeCache(root=tmp_path / "node")
+    folder = cache.package(storage, ref, "tool", "1")
+    marker_time = folder.with_name(folder.name + ".azm-complete").stat().st_mtime_ns
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "x.pyc").write_bytes(b"added by a run")
+    assert cache.package(storage, ref, "tool", "1") == folder
+    assert (folder / "__pycache__" / "x.pyc").exists()  # not unpacked again: not its file
+    assert folder.with_name(folder.name + ".azm-complete").stat().st_mtime_ns == marker_time
+    tool = folder / "bin" / "tool"
+    tool.chmod(0o755)
+    tool.write_text("#!/bin/sh\necho POISON\n")
+    cache.package(storage, ref, "tool", "1")
+    assert tool.read_text() == "#!/bin/sh\necho 1\n"  # its own file changed: unpacked again

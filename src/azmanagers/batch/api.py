@@ -8,15 +8,24 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from azmanagers.batch.driver import Driver, Plan, Progress, TakenOverError, new_session
-from azmanagers.batch.job import Job, JobStatus, _Local, driver_alive
+from azmanagers.batch.connect import (
+    DEFAULT_TEMPLATE,
+    DEFAULT_WORKERS,
+    Connection,
+    check_reach,
+    connect,
+    provider_of,
+)
+from azmanagers.batch.driver import Driver, Progress
+from azmanagers.batch.job import DRIVING, Job, JobStatus, _Local, driver_alive
 from azmanagers.batch.model import Model
 from azmanagers.batch.packages import registered_source
+from azmanagers.batch.plan import Plan, TakenOverError, new_session
 from azmanagers.batch.records import JobRecord, JobStore
 from azmanagers.batch.runner import PackageRef
 from azmanagers.batch.staging import InputRef, Stager, dest_for
@@ -28,8 +37,6 @@ from azmanagers.storage.base import Grant, Storage
 
 logger = logging.getLogger("azmanagers.batch")
 
-DEFAULT_TEMPLATE = "local"
-DEFAULT_WORKERS = 2
 TASKS_PER_WORKER = 4
 """Tasks kept queued per worker: enough to keep it busy, few enough to stay lazy."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -79,14 +86,6 @@ def jobs(storage: str | Storage | None = None) -> list[JobStatus]:
     return found
 
 
-@dataclass(frozen=True)
-class _Connection:
-    client: Any
-    description: str
-    provider: str
-    close: Callable[[], None]
-
-
 def submit(
     what: Model | Sweep,
     *,
@@ -127,7 +126,7 @@ def submit(
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"workers must be a whole number >= 1, got {workers!r}.")
     opened, store, plan = prepare(what, name=name, storage=storage, cluster=cluster, base=base)
-    connection = _connect(cluster, workers, opened)
+    connection = connect(cluster, workers, opened)
     return _start(
         opened,
         store,
@@ -157,7 +156,7 @@ def prepare(
     existing = store.read_job()
     if existing is not None:
         _check_not_running(existing)
-    _check_reach(opened, _provider_of(cluster))
+    check_reach(opened, provider_of(cluster))
     refs, shared, packages = _stage(opened, store.prefix, sweep, Path(base or Path.cwd()))
     digest = job_digest(sweep, refs)
     if existing is not None and existing.digest != digest:
@@ -224,7 +223,7 @@ def resubmit(
         PackageRef(p.name, p.version, p.env_name, refs[f"package:{p.name}:{p.version}"])
         for p in model.packages
     )
-    connection = _connect(cluster, workers, job.storage)
+    connection = connect(cluster, workers, job.storage)
     try:
         job.store.write_job(record.with_counts(record.counts, "running"))
     except BaseException:
@@ -249,7 +248,7 @@ def _start(
     storage: Storage,
     store: JobStore,
     plan: Plan,
-    connection: _Connection,
+    connection: Connection,
     *,
     only_failed: bool,
     workers: int | None,
@@ -272,16 +271,21 @@ def _start(
     local: _Local
 
     def drive() -> None:
+        DRIVING.add(plan.job)
         try:
             driver.run()
         except TakenOverError as exc:
             local.error.append(exc)
         except BaseException as exc:
-            local.error.append(exc)
             logger.error("the driver of job %s failed: %r", plan.job, exc)
-            _record_crash(store, driver, exc)
+            _record_crash(store, driver, exc)  # before waiters learn of it (and may exit)
+            local.error.append(exc)
         finally:
-            connection.close()
+            try:
+                connection.close()
+            finally:
+                DRIVING.discard(plan.job)
+                local.finished.set()
 
     thread = threading.Thread(target=drive, name=f"azm-batch-{plan.job}", daemon=True)
     local = _Local(driver, thread)
@@ -361,59 +365,3 @@ def _check_dests(run_id: str, dests: list[str]) -> None:
                 "rename one, or put them in folders of their own."
             )
         seen.add(dest)
-
-
-def _connect(cluster: Any, workers: int | None, storage: Storage) -> _Connection:
-    from distributed import Client
-
-    from azmanagers.cluster.api import addprocs, clusters, rmprocs
-    from azmanagers.cluster.core import AzCluster
-
-    if isinstance(cluster, Client):
-        return _Connection(cluster, "a dask Client", "unknown", lambda: None)
-    if isinstance(cluster, AzCluster):
-        _check_reach(storage, cluster.provider.name)
-        client = Client(cluster, security=cluster.security, set_as_default=False)
-        return _Connection(client, cluster.template_name, cluster.provider.name, client.close)
-    template = DEFAULT_TEMPLATE if cluster is None else cluster
-    if not isinstance(template, str):
-        raise ConfigError(
-            "cluster must be a template name, an AzCluster or a dask Client, not "
-            f"{type(cluster).__name__}."
-        )
-    running = clusters().get(template)
-    if running is not None:
-        return _connect(running, workers, storage)
-    made = addprocs(template, workers or DEFAULT_WORKERS)
-    client = Client(made, security=made.security, set_as_default=False)
-
-    def close() -> None:
-        client.close()
-        if clusters().get(template) is made:  # not already closed by its owner
-            rmprocs(template=template)
-
-    return _Connection(client, template, made.provider.name, close)
-
-
-def _provider_of(cluster: Any) -> str:
-    """The provider a cluster argument runs on, known before anything starts."""
-    from azmanagers.cluster.core import AzCluster
-    from azmanagers.config.templates import load_template_scaleset, template_provider
-
-    if isinstance(cluster, AzCluster):
-        return str(cluster.provider.name)
-    if cluster is None or isinstance(cluster, str):
-        return template_provider(load_template_scaleset(cluster or DEFAULT_TEMPLATE))
-    return "unknown"
-
-
-def _check_reach(storage: Storage, provider: str) -> None:
-    if provider not in ("local", "unknown") and storage.url.startswith("file://"):
-        raise ConfigError(
-            f"storage {storage.url} is a folder on this machine, which workers on {provider} "
-            "cannot reach; use Blob storage (az://container/prefix)."
-        )
-
-
-def _counts_line(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v)

@@ -6,17 +6,16 @@ import logging
 import os
 import socket
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from azmanagers.batch.plan import Plan, TakenOverError, new_session
 from azmanagers.batch.records import FINAL_STATES, Attempt, JobRecord, JobStore, RunRecord
-from azmanagers.batch.runner import PackageRef, RunResult, RunTask, cancel_session, execute
-from azmanagers.batch.staging import InputRef
-from azmanagers.batch.sweep import RunSpec, Sweep
-from azmanagers.errors import AzManagersError, BatchError
+from azmanagers.batch.runner import RunResult, cancel_session, execute
+from azmanagers.batch.sweep import RunSpec
+from azmanagers.errors import AzManagersError
 from azmanagers.storage.base import Grant, Storage
 
 logger = logging.getLogger("azmanagers.batch")
@@ -41,39 +40,6 @@ MIN_IN_FLIGHT = 8
 
 Progress = Callable[[Mapping[str, int], int], None]
 """Called as ``progress(counts by state, total)`` when the counts change."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How to turn each run of a sweep into a task: what was staged, and the model's limits."""
-
-    job: str
-    prefix: str
-    sweep: Sweep
-    refs: Mapping[str, InputRef]
-    shared: tuple[InputRef, ...]
-    packages: tuple[PackageRef, ...]
-    session: str = ""
-    """The submission id made when the job was prepared ("" for a fresh one)."""
-
-    def task(self, spec: RunSpec, attempt: int, grant: Grant, session: str) -> RunTask:
-        model = self.sweep.model
-        return RunTask(
-            job=self.job,
-            session=session,
-            run_id=spec.run_id,
-            attempt=attempt,
-            command=spec.command,
-            env=tuple(sorted(spec.env.items())),
-            grant=grant,
-            prefix=self.prefix,
-            inputs=tuple(self.refs[s] for s in spec.inputs),
-            shared=self.shared,
-            overlay=None if spec.overlay is None else self.refs[spec.overlay],
-            packages=self.packages,
-            outputs=spec.outputs,
-            timeout_s=model.timeout_s,
-        )
 
 
 @dataclass
@@ -126,6 +92,8 @@ class Driver:
         """Files fetched into node caches, by node (what ``shared`` saves)."""
         self._claimed = False
         self._taken_over = ""
+        self.submitted = 0
+        """Tasks handed to the cluster by this driver (attempts, retries and requeues)."""
         self._grant: Grant | None = grant
         self._given_grant = grant is not None
         """A driver that holds only a grant (a detached one) passes it on to the workers."""
@@ -139,7 +107,6 @@ class Driver:
 
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> JobRecord:
-        from distributed import wait
 
         known = self.store.statuses()
         todo = self._todo(known)
@@ -158,11 +125,7 @@ class Driver:
                 self._submit(flights, self._flight(spec, known))
             if not flights:
                 break
-            try:
-                done, _ = wait(list(flights), timeout=WAIT_STEP_S, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done = set()
-            for future in done:
+            for future in _some_done(list(flights)):
                 self._finish(flights, future, flights.pop(future))
             self._tick(flights)
         if self._taken_over:
@@ -196,6 +159,7 @@ class Driver:
         task = self.plan.task(flight.spec, flight.attempt, self._fresh_grant(), self.session)
         key = f"azm-batch-{self.session}-{flight.spec.run_id}-{flight.attempt}-{flight.requeues}"
         future = self.client.submit(execute, task, key=key, pure=False, retries=0)
+        self.submitted += 1
         flights[future] = flight
         self._write(flight, "running")
 
@@ -213,7 +177,13 @@ class Driver:
             elif _worker_gone(exc):
                 self._lost(flights, flight, f"its worker was lost: {exc!r}")
             else:
-                self._write(flight, "failed", error=f"the runner failed: {exc!r}")
+                why = f"the runner failed: {exc!r}"
+                flight.attempts.append(
+                    Attempt(
+                        flight.attempt, "", flight.started, time.time(), None, "error", error=why
+                    )
+                )
+                self._write(flight, "failed", error=why)
             return
         for node_files in ((result.node, result.fetched_files),):
             self.fetches[node_files[0]] += node_files[1]
@@ -270,7 +240,9 @@ class Driver:
                 why,
             )
         flight.attempts.append(attempt)
-        if flight.requeues < MAX_REQUEUES and not self._cancelled:
+        if self._cancelled:
+            self._write(flight, "cancelled", error=f"cancelled ({why})")
+        elif flight.requeues < MAX_REQUEUES:
             flight.requeues += 1
             flight.attempt += 1  # a fresh number (and log folder); no retry spent
             logger.warning("run %s requeued (%s)", flight.spec.run_id, why)
@@ -292,25 +264,29 @@ class Driver:
             self._record_at = now
             try:
                 self.store.write_job(self._job_record("running"))
+            except TakenOverError as exc:
+                logger.error("%s", exc)
+                self._cancelled = True  # stop feeding; _taken_over keeps the records alone
+                self._kill(flights)
             except AzManagersError as exc:
                 logger.warning("could not update the job record: %s", exc)
 
     def _kill(self, flights: dict[Any, _Flight]) -> None:
         """Kill the runs in progress, give them ``CANCEL_DRAIN_S`` to store their logs and
         report, and record every one of them cancelled (with its attempt when it reported)."""
-        from distributed import wait
 
+        if not self._taken_over:
+            try:  # the job says cancelled at once, whatever happens to this process next
+                self.store.write_job(self._job_record("cancelled"))
+            except AzManagersError as exc:
+                logger.warning("could not record the cancel: %s", exc)
         try:
             self.client.run(cancel_session, self.session)
         except Exception as exc:  # a worker that went away cannot be asked
             logger.warning("could not reach every worker to cancel: %r", exc)
         deadline = time.monotonic() + CANCEL_DRAIN_S
         while flights and time.monotonic() < deadline:
-            try:
-                done, _ = wait(list(flights), timeout=WAIT_STEP_S, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                continue
-            for future in done:
+            for future in _some_done(list(flights)):
                 self._finish(flights, future, flights.pop(future))
         for future, flight in list(flights.items()):
             future.cancel()
@@ -390,13 +366,17 @@ class Driver:
         return grant
 
 
-class TakenOverError(BatchError):
-    """Another driver wrote the job record: two drivers must not feed one job."""
+def _some_done(futures: list[Any]) -> list[Any]:
+    """The futures that ended (finished, erred or cancelled) within ``WAIT_STEP_S``."""
+    from distributed import wait
 
-
-def new_session() -> str:
-    """A fresh submission id."""
-    return uuid.uuid4().hex[:12]
+    try:
+        done, _ = wait(futures, timeout=WAIT_STEP_S, return_when="FIRST_COMPLETED")
+    except TimeoutError:
+        return []
+    except Exception:  # some were cancelled (FuturesCancelledError): they ended too
+        return [f for f in futures if f.done() or f.cancelled()]
+    return list(done)
 
 
 def _worker_gone(exc: BaseException) -> bool:

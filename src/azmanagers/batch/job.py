@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from azmanagers.batch.records import FINAL_STATES, RUN_STATES, JobRecord, JobStore, RunRecord
+from azmanagers.batch.records import RUN_STATES, JobRecord, JobStore, RunRecord
 from azmanagers.errors import (
     BatchError,
     BatchJobNotFoundError,
@@ -81,8 +81,12 @@ def driver_alive(record: JobRecord) -> bool:
     return True
 
 
+DRIVING: set[str] = set()
+"""Names of the jobs whose driver runs in this process now."""
+
+
 def _driving_here(record: JobRecord) -> bool:
-    return any(t.name == f"azm-batch-{record.name}" and t.is_alive() for t in threading.enumerate())
+    return record.name in DRIVING
 
 
 @dataclass
@@ -92,6 +96,13 @@ class _Local:
     driver: Driver
     thread: threading.Thread
     error: list[BaseException] = field(default_factory=list)
+    finished: threading.Event = field(default_factory=threading.Event)
+    """Set when the driver ended and let go of its cluster. Waits use it, not the thread:
+    a join interrupted by Ctrl-C can leave the thread looking stopped while it runs."""
+
+    @property
+    def alive(self) -> bool:
+        return not self.finished.is_set()
 
 
 class Job:
@@ -124,7 +135,7 @@ class Job:
         r = self.record()
         counts = dict(r.counts)
         status, message = r.status, r.message
-        if self._local is not None and self._local.thread.is_alive():
+        if self._local is not None and self._local.alive:
             counts = self._local.driver.snapshot()
         elif status == "running" and not driver_alive(r):
             status = "stopped"
@@ -174,7 +185,7 @@ class Job:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._local is not None:
-                self._local.thread.join(
+                self._local.finished.wait(
                     POLL_S
                     if deadline is None
                     else max(0.0, min(POLL_S, deadline - time.monotonic()))
@@ -183,10 +194,12 @@ class Job:
                     raise BatchError(
                         f"the driver of {self.name!r} failed: {self._local.error[0]}"
                     ) from self._local.error[0]
-                alive = self._local.thread.is_alive()
+                alive = self._local.alive
             else:
                 time.sleep(
-                    0 if deadline is None else min(POLL_S, max(0.0, deadline - time.monotonic()))
+                    POLL_S
+                    if deadline is None
+                    else min(POLL_S, max(0.0, deadline - time.monotonic()))
                 )
                 alive = True
             status = self.status()
@@ -264,7 +277,3 @@ class Job:
         from azmanagers.batch.api import resubmit
 
         return resubmit(self, only_failed=failed, **submit_options)
-
-
-def final_counts(counts: Mapping[str, int]) -> int:
-    return sum(v for k, v in counts.items() if k in FINAL_STATES)

@@ -10,7 +10,7 @@ import shutil
 import stat
 import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -143,11 +143,12 @@ class NodeCache:
             except BaseException:
                 _remove(folder)
                 raise
-            _write_json(marker, {"fingerprint": fingerprint(folder)})
+            paths = package_paths(folder)
+            _write_json(marker, {"paths": paths, "fingerprint": fingerprint(folder, paths)})
         return folder
 
 
-def _write_json(path: Path, data: dict[str, object]) -> None:
+def _write_json(path: Path, data: Mapping[str, object]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
@@ -177,25 +178,40 @@ def _stamp_matches(path: Path, stamp: Path) -> bool:
     return stat.S_ISREG(st.st_mode) and _read_json(stamp).get("stat") == _identity(st)
 
 
-def fingerprint(folder: Path) -> str:
-    """A hash of every path under ``folder`` with its type, size, times and mode."""
-    rows = []
+def package_paths(folder: Path) -> list[str]:
+    """Every non-folder path under ``folder`` (relative), sorted: what a package holds."""
+    found = []
     for parent, dirs, names in os.walk(folder):
         dirs.sort()
-        for name in sorted(dirs + names):
-            path = Path(parent, name)
-            st = os.lstat(path)
-            size = 0 if stat.S_ISDIR(st.st_mode) else st.st_size
-            times = (0, 0) if stat.S_ISDIR(st.st_mode) else (st.st_mtime_ns, st.st_ctime_ns)
-            rel = path.relative_to(folder).as_posix()
-            rows.append(f"{rel}\0{st.st_mode}\0{size}\0{times[0]}\0{times[1]}")
+        found += [Path(parent, n).relative_to(folder).as_posix() for n in sorted(names)]
+    return found
+
+
+def fingerprint(folder: Path, paths: list[str] | None = None) -> str:
+    """A hash of ``paths`` (default: all) under ``folder`` with type, size, times and mode.
+
+    Files a run adds (``__pycache__``, logs) are not the package's and do not count: a
+    package is unpacked again only when one of its own files changed or went away.
+    """
+    rows = []
+    for rel in package_paths(folder) if paths is None else paths:
+        try:
+            st = os.lstat(folder / rel)
+        except OSError:
+            rows.append(f"{rel}\0missing")
+            continue
+        rows.append(f"{rel}\0{st.st_mode}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}")
     return hashlib.sha256("\n".join(rows).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _marker_matches(folder: Path, marker: Path) -> bool:
     if not marker.exists() or not folder.is_dir():
         return False
-    return _read_json(marker).get("fingerprint") == fingerprint(folder)
+    data = _read_json(marker)
+    paths = data.get("paths")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        return False
+    return data.get("fingerprint") == fingerprint(folder, paths)
 
 
 def _seal(folder: Path) -> None:

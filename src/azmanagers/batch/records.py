@@ -18,7 +18,6 @@ logger = logging.getLogger("azmanagers.batch")
 SCHEMA_VERSION = 1
 RUN_STATES = ("pending", "staging", "running", "uploading", "succeeded", "failed", "cancelled")
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
-JOB_STATES = ("submitted", "running", "succeeded", "failed", "cancelled")
 READ_THREADS = 16
 """Run records read in parallel by ``runs()``."""
 
