@@ -280,13 +280,16 @@ class Driver:
                 self.store.write_job(self._job_record("cancelled"))
             except AzManagersError as exc:
                 logger.warning("could not record the cancel: %s", exc)
-        try:
-            self.client.run(cancel_session, self.session)
+        running = len(flights)
+        try:  # each worker says how many runs it killed: only those are worth waiting for
+            running = sum(self.client.run(cancel_session, self.session).values())
         except Exception as exc:  # a worker that went away cannot be asked
             logger.warning("could not reach every worker to cancel: %r", exc)
         deadline = time.monotonic() + CANCEL_DRAIN_S
-        while flights and time.monotonic() < deadline:
+        reported = 0
+        while flights and reported < running and time.monotonic() < deadline:
             for future in _some_done(list(flights)):
+                reported += _ran(future)
                 self._finish(flights, future, flights.pop(future))
         for future, flight in list(flights.items()):
             future.cancel()
@@ -364,6 +367,14 @@ class Driver:
         if grant is None or grant.expires_at - time.time() < ttl - 600:
             grant = self._grant = self.storage.grant(self.plan.prefix, ttl_s=ttl, write=True)
         return grant
+
+
+def _ran(future: Any) -> int:
+    """1 when a finished task's run had started its command (a killed run that reported)."""
+    if future.status != "finished":
+        return 0
+    result: RunResult = future.result()
+    return int(result.exit_code is not None)
 
 
 def _some_done(futures: list[Any]) -> list[Any]:
