@@ -323,7 +323,8 @@ def _run(
                 reason = "cancelled"
                 _stop(proc)
                 break
-            time.sleep(POLL_S)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(POLL_S)  # returns as soon as the command ends
         with _ACTIVE.lock:
             if task.session in _ACTIVE.cancelled and reason == "exit" and proc.returncode != 0:
                 reason = "cancelled"
