@@ -257,7 +257,7 @@ class Model:
             if key not in data:
                 raise ConfigError(f"the model has no {key!r}; give one.")
         packages = [_package_from(p) for p in _listed(data.get("packages"), "packages")]
-        outputs = [_output_from(o) for o in _listed(data.get("outputs"), "outputs")]
+        outputs = [output_from(o) for o in _listed(data.get("outputs"), "outputs")]
         env = data.get("env")
         if env is not None and not isinstance(env, Mapping):
             raise ConfigError(f"model env must be a mapping of names to values, got {env!r}.")
@@ -317,7 +317,8 @@ def _package_from(item: object) -> Package:
     )
 
 
-def _output_from(item: object) -> Output:
+def output_from(item: object) -> Output:
+    """An ``Output`` from an ``Output``, a ``"glob[:when]"`` text or a ``{pattern, when}`` map."""
     if isinstance(item, (Output, str)):
         return item if isinstance(item, Output) else Output.parse(item)
     if not isinstance(item, Mapping):
@@ -379,7 +380,7 @@ def _outputs(values: Iterable[Output | str]) -> tuple[Output, ...]:
         raise ConfigError(
             f"model outputs must be a list of Output or 'glob[:when]', got {values!r}."
         )
-    out = tuple(v if isinstance(v, Output) else _output_from(v) for v in values)
+    out = tuple(v if isinstance(v, Output) else output_from(v) for v in values)
     if len(set(out)) != len(out):
         raise ConfigError("model outputs list the same pattern and condition twice; list it once.")
     return out

@@ -73,9 +73,7 @@ class RunRecord:
         return max(0.0, self.ended - self.started) if self.ended and self.started else 0.0
 
     def to_json(self) -> bytes:
-        data = asdict(self)
-        data["schema_version"] = SCHEMA_VERSION
-        return json.dumps(data, sort_keys=True, indent=1).encode()
+        return _dumped(self)
 
     @classmethod
     def from_json(cls, raw: bytes, *, where: str) -> RunRecord:
@@ -122,9 +120,7 @@ class JobRecord:
     message: str = ""
 
     def to_json(self) -> bytes:
-        data = asdict(self)
-        data["schema_version"] = SCHEMA_VERSION
-        return json.dumps(data, sort_keys=True, indent=1).encode()
+        return _dumped(self)
 
     @classmethod
     def from_json(cls, raw: bytes, *, where: str) -> JobRecord:
@@ -169,6 +165,13 @@ def _check_fields(record: object) -> None:
             raise ValueError(f"{f.name} must be {declared}, not {type(value).__name__}")
         if declared.startswith("Mapping") and not isinstance(value, Mapping):
             raise ValueError(f"{f.name} must be an object")
+
+
+def _dumped(record: RunRecord | JobRecord) -> bytes:
+    """A record as the JSON kept in storage, with its schema version."""
+    data = asdict(record)
+    data["schema_version"] = SCHEMA_VERSION
+    return json.dumps(data, sort_keys=True, indent=1).encode()
 
 
 def _load(raw: bytes, where: str) -> dict[str, Any]:

@@ -10,7 +10,14 @@ from typing import cast
 
 import yaml
 
-from azmanagers.batch.model import Model, Output, Package, check_source, is_url, unknown_key
+from azmanagers.batch.model import (
+    Model,
+    Package,
+    check_source,
+    is_url,
+    output_from,
+    unknown_key,
+)
 from azmanagers.batch.sweep import Params, Sweep, listing, parse_axis, product, rows, zip
 from azmanagers.errors import ConfigError
 
@@ -107,7 +114,7 @@ def _spec(data: Mapping[str, object], base: Path) -> JobSpec:
         shared=[_path(p, base, "shared") for p in _items(data.get("shared"), "shared")],
         packages=[_package(p, base) for p in _items(data.get("packages"), "packages")],
         env=_env(data.get("env")),
-        outputs=[_output(o) for o in _items(data.get("outputs"), "outputs")],
+        outputs=[output_from(o) for o in _items(data.get("outputs"), "outputs")],
         retries=_count(data.get("retries", 0), "retries", minimum=0),
         timeout=_timeout(data.get("timeout")),
     )
@@ -264,18 +271,3 @@ def _env(value: object) -> dict[str, str | int | float] | None:
     if not isinstance(value, Mapping):
         raise ConfigError(f"env must map names to values, got {value!r}.")
     return cast("dict[str, str | int | float]", dict(value))  # Model checks names and values
-
-
-def _output(value: object) -> Output:
-    if isinstance(value, str):
-        return Output.parse(value)
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"outputs items must be 'glob[:when]' or {{pattern, when}}: {value!r}.")
-    for key in value:
-        if key not in OUTPUT_KEYS:
-            unknown_key(key, OUTPUT_KEYS, where="an output")
-    if "pattern" not in value:
-        raise ConfigError(f"output {dict(value)!r} has no pattern; give one such as 'out/**'.")
-    return Output(
-        _text(value["pattern"], "output pattern"), _text(value.get("when", "success"), "when")
-    )

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import requests
 from azure.core.credentials import TokenCredential
@@ -216,23 +216,25 @@ def service_client(
     if account.connection_string:
         return BlobServiceClient.from_connection_string(
             account.connection_string,
-            transport=_transport(session),
-            max_block_size=BLOCK_BYTES,
-            max_single_put_size=BLOCK_BYTES,
-            max_single_get_size=BLOCK_BYTES,
-            max_chunk_get_size=BLOCK_BYTES,
-            retry_policy=_retry(),
+            **_client_options(session),
         )
     return BlobServiceClient(
         account.account_url,
         credential=credential,
-        transport=_transport(session),
-        max_block_size=BLOCK_BYTES,
-        max_single_put_size=BLOCK_BYTES,
-        max_single_get_size=BLOCK_BYTES,
-        max_chunk_get_size=BLOCK_BYTES,
-        retry_policy=_retry(),
+        **_client_options(session),
     )
+
+
+def _client_options(session: requests.Session) -> dict[str, Any]:
+    """What every Blob client of ours is made with: our pooled transport, block sizes, retries."""
+    return {
+        "transport": _transport(session),
+        "max_block_size": BLOCK_BYTES,
+        "max_single_put_size": BLOCK_BYTES,
+        "max_single_get_size": BLOCK_BYTES,
+        "max_chunk_get_size": BLOCK_BYTES,
+        "retry_policy": _retry(),
+    }
 
 
 def sas_container_client(
@@ -243,12 +245,7 @@ def sas_container_client(
         endpoint,
         container,
         credential=token,
-        transport=_transport(session),
-        max_block_size=BLOCK_BYTES,
-        max_single_put_size=BLOCK_BYTES,
-        max_single_get_size=BLOCK_BYTES,
-        max_chunk_get_size=BLOCK_BYTES,
-        retry_policy=_retry(),
+        **_client_options(session),
     )
 
 
