@@ -36,6 +36,14 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = DEADLINE_S
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
+def _cmd(proc: psutil.Process) -> list[str]:
+    """A process's command line, or [] when it ended meanwhile."""
+    try:
+        return proc.cmdline()
+    except psutil.Error:
+        return []
+
+
 def executable(path: Path, body: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("#!/usr/bin/env bash\nset -euo pipefail\n" + body)
@@ -163,7 +171,7 @@ def test_a_timeout_kills_the_run_and_its_children(tmp_path: Path, azm_home: Path
     (run,) = job.runs()
     assert run.status == "failed" and run.attempts[-1].reason == "timeout"
     assert job.logs(run.run_id) == "started\n"
-    sleepers = [p for p in processes_under(azm_home) if "sleep" in " ".join(p.cmdline())]
+    sleepers = [p for p in processes_under(azm_home) if "sleep" in " ".join(_cmd(p))]
     assert sleepers == []
 
 
@@ -176,9 +184,7 @@ def test_cancel_kills_every_run_and_ends_cancelled(tmp_path: Path, azm_home: Pat
         workers=2,
     )
     eventually(
-        lambda: (
-            len([p for p in processes_under(azm_home) if p.cmdline()[:2] == ["sleep", "300"]]) == 2
-        ),
+        lambda: len([p for p in processes_under(azm_home) if _cmd(p)[:2] == ["sleep", "300"]]) == 2,
         "2 runs running",
     )
     job.cancel()
@@ -189,7 +195,7 @@ def test_cancel_kills_every_run_and_ends_cancelled(tmp_path: Path, azm_home: Pat
     logs = sorted(job.logs(r.run_id) for r in job.runs() if r.attempts)
     assert logs[-2:] == ["up\n", "up\n"] and set(logs[:-2]) <= {""}
     eventually(
-        lambda: not [p for p in processes_under(azm_home) if p.cmdline()[:2] == ["sleep", "300"]],
+        lambda: not [p for p in processes_under(azm_home) if _cmd(p)[:2] == ["sleep", "300"]],
         "no run left",
     )
 
@@ -290,7 +296,7 @@ def test_a_worker_killed_mid_run_requeues_the_run(tmp_path: Path, azm_home: Path
     )
 
     def running() -> list[psutil.Process]:
-        return [p for p in processes_under(azm_home) if p.cmdline()[:2] == ["sleep", "3"]]
+        return [p for p in processes_under(azm_home) if _cmd(p)[:2] == ["sleep", "3"]]
 
     eventually(lambda: len(running()) >= 1, "a run sleeping")
     victim = running()[0]
@@ -299,8 +305,7 @@ def test_a_worker_killed_mid_run_requeues_the_run(tmp_path: Path, azm_home: Path
     leader = [
         p
         for p in processes_under(azm_home)
-        if p.environ().get("AZMANAGERS_INSTANCE_DIR") == vm_dir
-        and "worker" in " ".join(p.cmdline())
+        if p.environ().get("AZMANAGERS_INSTANCE_DIR") == vm_dir and "worker" in " ".join(_cmd(p))
     ]
     for proc in leader:
         os.kill(proc.pid, signal.SIGKILL)
@@ -367,7 +372,7 @@ def test_an_eviction_notice_stops_the_run_keeps_its_logs_and_requeues_it(
     )
 
     def sleeping() -> list[psutil.Process]:
-        return [p for p in processes_under(azm_home) if p.cmdline()[:2] == ["sleep", "3"]]
+        return [p for p in processes_under(azm_home) if _cmd(p)[:2] == ["sleep", "3"]]
 
     eventually(lambda: len(sleeping()) >= 1, "a run sleeping")
     victim = sleeping()[0]
@@ -420,8 +425,7 @@ def test_a_killed_caller_leaves_a_stopped_job_that_resumes_and_no_run_behind(
     try:
         eventually(
             lambda: (
-                len([p for p in processes_under(azm_home) if p.cmdline()[:2] == ["sleep", "300"]])
-                == 2
+                len([p for p in processes_under(azm_home) if _cmd(p)[:2] == ["sleep", "300"]]) == 2
             ),
             "2 runs running",
         )
@@ -436,7 +440,7 @@ def test_a_killed_caller_leaves_a_stopped_job_that_resumes_and_no_run_behind(
     )
     # the workers lose their scheduler and end, and their runs with them
     eventually(
-        lambda: not [p for p in processes_under(azm_home) if p.cmdline()[:2] == ["sleep", "300"]],
+        lambda: not [p for p in processes_under(azm_home) if _cmd(p)[:2] == ["sleep", "300"]],
         "the runs killed",
         60,
     )

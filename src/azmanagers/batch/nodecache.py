@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -54,7 +55,7 @@ class NodeCache:
     fetched_files: int = 0
     fetched_bytes: int = 0
 
-    @property
+    @functools.cached_property
     def shared_dir(self) -> Path:
         path = self.root / "shared"
         path.mkdir(exist_ok=True, mode=0o700)

@@ -107,13 +107,28 @@ class _Active:
 _ACTIVE = _Active()
 
 
-GUARDED = (
-    '( while kill -0 "$AZM_WORKER_PID" 2>/dev/null; do sleep 1; done; kill -KILL 0 ) '
-    '</dev/null >/dev/null 2>&1 & exec bash -c "$1"'
+WATCHDOG = (
+    'while kill -0 "$1" 2>/dev/null; do sleep 1; done; '
+    'for f in "$2/$1-"*; do pg=$(cat "$f" 2>/dev/null) && kill -KILL -- "-$pg" 2>/dev/null; done'
 )
-"""How a run's command is started: a watchdog in the run's process group kills the group
-within a second of the worker process's end (even a kill -9, which no hook of ours sees),
-then ``exec`` makes the command's bash the group's leader, with the command's exit status."""
+"""One per worker process, in a session of its own: when the worker process ends (even by a
+kill -9, which no hook of ours sees) it kills, within a second, the process group of every run
+the worker had started (each run's group id is in its file in the active-runs folder)."""
+_WATCHDOG_FOR: set[int] = set()
+
+
+def _ensure_watchdog() -> None:
+    """Start this worker process's watchdog once (call with ``_ACTIVE.lock`` held)."""
+    if os.getpid() in _WATCHDOG_FOR:
+        return
+    subprocess.Popen(
+        ["bash", "-c", WATCHDOG, "azm-watchdog", str(os.getpid()), str(active_runs_dir())],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    _WATCHDOG_FOR.add(os.getpid())
 
 
 @atexit.register
@@ -169,7 +184,7 @@ def execute(task: RunTask) -> RunResult:
     out_path, err_path = attempt_dir / "stdout.txt", attempt_dir / "stderr.txt"
     attempt_prefix = f"{task.prefix}runs/{task.run_id}/attempt-{task.attempt}/"
     stdout_key, stderr_key = f"{attempt_prefix}stdout.txt", f"{attempt_prefix}stderr.txt"
-    active = active_runs_dir() / f"{task.session}-{task.run_id}-{task.attempt}"
+    active = active_runs_dir() / f"{os.getpid()}-{task.session}-{task.run_id}-{task.attempt}"
     active.touch()
     storage = task.grant.open()
     exit_code: int | None = None
@@ -178,7 +193,7 @@ def execute(task: RunTask) -> RunResult:
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             try:
                 env = _environment(task, cache, storage, run_dir, node, host)
-                exit_code, reason = _run(task, run_dir, env, out, err)
+                exit_code, reason = _run(task, run_dir, env, out, err, active)
             except (AzManagersError, OSError) as exc:
                 error = f"staging failed: {exc}"
                 err.write(f"\nazmanagers: {error}\n".encode())
@@ -266,7 +281,6 @@ def _environment(
         }
     )
     env.update(task.extra_env)
-    env["AZM_WORKER_PID"] = str(os.getpid())
     return env
 
 
@@ -279,7 +293,12 @@ def _bin_dirs(folder: Path) -> list[Path]:
 
 
 def _run(
-    task: RunTask, run_dir: Path, env: dict[str, str], out: IO[bytes], err: IO[bytes]
+    task: RunTask,
+    run_dir: Path,
+    env: dict[str, str],
+    out: IO[bytes],
+    err: IO[bytes],
+    active: Path,
 ) -> tuple[int | None, str]:
     key = (task.session, task.run_id)
     with _ACTIVE.lock:
@@ -287,8 +306,9 @@ def _run(
             return None, "cancelled"
         if eviction_flag().exists():
             return None, "evicted"
+        _ensure_watchdog()
         proc = subprocess.Popen(
-            ["bash", "-c", GUARDED, "azm-run", task.command],
+            ["bash", "-c", task.command],
             cwd=run_dir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -297,6 +317,7 @@ def _run(
             start_new_session=True,
         )
         _ACTIVE.procs[key] = proc
+        active.write_text(str(proc.pid))  # the group the watchdog kills if the worker dies
     deadline = None if task.timeout_s is None else time.monotonic() + task.timeout_s
     reason = "exit"
     flag = eviction_flag()

@@ -37,10 +37,16 @@ EVICTION_FLAG = "evicting"
 
 
 def node_work_dir() -> Path:
-    """This node's batch folder (on a VM or process-VM; created 0700)."""
+    """This node's batch folder (on a VM or process-VM; created 0700, once per process)."""
     root = Path(os.environ.get(NODE_DIR_ENV) or Path.home() / ".azm-batch")
-    root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    if root not in _MADE:
+        root.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        _MADE.add(root)
     return root
+
+
+_MADE: set[Path] = set()
+"""Node folders this process made already (batch runs ask for them on every run)."""
 
 
 def eviction_flag() -> Path:
@@ -52,7 +58,9 @@ def active_runs_dir() -> Path:
     """A folder holding one file per batch attempt running on this node (the agent waits for
     it to empty after an eviction notice, so runs keep their logs)."""
     path = node_work_dir() / "active"
-    path.mkdir(exist_ok=True, mode=DIR_MODE)
+    if path not in _MADE:
+        path.mkdir(exist_ok=True, mode=DIR_MODE)
+        _MADE.add(path)
     return path
 
 
