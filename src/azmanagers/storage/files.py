@@ -73,7 +73,8 @@ def check_local_target(local: Path) -> None:
     for parent in local.parents:
         if parent.is_dir():
             return
-        if parent.exists() or parent.is_symlink():
+        # another download may make this folder right now: only a non-folder is in the way
+        if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
             raise ConfigError(
                 f"local path {local}: {parent} is a file, not a folder; choose another path"
             )
