@@ -30,6 +30,9 @@ PART_NAME_CHARS = 100
 DIR_MODE = 0o700
 """Folders we create."""
 
+FILE_MODE = 0o600
+"""Files we create."""
+
 
 @contextlib.contextmanager
 def os_errors(what: str) -> Iterator[None]:
@@ -54,6 +57,19 @@ def makedirs(path: Path, stop: Path) -> None:
         makedirs(path.parent, stop)
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, DIR_MODE)
+
+
+def open_making_folder(path: str, flags: int, stop: Path) -> tuple[int, bool]:
+    """``os.open(path, flags, 0o600)``; when its folder is missing, make it (``makedirs``, up
+    to ``stop``) and open again. Returns the descriptor and whether the folder was made.
+
+    Folders that exist cost nothing: they are made only when the open says they are missing.
+    """
+    try:
+        return os.open(path, flags, FILE_MODE), False
+    except FileNotFoundError:
+        makedirs(Path(os.path.dirname(path)), stop)
+    return os.open(path, flags, FILE_MODE), True
 
 
 def copy_hashing(reader: BinaryIO, temp: str) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
-import tempfile
+import stat as statmod
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from azmanagers.errors import (
     StorageNotFoundError,
 )
 from azmanagers.storage.base import ObjectInfo, check_key, is_key, local_root
-from azmanagers.storage.files import makedirs, sweep
+from azmanagers.storage.files import open_making_folder, sweep
 from azmanagers.storage.hashing import MALFORMED, read_recorded
 
 META_DIR = ".azm-meta"
@@ -35,6 +36,11 @@ TEMP_MAX_AGE_S = 3600.0
 """Temp files older than this, left by a killed put, are removed by the next put in that
 folder (once per folder per LocalStorage)."""
 
+_TEMP_TOKEN = os.urandom(4).hex()
+"""Part of every temp name this process makes (with its pid and a counter): unique without
+the random-name retries of ``tempfile.mkstemp``; ``O_EXCL`` still guards against a clash."""
+_TEMP_COUNT = itertools.count()
+
 
 class SidecarFolder:
     """A folder of objects, each with its sidecar ``<root>/.azm-meta/<key>`` kept in step.
@@ -48,25 +54,48 @@ class SidecarFolder:
         self.root = local_root(str(root))
         self.url = self.root.as_uri()
         self._lock = threading.Lock()
-        self._swept: set[Path] = set()
+        self._swept: set[str] = set()
+        self._real_root = ""
 
     def url_for(self, key: str) -> str:
         """Return ``url + "/" + key``."""
         return f"{self.url}/{check_key(key)}"
 
+    def _real_str(self) -> str:
+        """``realpath(root)``, resolved once per instance (the root itself may be a link)."""
+        if not self._real_root:
+            self._real_root = os.path.realpath(self.root)
+        return self._real_root
+
     def _real(self) -> Path:
-        return Path(os.path.realpath(self.root))
+        return Path(self._real_str())
+
+    def _inside_str(self, rel: str, key: str) -> str:
+        """Return ``realpath(root)/rel``; StorageAccessError when a part of it is a link.
+
+        Only the parts below the root are looked at (one ``lstat`` each, up to the first that
+        does not exist): what ``realpath`` would find, without walking the root's own parents.
+        """
+        real = self._real_str()
+        path = real
+        for part in rel.split("/"):
+            if not part:
+                continue
+            path = f"{path}/{part}"
+            try:
+                mode = os.lstat(path).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                return f"{real}/{rel.strip('/')}"
+            if statmod.S_ISLNK(mode):
+                raise StorageAccessError(
+                    f"{self.url_for(key)} is reached through a link (symlink) in the storage "
+                    "folder; file:// storage never follows links, remove the link"
+                )
+        return path
 
     def _inside(self, rel: str, key: str) -> Path:
-        """Return ``realpath(root)/rel``; StorageAccessError when a link leads elsewhere."""
-        real = self._real()
-        path = real / rel
-        if os.path.realpath(path) != str(path):
-            raise StorageAccessError(
-                f"{self.url_for(key)} is reached through a link (symlink) in the storage "
-                "folder; file:// storage never follows links, remove the link"
-            )
-        return path
+        """``_inside_str`` as a Path."""
+        return Path(self._inside_str(rel, key))
 
     def _path(self, key: str) -> Path:
         return self._inside(key, key)
@@ -77,13 +106,13 @@ class SidecarFolder:
     @contextlib.contextmanager
     def _locked(self, *, shared: bool) -> Iterator[None]:
         """Hold the root's sidecar lock (readers: shared, and only when it exists)."""
-        lock = self._real() / META_DIR / LOCK_NAME
+        lock = f"{self._real_str()}/{META_DIR}/{LOCK_NAME}"
         try:
             if shared:
                 fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
             else:
-                makedirs(lock.parent, self._real())
-                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+                flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                fd, _made = open_making_folder(lock, flags, self._real())
         except FileNotFoundError:
             if not shared:
                 raise
@@ -112,36 +141,48 @@ class SidecarFolder:
         sha = None if recorded == MALFORMED else recorded
         return ObjectInfo(key=key, size=st.st_size, sha256=sha, modified=st.st_mtime)
 
-    def _sweep(self, folder: Path) -> None:
+    def _sweep(self, folder: str, *, made: bool = False) -> None:
+        """Remove old temps from ``folder`` once per instance (none in a folder just made)."""
         with self._lock:
             if folder in self._swept:
                 return
             self._swept.add(folder)
-        sweep(folder, TEMP_PREFIX, TEMP_MAX_AGE_S)
+        if not made:
+            sweep(Path(folder), TEMP_PREFIX, TEMP_MAX_AGE_S)
 
-    def _write(self, key: str, fill: Callable[[str], str]) -> ObjectInfo:
-        """Write ``key`` through a temp file (``fill(temp)`` returns its SHA-256) and commit."""
-        target, meta = self._path(key), self._meta(key)
-        real = self._real()
+    def _temp(self, folder: str, key: str, data: bytes = b"") -> str:
+        """Create a fresh temp file in ``folder`` (made when missing) holding ``data``."""
+        name = f"{folder}/{TEMP_PREFIX}{_TEMP_TOKEN}-{os.getpid()}-{next(_TEMP_COUNT)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         try:
-            makedirs(target.parent, real)
-            makedirs(meta.parent, real)
+            fd, made = open_making_folder(name, flags, self._real())
         except (FileExistsError, NotADirectoryError) as exc:
             raise ConfigError(
                 f"{self.url_for(key)}: a part of the key is an object, not a folder; file:// "
                 "cannot keep both 'a' and 'a/b'"
             ) from exc
-        self._sweep(target.parent)
-        self._sweep(meta.parent)
+        self._sweep(folder, made=made)
+        try:
+            if data:
+                os.write(fd, data)
+        finally:
+            os.close(fd)
+        return name
+
+    def _write(self, key: str, fill: Callable[[str], str]) -> ObjectInfo:
+        """Write ``key`` through a temp file (``fill(temp)`` returns its SHA-256) and commit.
+
+        Folders are made only when a temp file cannot be created for want of them.
+        """
+        target = self._inside_str(key, key)
+        meta = self._inside_str(f"{META_DIR}/{key}", key)
         temps: list[str] = []
         try:
-            for folder in (target.parent, meta.parent):
-                fd, temp = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX)
-                os.close(fd)
-                temps.append(temp)
+            temps.append(self._temp(os.path.dirname(target), key))
             digest = fill(temps[0])
             st = os.stat(temps[0])
-            Path(temps[1]).write_text(f"{digest} {st.st_size}\n")
+            line = f"{digest} {st.st_size}\n".encode()
+            temps.append(self._temp(os.path.dirname(meta), key, line))
             with self._locked(shared=False):
                 with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                     os.unlink(meta)
@@ -153,6 +194,7 @@ class SidecarFolder:
                         "cannot keep both 'a' and 'a/b'"
                     ) from exc
                 os.replace(temps[1], meta)
+            temps.clear()  # both renamed into place: nothing left to remove
         finally:
             for temp in temps:
                 with contextlib.suppress(OSError):
