@@ -14,8 +14,9 @@ from azure.storage.blob import ContainerClient
 
 from azmanagers import batch
 from azmanagers.emulator import Emulator
-from azmanagers.errors import ConfigError, StorageAccessError
+from azmanagers.errors import ConfigError
 from azmanagers.storage import open_storage
+from azmanagers.storage.spaces import job_space
 from tests.conftest import processes_under
 
 pytestmark = pytest.mark.integration
@@ -53,38 +54,51 @@ def test_a_sweep_on_an_azure_template_with_blob_storage_and_a_scoped_credential(
         timeout=DEADLINE_S,
     )
     assert job.status().status == "succeeded", job.runs()
+    space = job.url.removeprefix("az://")
+    assert space.startswith("azm-ptm-") and space != container  # the job's own container
     runs = job.runs()
     assert len(runs) == 4 and all(r.node.startswith("myscaleset") or r.node for r in runs)
     for r in runs:
         text = job.storage.get_bytes(r.outputs[0].key).decode()
-        assert text.startswith("deck\nrun ") and r.outputs[0].url.startswith(f"az://{container}/")
+        assert text.startswith("deck\nrun ") and r.outputs[0].url.startswith(f"az://{space}/")
     # no account key reached a VM: the workers got a SAS
     assert seen_env and not [e for e in seen_env if "AccountKey" in e or "devstoreaccount1:" in e]
+    # found again from the root, by the container's metadata, from a fresh handle
+    assert [s.name for s in batch.jobs(f"az://{container}")] == ["ptm"]
+    assert batch.attach("ptm", storage=f"az://{container}").status().counts["succeeded"] == 4
 
     # the credential the workers got: the job's container, read/write, no delete, expiring
     assert job._local is not None
     grant = job._local.driver._grant
-    assert grant is not None and grant.prefix == "ptm/" and grant.token
+    assert grant is not None and grant.prefix == "" and grant.token
     assert "AccountKey" not in repr(grant) and grant.token not in repr(grant)
-    scoped = ContainerClient(grant.endpoint, container, credential=grant.token)
-    scoped.upload_blob("ptm/extra.txt", b"ok", overwrite=True)
-    assert scoped.download_blob("ptm/extra.txt").readall() == b"ok"
+    scoped = ContainerClient(grant.endpoint, space, credential=grant.token)
+    scoped.upload_blob("runs/extra.txt", b"ok", overwrite=True)
+    assert scoped.download_blob("runs/extra.txt").readall() == b"ok"
     with pytest.raises(HttpResponseError) as refused:
-        scoped.delete_blob("ptm/extra.txt")
+        scoped.delete_blob("runs/extra.txt")
     assert refused.value.status_code == 403
-    other = f"other-{uuid.uuid4().hex[:8]}"
-    open_storage(f"az://{other}").check()
-    with pytest.raises(HttpResponseError) as elsewhere:
-        ContainerClient(grant.endpoint, other, credential=grant.token).upload_blob("x", b"no")
-    assert elsewhere.value.status_code == 403
-    # and the grant's own client refuses keys outside the job's prefix
-    with pytest.raises(StorageAccessError):
-        grant.open().put_bytes("another-job/job.json", b"{}")
-    short = job.storage.grant("ptm/", ttl_s=1, write=True)
+    # and nothing else: not another job of the same root, not the root's own container
+    root = open_storage(f"az://{container}")
+    other = job_space(root, "other-job", create=True)
+    other.put_bytes("job.json", b"{}")
+    for elsewhere in (other.url.removeprefix("az://"), container):
+        raw = ContainerClient(grant.endpoint, elsewhere, credential=grant.token)
+        with pytest.raises(HttpResponseError) as denied:
+            raw.upload_blob("runs/x.txt", b"no")
+        assert denied.value.status_code == 403, elsewhere
+        with pytest.raises(HttpResponseError) as denied:
+            raw.download_blob("job.json").readall()
+        assert denied.value.status_code == 403, elsewhere
+        with pytest.raises(HttpResponseError) as denied:
+            next(iter(raw.list_blobs()))
+        assert denied.value.status_code == 403, elsewhere
+    assert other.get_bytes("job.json") == b"{}"
+    short = job.storage.grant("", ttl_s=1, write=True)
     time.sleep(2.5)
     with pytest.raises(HttpResponseError) as expired:
-        ContainerClient(short.endpoint, container, credential=short.token).upload_blob(
-            "ptm/late.txt", b"late"
+        ContainerClient(short.endpoint, space, credential=short.token).upload_blob(
+            "late.txt", b"late"
         )
     assert expired.value.status_code == 403
 

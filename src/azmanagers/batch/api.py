@@ -31,9 +31,10 @@ from azmanagers.batch.runner import PackageRef
 from azmanagers.batch.staging import InputRef, Stager, dest_for
 from azmanagers.batch.sweep import Sweep
 from azmanagers.config.paths import home
-from azmanagers.errors import AzManagersError, BatchError, ConfigError
+from azmanagers.errors import AzManagersError, BatchError, BatchJobNotFoundError, ConfigError
 from azmanagers.storage import open_storage
 from azmanagers.storage.base import Grant, Storage
+from azmanagers.storage.spaces import discard_if_empty, job_names, job_space
 
 logger = logging.getLogger("azmanagers.batch")
 
@@ -67,7 +68,7 @@ def open_job_storage(storage: str | Storage | None) -> Storage:
 
 def attach(name: str, *, storage: str | Storage | None = None) -> Job:
     """The job ``name`` in ``storage``, from any process or machine that can read it."""
-    job = Job(check_job_name(name), open_job_storage(storage))
+    job = Job(name, job_space(open_job_storage(storage), check_job_name(name), create=False))
     job.record()
     return job
 
@@ -76,11 +77,13 @@ def jobs(storage: str | Storage | None = None) -> list[JobStatus]:
     """Every job in ``storage`` with its status."""
     opened = open_job_storage(storage)
     found = []
-    for name in opened.list_dirs(""):
+    for name in job_names(opened):
         if not _NAME.fullmatch(name):
             continue
         try:
-            found.append(Job(name, opened).status())
+            found.append(Job(name, job_space(opened, name, create=False)).status())
+        except BatchJobNotFoundError:
+            continue  # a space without a record yet (being staged, or refused while staging)
         except AzManagersError as exc:
             logger.warning("skipping %s: %s", name, exc)
     return found
@@ -125,10 +128,10 @@ def submit(
     """
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"workers must be a whole number >= 1, got {workers!r}.")
-    opened, store, plan = prepare(what, name=name, storage=storage, cluster=cluster, base=base)
-    connection = connect(cluster, workers, opened)
+    space, store, plan = prepare(what, name=name, storage=storage, cluster=cluster, base=base)
+    connection = connect(cluster, workers, space)
     return _start(
-        opened,
+        space,
         store,
         plan,
         connection,
@@ -148,20 +151,31 @@ def prepare(
     cluster: Any,
     base: str | Path | None,
 ) -> tuple[Storage, JobStore, Plan]:
-    """Check everything, stage the inputs and write the job record; nothing runs yet."""
+    """Check everything, stage the inputs and write the job record; nothing runs yet.
+
+    Returns the job's space (where everything of the job lives), its store and its plan.
+    """
     sweep = what if isinstance(what, Sweep) else _single(what)
     check_job_name(name)
     opened = open_job_storage(storage)
-    store = JobStore(opened, name)
-    existing = store.read_job()
+    existing = JobStore(job_space(opened, name, create=False), name).read_job()
     if existing is not None:
         _check_not_running(existing)
     check_reach(opened, provider_of(cluster))
-    refs, shared, packages = _stage(opened, store.prefix, sweep, Path(base or Path.cwd()))
+    space = job_space(opened, name, create=True)
+    store = JobStore(space, name)
+    try:
+        refs, shared, packages = _stage(
+            space, opened, store.prefix, sweep, Path(base or Path.cwd())
+        )
+    except BaseException:
+        if existing is None:
+            discard_if_empty(opened, space)
+        raise
     digest = job_digest(sweep, refs)
     if existing is not None and existing.digest != digest:
         raise ConfigError(
-            f"job {name!r} in {opened.url_for(name)} was submitted with a different model, "
+            f"job {name!r} in {space.url} was submitted with a different model, "
             "sweep or input contents; use another job name (or another storage) for this one, "
             "or submit the same definition and inputs to resume it."
         )
@@ -179,7 +193,7 @@ def prepare(
         created=existing.created if existing else time.time(),
     )
     store.write_job(record)
-    return opened, store, Plan(name, store.prefix, sweep, refs, shared, packages, session)
+    return space, store, Plan(name, store.prefix, sweep, refs, shared, packages, session)
 
 
 def job_digest(sweep: Sweep, refs: Mapping[str, InputRef]) -> str:
@@ -329,9 +343,10 @@ def _check_not_running(existing: JobRecord) -> None:
 
 
 def _stage(
-    storage: Storage, prefix: str, sweep: Sweep, base: Path
+    space: Storage, root: Storage, prefix: str, sweep: Sweep, base: Path
 ) -> tuple[dict[str, InputRef], tuple[InputRef, ...], tuple[PackageRef, ...]]:
-    stager = Stager(storage, prefix, base=base)
+    """Stage every input into the job's ``space``; registered packages come from ``root``."""
+    stager = Stager(space, prefix, base=base)
     model = sweep.model
     shared_dests = [dest_for(s) for s in model.shared]
     for run in sweep.runs():
@@ -347,7 +362,7 @@ def _stage(
     packages = []
     for pkg in model.packages:
         source = (
-            pkg.path if pkg.path is not None else registered_source(storage, pkg.name, pkg.version)
+            pkg.path if pkg.path is not None else registered_source(root, pkg.name, pkg.version)
         )
         ref = stager.add(source, dest="")
         stager.refs[f"package:{pkg.name}:{pkg.version}"] = ref

@@ -40,8 +40,8 @@ def submit_detached(
             "a detached job makes its own cluster: give cluster as a template name, not "
             f"a {type(cluster).__name__}."
         )
-    opened, store, _ = prepare(what, name=name, storage=storage, cluster=cluster, base=base)
-    grant = opened.grant(store.prefix, ttl_s=DETACHED_GRANT_TTL_S, write=True)
+    space, store, _ = prepare(what, name=name, storage=storage, cluster=cluster, base=base)
+    grant = space.grant(store.prefix, ttl_s=DETACHED_GRANT_TTL_S, write=True)
     vm = addproc(vm_template)
     try:
         detached = _submit(
@@ -58,11 +58,14 @@ def submit_detached(
     record = store.read_job()
     if record is not None:
         store.write_job(replace(record, driver=f"detached:{vm.name}/{detached.id}"))
-    return Job(name, opened)
+    return Job(name, space)
 
 
 def drive_detached(name: str, grant: Grant, cluster: str | None, workers: int | None) -> str:
-    """On the detached VM: drive the job from its records to the end; its final status."""
+    """On the detached VM: drive the job from its records to the end; its final status.
+
+    The grant is the job's space (made on it by ``submit_detached``): nothing else is reachable.
+    """
     job = Job(name, grant.open())
     done = resubmit(
         job, only_failed=False, cluster=cluster, workers=workers, wait=True, grant=grant

@@ -108,24 +108,25 @@ class _Local:
 class Job:
     """A batch job in storage. Made by ``batch.submit`` or ``batch.attach``."""
 
-    def __init__(self, name: str, storage: Storage, *, local: _Local | None = None) -> None:
+    def __init__(self, name: str, space: Storage, *, local: _Local | None = None) -> None:
         self.name = name
-        self.storage = storage
-        self.store = JobStore(storage, name)
+        self.storage = space
+        """The job's space (``storage.spaces.job_space``): its records, inputs and outputs."""
+        self.store = JobStore(space, name)
         self._local = local
 
     def __repr__(self) -> str:
-        return f"<batch.Job {self.name!r} at {self.storage.url_for(self.name)}>"
+        return f"<batch.Job {self.name!r} at {self.storage.url}>"
 
     @property
     def url(self) -> str:
-        return self.storage.url_for(self.name)
+        return self.storage.url
 
     def record(self) -> JobRecord:
         record = self.store.read_job()
         if record is None:
             raise BatchJobNotFoundError(
-                f"no batch job {self.name!r} in {self.storage.url}; `azm batch list` shows the "
+                f"no batch job {self.name!r} at {self.storage.url}; `azm batch list` shows the "
                 "jobs there."
             )
         return record

@@ -191,12 +191,13 @@ def _load(raw: bytes, where: str) -> dict[str, Any]:
 
 
 class JobStore:
-    """Reads and writes one job's records under ``<name>/`` in a storage root."""
+    """Reads and writes one job's records in its space (``storage.spaces.job_space``)."""
 
-    def __init__(self, storage: Storage, name: str) -> None:
-        self.storage = storage
+    def __init__(self, space: Storage, name: str) -> None:
+        self.storage = space
         self.name = name
-        self.prefix = f"{name}/"
+        self.prefix = ""
+        """Keys are relative to the space; kept so that a layout with a prefix stays one edit."""
 
     # -- keys ---------------------------------------------------------------------------
     @property

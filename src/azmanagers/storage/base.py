@@ -135,6 +135,16 @@ class Access:
         if delete and not self.delete:
             raise StorageAccessError(f"{url}/{key}: this credential may not delete")
 
+    def inside(self, name: str, url: str) -> Access:
+        """What this access allows inside the folder (or a job's space) ``name`` of ``url``."""
+        inner = f"{name}/"
+        if self.prefix and not (inner.startswith(self.prefix) or self.prefix.startswith(inner)):
+            raise StorageAccessError(
+                f"{url}: this credential is limited to {self.prefix!r}, not {name!r}"
+            )
+        prefix = self.prefix[len(inner) :] if self.prefix.startswith(inner) else ""
+        return Access(prefix, self.write, self.delete, self.expires_at)
+
 
 class Storage(Protocol):
     """A storage root (a folder, or a Blob container and prefix) holding objects by key.
@@ -144,6 +154,7 @@ class Storage(Protocol):
     """
 
     url: str
+    access: Access
 
     def url_for(self, key: str) -> str:
         """Return ``url + "/" + key``."""

@@ -89,17 +89,17 @@ class BlobStorage:
         self._location = location
         self._base = location.prefix
         self._container = container
-        self._endpoint = endpoint
+        self.endpoint = endpoint
         self.access = access or Access()
-        self._account = account
-        self._service = service
+        self.account = account
+        self.service = service
         self._closers = list(closers)
         self._files: ThreadPoolExecutor | None = None
         self._blocks: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"BlobStorage({self.url!r}, endpoint={self._endpoint!r})"
+        return f"BlobStorage({self.url!r}, endpoint={self.endpoint!r})"
 
     def __enter__(self) -> BlobStorage:
         return self
@@ -122,7 +122,7 @@ class BlobStorage:
         return self._base + key
 
     def _where(self, key: str) -> Where:
-        return Where(key=key, url=self.url_for(key), endpoint=self._endpoint)
+        return Where(key=key, url=self.url_for(key), endpoint=self.endpoint)
 
     def _blocks_up(
         self, name: str, key: str, source: memoryview | int, size: int, digest: str | None
@@ -168,8 +168,8 @@ class BlobStorage:
     # -- the Storage calls -----------------------------------------------------------------
     def check(self) -> None:
         """Reach the account in one call; create the container when we hold the account."""
-        with mapped_errors(f"storage {self.url}", self._endpoint):
-            if self._account is not None:
+        with mapped_errors(f"storage {self.url}", self.endpoint):
+            if self.account is not None:
                 from azure.core.exceptions import ResourceExistsError
 
                 with contextlib.suppress(ResourceExistsError):
@@ -198,7 +198,7 @@ class BlobStorage:
         digest = hashlib.sha256(data).hexdigest()
         if len(data) > BLOCK_BYTES:
             return self._blocks_up(name, key, memoryview(data), len(data), digest)
-        with mapped_errors(self.url_for(key), self._endpoint):
+        with mapped_errors(self.url_for(key), self.endpoint):
             done = self._container.get_blob_client(name).upload_blob(
                 data, length=len(data), overwrite=True, metadata={SHA_KEY: digest}
             )
@@ -221,7 +221,7 @@ class BlobStorage:
         if size <= BLOCK_BYTES:
             data = Path(local).read_bytes()
             digest = sha256 or hashlib.sha256(data).hexdigest()
-            with mapped_errors(self.url_for(key), self._endpoint):
+            with mapped_errors(self.url_for(key), self.endpoint):
                 done = self._container.get_blob_client(name).upload_blob(
                     data, length=len(data), overwrite=True, metadata={SHA_KEY: digest}
                 )
@@ -293,7 +293,7 @@ class BlobStorage:
         check_prefix(prefix)
         self.access.check(prefix, write=False, url=self.url)
         yield from list_infos(
-            self._container, self._base, prefix, f"{self.url}/{prefix}", self._endpoint
+            self._container, self._base, prefix, f"{self.url}/{prefix}", self.endpoint
         )
 
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
@@ -301,7 +301,7 @@ class BlobStorage:
         folder = dir_prefix(prefix)
         self.access.check(folder, write=False, url=self.url)
         return folder_names(
-            self._container, self._base, folder, f"{self.url}/{folder}", self._endpoint
+            self._container, self._base, folder, f"{self.url}/{folder}", self.endpoint
         )
 
     def delete(self, key: str) -> None:
@@ -310,7 +310,7 @@ class BlobStorage:
 
         name = self._name(key, write=True, delete=True)
         with (
-            mapped_errors(self.url_for(key), self._endpoint),
+            mapped_errors(self.url_for(key), self.endpoint),
             contextlib.suppress(ResourceNotFoundError),
         ):
             self._container.delete_blob(name)
@@ -325,16 +325,16 @@ class BlobStorage:
         scope = dir_prefix(prefix)
         self.access.check(scope, write=write, url=self.url)
         expiry = datetime.now(timezone.utc) + timedelta(seconds=check_ttl(ttl_s))
-        with mapped_errors(f"a grant for {self.url}/{scope}", self._endpoint):
+        with mapped_errors(f"a grant for {self.url}/{scope}", self.endpoint):
             token = container_sas(
-                self._account, self._service, self._location.container, expiry, write=write
+                self.account, self.service, self._location.container, expiry, write=write
             )
         return Grant(
             url=self.url,
             prefix=scope,
             expires_at=expiry.timestamp(),
             write=write,
-            endpoint=self._endpoint,
+            endpoint=self.endpoint,
             token=token,
         )
 

@@ -1,0 +1,108 @@
+"""A batch job's own container on az://, so that a container SAS is scoped to that job alone."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from urllib.parse import quote, unquote
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import ContainerClient
+
+from azmanagers.errors import StorageAccessError, StorageError
+from azmanagers.storage.blob import BlobStorage
+from azmanagers.storage.blob_account import BlobLocation, mapped_errors
+
+SPACE_PREFIX = "azm-"
+"""Every job container's name starts with this (listings ask the service for these only)."""
+
+SPACE_KIND = "batch-job"
+KIND_KEY, ROOT_KEY, JOB_KEY = "azm_kind", "azm_root", "azm_job"
+"""The container metadata that marks a job's container: its kind, root URL and job name."""
+
+SLUG_CHARS = 40
+DIGEST_CHARS = 12
+"""A job container is ``azm-<slug of the name>-<12 hex of the root and name>``: at most 57
+characters (Blob allows 63), readable in the portal, and distinct per root and job."""
+
+
+def space_container(root_url: str, name: str) -> str:
+    """The container that holds job ``name`` of the storage root ``root_url``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:SLUG_CHARS].strip("-")
+    digest = hashlib.sha256(f"{root_url}\n{name}".encode()).hexdigest()[:DIGEST_CHARS]
+    return f"{SPACE_PREFIX}{slug or 'job'}-{digest}"
+
+
+def open_space(root: BlobStorage, name: str, *, create: bool) -> BlobStorage:
+    """Job ``name``'s container, as a Storage on the same account and HTTP pool as ``root``.
+
+    With ``create`` the container is made (tagged with its kind, root and job in its metadata)
+    or, when it exists, checked to be this job's. Needs the account (a key or a signed-in
+    identity allowed to create containers): a grant cannot open another container.
+    """
+    if root.service is None:
+        raise StorageAccessError(
+            f"{root.url}: a job's credential cannot open job {name!r}; open the storage with "
+            "the account's connection string or a signed-in identity"
+        )
+    location = BlobLocation(container=space_container(root.url, name), prefix="")
+    client = root.service.get_container_client(location.container)
+    if create:
+        _make(client, root.url, name, location.url, root.endpoint)
+    return BlobStorage(
+        location,
+        client,  # shares root's HTTP pool: closing it leaves root's open
+        endpoint=root.endpoint,
+        access=root.access.inside(name, root.url),
+        account=root.account,
+        service=root.service,
+    )
+
+
+def space_names(root: BlobStorage) -> list[str]:
+    """The names of the jobs whose containers belong to ``root`` (found by their metadata)."""
+    service = root.service
+    if service is None:
+        raise StorageAccessError(
+            f"{root.url}: a job's credential cannot list other jobs; open the storage with the "
+            "account's connection string or a signed-in identity"
+        )
+    names = []
+    with mapped_errors(f"listing the jobs of {root.url}", root.endpoint):
+        for item in service.list_containers(name_starts_with=SPACE_PREFIX, include_metadata=True):
+            meta = item.metadata or {}
+            job = meta.get(JOB_KEY, "")
+            if (
+                meta.get(KIND_KEY) == SPACE_KIND
+                and unquote(meta.get(ROOT_KEY, "")) == root.url
+                and item.name == space_container(root.url, job)
+            ):
+                names.append(job)
+    return sorted(names)
+
+
+def _make(client: ContainerClient, root_url: str, name: str, url: str, endpoint: str) -> None:
+    """Create the job's container, or check that the one there is this job's."""
+    metadata = {KIND_KEY: SPACE_KIND, ROOT_KEY: quote(root_url, safe=""), JOB_KEY: name}
+    with mapped_errors(f"making the job container {url}", endpoint):
+        try:
+            client.create_container(metadata=metadata)
+            return
+        except ResourceExistsError:
+            found = client.get_container_properties().metadata or {}
+    if found != metadata:
+        raise StorageError(
+            f"{url} exists but is not the container of job {name!r} of {root_url} (its metadata "
+            "says otherwise); delete or rename that container, or use another job name."
+        )
+
+
+def drop_empty(root: BlobStorage, space_url: str) -> None:
+    """Delete the job container at ``space_url`` of ``root`` (the caller saw it empty)."""
+    container = space_url.removeprefix("az://").strip("/")
+    if root.service is None or not container.startswith(SPACE_PREFIX):
+        return
+    what = f"removing the empty job container {space_url}"
+    with mapped_errors(what, root.endpoint), contextlib.suppress(ResourceNotFoundError):
+        root.service.delete_container(container)
