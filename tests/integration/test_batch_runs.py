@@ -19,7 +19,7 @@ import pytest
 
 from azmanagers import batch
 from azmanagers.batch.packages import add_package
-from azmanagers.errors import BatchError, ConfigError
+from azmanagers.errors import BatchError, ConfigError, IntegrityError
 from azmanagers.storage import open_storage
 from tests.conftest import processes_under
 
@@ -100,6 +100,14 @@ def test_a_model_prints_its_version_and_outputs_land_next_to_inputs(
     root = tmp_path / "runs" / "hist"
     assert (root / "job.json").exists() and (root / "inputs").is_dir()
     assert all(len(o.sha256) == 64 for o in run.outputs)
+    # a record altered to put an output outside the download folder: refused, nothing written
+    key = f"runs/{run.run_id}/run.json"
+    record = json.loads(job.storage.get_bytes(key))
+    record["outputs"][0]["path"] = "../../escaped.txt"
+    job.storage.put_bytes(key, json.dumps(record).encode())  # as a worker's grant could
+    with pytest.raises(IntegrityError, match="altered"):
+        job.download(tmp_path / "again")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "again").exists()
 
 
 def test_a_sweep_varies_env_and_fetches_a_shared_input_once_per_node(

@@ -134,6 +134,16 @@ def test_a_one_line_sweep_runs_and_its_outputs_download(
         folder = tmp_path / "got" / by_n[f"N={n}"]
         assert (folder / "out.txt").read_text() == f"{n * n} wet deck\nshared table\n"
         assert (folder / "stdout.txt").read_text() == f"hello {n}\n"
+    # again: what is there is kept; a file you changed is not replaced unless --overwrite
+    mine = tmp_path / "got" / by_n["N=2"] / "out.txt"
+    mine.write_text("my edit\n")
+    code, out, err = run_azm("batch", "download", "squares", str(tmp_path / "got"),
+                             "--storage", storage)  # fmt: skip
+    assert code == 2 and "differ" in err and str(mine) in err and "--overwrite" in err, err
+    assert mine.read_text() == "my edit\n"
+    code, out, err = run_azm("batch", "download", "squares", str(tmp_path / "got"),
+                             "--storage", storage, "--overwrite")  # fmt: skip
+    assert code == 0 and mine.read_text() == "4 wet deck\nshared table\n", err
 
     code, out, err = run_azm("batch", "status", "squares", "--storage", storage, "--json")
     assert code == 0, err

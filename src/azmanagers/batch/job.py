@@ -18,10 +18,12 @@ from azmanagers.errors import (
     BatchError,
     BatchJobNotFoundError,
     ConfigError,
+    IntegrityError,
     StorageNotFoundError,
     WaitTimeoutError,
 )
 from azmanagers.storage.base import Storage
+from azmanagers.storage.hashing import sha256_file
 
 if TYPE_CHECKING:
     from azmanagers.batch.driver import Driver
@@ -241,28 +243,67 @@ class Job:
                 f"the {stdio} of run {run_id!r} was not kept: {exc}"
             ) from exc
 
-    def download(self, dest: str | Path, *, run: str | None = None) -> list[Path]:
-        """Fetch the outputs (and logs) of every run, or of one, into ``dest/<run id>/``."""
+    def download(
+        self, dest: str | Path, *, run: str | None = None, overwrite: bool = False
+    ) -> list[Path]:
+        """Fetch the outputs (and logs) of every run, or of one, into ``dest/<run id>/``.
+
+        Files already there with the same content are kept as they are (a repeated download
+        fetches only what is new). A file there with other content is an error naming it,
+        unless ``overwrite``: nothing of yours is replaced silently.
+        """
         root = Path(dest)
         records = [self.run(run)] if run is not None else self.runs()
-        pairs: list[tuple[str, Path]] = []
+        wanted: list[tuple[str, Path, str]] = []
+        inside = root.resolve()
         for record in records:
-            folder = root / record.run_id
-            pairs += [(o.key, folder / o.path) for o in record.outputs]
+            files = [(o.key, o.path, o.sha256) for o in record.outputs]
             if record.attempts:
                 last = record.attempts[-1]
-                pairs += [
-                    (k, folder / name)
-                    for k, name in (
-                        (last.stdout_key, "stdout.txt"),
-                        (last.stderr_key, "stderr.txt"),
+                logs = ((last.stdout_key, "stdout.txt"), (last.stderr_key, "stderr.txt"))
+                files += [(key, name, "") for key, name in logs if key]
+            for key, rel, sha in files:
+                where = os.path.normpath(os.path.join(record.run_id, rel))
+                if where.startswith("..") or os.path.isabs(where):
+                    raise IntegrityError(
+                        f"the record of {self.storage.url_for(key)} puts it at {rel!r}, "
+                        f"outside {root}: the job's records were altered; nothing was "
+                        "downloaded."
                     )
-                    if k
-                ]
-        for _, path in pairs:
-            path.resolve().relative_to(root.resolve())  # keys are ours; paths stay inside
+                path = root / where
+                if not path.resolve().is_relative_to(inside):
+                    raise ConfigError(
+                        f"{path} leads outside {root} (a link there); remove the link or "
+                        "download into another folder. Nothing was downloaded."
+                    )
+                wanted.append((key, path, sha))
+        pairs = self._fetch_list(wanted, overwrite)
         self.storage.get_files(pairs)
-        return [p for _, p in pairs]
+        return [p for _, p, _ in wanted]
+
+    def _fetch_list(
+        self, wanted: list[tuple[str, Path, str]], overwrite: bool
+    ) -> list[tuple[str, Path]]:
+        """What to fetch: files missing locally, or different (an error unless ``overwrite``)."""
+        pairs, differ = [], []
+        for key, path, sha in wanted:
+            if not path.exists():
+                pairs.append((key, path))
+                continue
+            if path.is_file():
+                stored = sha or getattr(self.storage.stat(key), "sha256", "") or ""
+                if stored and sha256_file(path) == stored:
+                    continue
+            if not overwrite or not path.is_file():
+                differ.append(path)
+            pairs.append((key, path))
+        if differ:
+            raise ConfigError(
+                f"{len(differ)} file(s) in the download folder differ from the job's (first: "
+                f"{differ[0]}); download into another folder, or overwrite them "
+                "(overwrite=True, `--overwrite`)."
+            )
+        return pairs
 
     def cancel(self) -> None:
         """Ask the job to stop: its driver kills every run's process group; status cancelled."""

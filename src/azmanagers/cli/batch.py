@@ -286,11 +286,19 @@ def batch_download(
     run: Annotated[
         str | None, typer.Option("--run", help="Only this run.", show_default=False)
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Replace files in DIR whose content differs."),
+    ] = False,
     storage: StorageOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Fetch the outputs and logs of every run (or of one) into DIR/<run id>/, verified."""
-    paths = _attach(name, storage).download(dest, run=run)
+    """Fetch the outputs and logs of every run (or of one) into DIR/<run id>/, verified.
+
+    Files already in DIR with the same content are kept; a file with other content is an
+    error unless --overwrite.
+    """
+    paths = _attach(name, storage).download(dest, run=run, overwrite=overwrite)
     if json_out:
         echo_json([str(p) for p in paths])
     else:
