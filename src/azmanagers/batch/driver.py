@@ -37,6 +37,10 @@ MAX_GRANT_TTL_S = 7 * 24 * 3600.0
 """The longest grant minted (a user-delegation key's limit); longer runs get a fresh one
 when they are requeued or retried."""
 MIN_IN_FLIGHT = 8
+RUNNING_RECORD_AFTER_S = RECORD_EVERY_S
+"""A first attempt's ``running`` record is written once it has run this long (most short runs
+end before and get one record, their final one); an attempt with history (a retry, a requeue,
+a resumed run) gets its ``running`` record at once, so that history is never lost."""
 
 Progress = Callable[[Mapping[str, int], int], None]
 """Called as ``progress(counts by state, total)`` when the counts change."""
@@ -52,6 +56,9 @@ class _Flight:
     failures: int = 0
     """Attempts that failed (non-zero exit, timeout, error): what ``retries`` bounds."""
     counted: bool = False
+    record_at: float | None = None
+    """When (monotonic) to write this attempt's ``running`` record; None: written, or due
+    to no one."""
 
 
 class Driver:
@@ -125,8 +132,10 @@ class Driver:
                 self._submit(flights, self._flight(spec, known))
             if not flights:
                 break
-            for future in _some_done(list(flights)):
-                self._finish(flights, future, flights.pop(future))
+            done = _some_done(list(flights))
+            results = self._gather(done)
+            for future in done:
+                self._finish(flights, future, flights.pop(future), results.get(future))
             self._tick(flights)
         if self._taken_over:
             raise TakenOverError(
@@ -161,13 +170,39 @@ class Driver:
         future = self.client.submit(execute, task, key=key, pure=False, retries=0)
         self.submitted += 1
         flights[future] = flight
-        self._write(flight, "running")
+        if flight.attempts:
+            self._write(flight, "running")  # a retry or a resumed run: keep its history now
+        else:
+            flight.record_at = time.monotonic() + RUNNING_RECORD_AFTER_S
+            self._count_running(flight)
 
-    def _finish(self, flights: dict[Any, _Flight], future: Any, flight: _Flight) -> None:
+    def _gather(self, done: list[Any]) -> dict[Any, RunResult]:
+        """The results of the finished futures among ``done``, fetched in one call.
+
+        Futures left out (erred, cancelled, or all of them when the call fails) are asked one
+        by one in ``_finish``, which sorts out what happened to them.
+        """
+        finished = [f for f in done if f.status == "finished"]
+        if len(finished) < 2:
+            return {}
+        try:
+            values = self.client.gather(finished)
+        except Exception as exc:  # a worker lost meanwhile: _finish asks each future
+            logger.debug("gathering %d results failed: %r", len(finished), exc)
+            return {}
+        return dict(zip(finished, values, strict=True))
+
+    def _finish(
+        self,
+        flights: dict[Any, _Flight],
+        future: Any,
+        flight: _Flight,
+        gathered: RunResult | None = None,
+    ) -> None:
         from distributed.scheduler import KilledWorker
 
         try:
-            result: RunResult = future.result()
+            result: RunResult = future.result() if gathered is None else gathered
         except KilledWorker as exc:
             self._lost(flights, flight, f"its worker was lost: {exc}")
             return
@@ -252,6 +287,9 @@ class Driver:
 
     def _tick(self, flights: dict[Any, _Flight]) -> None:
         now = time.monotonic()
+        for flight in flights.values():
+            if flight.record_at is not None and now >= flight.record_at and not self._cancelled:
+                self._write(flight, "running")
         if not self._cancelled and now - self._cancel_at >= CANCEL_CHECK_S:
             self._cancel_at = now
             try:
@@ -300,6 +338,7 @@ class Driver:
     def _write(
         self, flight: _Flight, status: str, *, result: RunResult | None = None, error: str = ""
     ) -> None:
+        flight.record_at = None
         if self._taken_over:
             return  # the runs are the other driver's now: leave their records alone
         spec = flight.spec
@@ -320,14 +359,22 @@ class Driver:
         if status in FINAL_STATES:
             self.counts[status] += 1
             self.counts["running"] -= 1
-        elif not flight.counted:
-            flight.counted = True
-            self.counts["running"] += 1
+        else:
+            self._count_running(flight, progress=False)
         try:
             self.store.write_run(record)
         except AzManagersError as exc:
             logger.error("could not write the record of run %s: %s", spec.run_id, exc)
         if self.progress is not None:
+            self.progress(self.snapshot(), self.total)
+
+    def _count_running(self, flight: _Flight, *, progress: bool = True) -> None:
+        """Count a run as running from its first submission on (once, whatever its attempts)."""
+        if flight.counted:
+            return
+        flight.counted = True
+        self.counts["running"] += 1
+        if progress and self.progress is not None:
             self.progress(self.snapshot(), self.total)
 
     def snapshot(self) -> dict[str, int]:

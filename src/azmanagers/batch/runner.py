@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import select
 import shutil
 import signal
 import socket
@@ -26,7 +27,8 @@ from azmanagers.errors import AzManagersError
 from azmanagers.storage.base import Grant, Storage
 
 POLL_S = 0.05
-"""How often a running command is checked for its end, timeout or cancel."""
+"""How often a running command is checked for its timeout or cancel (its end wakes the
+runner at once: it waits on the process's pidfd where Linux has one)."""
 EVICTION_CHECK_S = 1.0
 """How often a running command checks for the node's eviction notice."""
 KILL_GRACE_S = 5.0
@@ -172,12 +174,12 @@ def execute(task: RunTask) -> RunResult:
     cache = NodeCache()
     node, host = node_name()
     started = time.time()
+    # one folder per attempt, right under the job's (no folder per run left behind)
     attempt_dir = (
         cache.root
         / "jobs"
         / task.job
-        / task.run_id
-        / (f"attempt-{task.attempt}-{uuid.uuid4().hex[:8]}")
+        / f"{task.run_id}-attempt-{task.attempt}-{uuid.uuid4().hex[:8]}"
     )
     run_dir = attempt_dir / "wd"
     run_dir.mkdir(parents=True, mode=0o700)
@@ -185,7 +187,7 @@ def execute(task: RunTask) -> RunResult:
     attempt_prefix = f"{task.prefix}runs/{task.run_id}/attempt-{task.attempt}/"
     stdout_key, stderr_key = f"{attempt_prefix}stdout.txt", f"{attempt_prefix}stderr.txt"
     active = active_runs_dir() / f"{os.getpid()}-{task.session}-{task.run_id}-{task.attempt}"
-    active.touch()
+    active.touch(mode=0o600)
     storage = task.grant.open()
     exit_code: int | None = None
     reason, error = "error", ""
@@ -322,6 +324,7 @@ def _run(
     reason = "exit"
     flag = eviction_flag()
     next_flag_check = time.monotonic() + EVICTION_CHECK_S
+    ended = _exit_waiter(proc)
     try:
         while proc.poll() is None:
             if time.monotonic() >= next_flag_check:
@@ -344,17 +347,52 @@ def _run(
                 reason = "cancelled"
                 _stop(proc)
                 break
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(POLL_S)  # returns as soon as the command ends
+            ended.wait(POLL_S)  # returns as soon as the command ends
         with _ACTIVE.lock:
             if task.session in _ACTIVE.cancelled and reason == "exit" and proc.returncode != 0:
                 reason = "cancelled"
     finally:
+        ended.close()
         _kill_group(proc, signal.SIGKILL)  # nothing of the run outlives it
         proc.wait()
         with _ACTIVE.lock:
             _ACTIVE.procs.pop(key, None)
     return proc.returncode, reason
+
+
+class _ExitWaiter:
+    """Waits for a child's end: on its pidfd (woken the moment it ends, no polling), or by
+    ``Popen.wait``'s own polling where there is no pidfd."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], pidfd: int) -> None:
+        self.proc = proc
+        self.pidfd = pidfd
+        self.poller: select.poll | None = None
+        if pidfd >= 0:
+            self.poller = select.poll()
+            self.poller.register(pidfd, select.POLLIN)
+
+    def wait(self, timeout_s: float) -> None:
+        """Return when the child ended or after ``timeout_s`` seconds, whichever comes first."""
+        if self.poller is not None:
+            self.poller.poll(max(0, round(timeout_s * 1000)))
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout_s)
+
+    def close(self) -> None:
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+            self.poller = None
+
+
+def _exit_waiter(proc: subprocess.Popen[bytes]) -> _ExitWaiter:
+    pidfd_open = getattr(os, "pidfd_open", None)  # Linux 5.3+; elsewhere Popen.wait polls
+    try:
+        return _ExitWaiter(proc, -1 if pidfd_open is None else pidfd_open(proc.pid))
+    except OSError:  # an old kernel, or the child was reaped already
+        return _ExitWaiter(proc, -1)
 
 
 def _worker_closing() -> bool:
