@@ -33,7 +33,7 @@ def submit_detached(
     template name) itself, and deletes itself when the job ends. ``batch.attach(name,
     storage=...)`` follows the job from anywhere.
     """
-    from azmanagers.detached.api import _submit, addproc, rmproc
+    from azmanagers.detached.api import addproc, rmproc, submit_call
 
     if cluster is not None and not isinstance(cluster, str):
         raise BatchError(
@@ -44,7 +44,7 @@ def submit_detached(
     grant = space.grant(store.prefix, ttl_s=DETACHED_GRANT_TTL_S, write=True)
     vm = addproc(vm_template)
     try:
-        detached = _submit(
+        detached = submit_call(
             vm,
             drive_detached,
             (name, grant, cluster, workers),

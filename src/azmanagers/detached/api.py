@@ -130,10 +130,10 @@ def detachat(
     local functions work); a string is run as a Python script. ``env`` sets environment
     variables of the job; ``env`` and ``job_name`` are taken by this call, not passed on.
     """
-    return _submit(vm, function_or_code, args, kwargs, env=env, job_name=job_name)
+    return submit_call(vm, function_or_code, args, kwargs, env=env, job_name=job_name)
 
 
-def _submit(
+def submit_call(
     vm: DetachedVM | str,
     function_or_code: Callable[..., Any] | str,
     args: tuple[Any, ...],
@@ -143,6 +143,10 @@ def _submit(
     job_name: str = "",
     persist: bool = True,
 ) -> DetachedJob:
+    """``detachat`` with its arguments as a tuple and a dict (for callers in azmanagers).
+
+    ``persist=False``: the VM deletes itself after the job (see ``@detached``).
+    """
     record = load_vm(vm) if isinstance(vm, str) else vm
     code: str | None = None
     call: str | None = None
@@ -221,7 +225,7 @@ def detach(
                     "delete the VM (e.g. Virtual Machine Contributor on the resource group)."
                 )
             vm = addproc(vm_template, **addproc_options)
-            return _submit(vm, function, args, kwargs, persist=persist)
+            return submit_call(vm, function, args, kwargs, persist=persist)
 
         return run
 

@@ -7,8 +7,9 @@
 lock and atomic writes are in ``local_meta``), ``blob`` (``az://`` on azure-storage-blob, moving
 blobs in ``blob_transfer``, HEAD and listings in ``blob_listing``) with its account, HTTP pool and
 error mapping in ``blob_account``; ``spaces`` (a job's own space: a sub-folder, or on az:// a
-container of its own tagged in ``blob_spaces``, so that a grant reaches one job). storage/ may import only ``azmanagers.errors``,
-``azmanagers._version`` and ``azmanagers.config`` (plus the Azure SDKs, loaded only for az://).
+container of its own tagged in ``blob_spaces``, so that a grant reaches one job). storage/ may
+import only ``azmanagers.errors``, ``azmanagers._version`` and ``azmanagers.config`` (plus the
+Azure SDKs, loaded only for az://).
 """
 
 from __future__ import annotations
