@@ -24,16 +24,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import queue
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,13 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.azurite import (  # noqa: E402  (after the repository root is on sys.path)
-    AZURITE_BLOB,
-    LISTENING,
-    START_TIMEOUT_S,
-    STOP_TIMEOUT_S,
-    connection_string,
-)
+from tests.azurite import running_azurite  # noqa: E402  (the repository root is on sys.path)
 
 MIB = 1 << 20
 BIG_BYTES = int(os.environ.get("AZM_BENCH_BIG_MIB", "256")) * MIB
@@ -64,68 +55,6 @@ SHARED_RUNS = 50
 SHARED_WORKERS = 4
 SHARED_BYTES = 32 * MIB
 CASES = ("big up", "big down", "small up", "small down")
-
-
-@contextlib.contextmanager
-def azurite(workdir: Path) -> Iterator[str]:
-    """Start azurite-blob (in memory, port 0, own process group); yield its connection string."""
-    if not AZURITE_BLOB.exists():
-        sys.exit(f"{AZURITE_BLOB} is missing: run `npm ci` in the repository root")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AZMANAGERS_")}
-    proc = subprocess.Popen(
-        [
-            str(AZURITE_BLOB),
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            "0",
-            "--inMemoryPersistence",
-            "--disableTelemetry",
-            "--skipApiVersionCheck",
-            "--loose",
-        ],
-        cwd=workdir,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        lines: queue.Queue[str] = queue.Queue()
-        stdout = proc.stdout
-        if stdout is None:
-            raise RuntimeError("azurite has no stdout pipe")
-
-        def drain() -> None:  # Azurite never blocks on a full pipe
-            for line in stdout:
-                lines.put(line)
-
-        threading.Thread(target=drain, name="azurite-output", daemon=True).start()
-        seen: list[str] = []
-        port = 0
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not port:
-            left = deadline - time.monotonic()
-            if left <= 0 or (proc.poll() is not None and lines.empty()):
-                raise RuntimeError("Azurite did not start:\n" + "".join(seen[-20:]))
-            with contextlib.suppress(queue.Empty):
-                seen.append(lines.get(timeout=min(left, 0.5)))
-                if match := LISTENING.search(seen[-1]):
-                    port = int(match.group(1))
-        yield connection_string(port)
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -365,7 +294,7 @@ def main() -> None:
         azurite_dir = tmp / "azurite"
         azurite_dir.mkdir()
         print(f"Azurite staging: {REPEATS} repeats, alternating order", flush=True)
-        with azurite(azurite_dir) as cs:
+        with running_azurite(azurite_dir) as cs:
             medians = staging(cs, big, small, tmp)
             dms = dmsbatch(cs, big, small, tmp)
         ratio = report(medians, dms)

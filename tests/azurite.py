@@ -51,20 +51,18 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)  # any child left in the group
 
 
-@pytest.fixture(scope="session")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start ``azurite-blob`` (in-memory) on 127.0.0.1 and yield its connection string.
+@contextlib.contextmanager
+def running_azurite(workdir: Path) -> Iterator[str]:
+    """Start ``azurite-blob`` (in memory, 127.0.0.1, a free port, its own process group) in
+    ``workdir``; yield its connection string; kill the group on the way out.
 
-    Skips when ``node_modules/.bin/azurite-blob`` is missing (run ``npm ci`` in the repository
-    root). Azurite runs in its own process group, killed at the end of the session whatever
-    the tests did.
+    Raises RuntimeError when Azurite is missing or does not start within START_TIMEOUT_S.
     """
     if not AZURITE_BLOB.exists() or shutil.which("node") is None:
-        pytest.skip(
+        raise RuntimeError(
             f"Azurite is not installed ({AZURITE_BLOB} missing, or no node on PATH): "
             "run `npm ci` in the repository root (package.json pins azurite)"
         )
-    workdir = tmp_path_factory.mktemp("azurite")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AZMANAGERS_")}
     proc = subprocess.Popen(
         [
@@ -87,26 +85,46 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         start_new_session=True,
     )
     try:
-        lines: queue.Queue[str] = queue.Queue()
-        assert proc.stdout is not None
-        stdout = proc.stdout
-
-        def drain() -> None:  # keeps reading so Azurite never blocks on a full pipe
-            for line in stdout:
-                lines.put(line)
-
-        threading.Thread(target=drain, name="azurite-output", daemon=True).start()
-        seen: list[str] = []
-        port = 0
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not port:
-            left = deadline - time.monotonic()
-            if left <= 0 or (proc.poll() is not None and lines.empty()):
-                pytest.fail("Azurite did not start:\n" + "".join(seen[-20:]))
-            with contextlib.suppress(queue.Empty):
-                seen.append(lines.get(timeout=min(left, 0.5)))
-                if match := LISTENING.search(seen[-1]):
-                    port = int(match.group(1))
-        yield connection_string(port)
+        yield connection_string(_listening_port(proc))
     finally:
         _stop(proc)
+
+
+def _listening_port(proc: subprocess.Popen[str]) -> int:
+    """The port Azurite says it listens on (its output is drained for as long as it runs)."""
+    stdout = proc.stdout
+    if stdout is None:
+        raise RuntimeError("Azurite has no stdout pipe")
+    lines: queue.Queue[str] = queue.Queue()
+
+    def drain() -> None:  # keeps reading so Azurite never blocks on a full pipe
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=drain, name="azurite-output", daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or (proc.poll() is not None and lines.empty()):
+            raise RuntimeError("Azurite did not start:\n" + "".join(seen[-20:]))
+        with contextlib.suppress(queue.Empty):
+            seen.append(lines.get(timeout=min(left, 0.5)))
+            if match := LISTENING.search(seen[-1]):
+                return int(match.group(1))
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Azurite for the session (``running_azurite``): its connection string.
+
+    Skips when Azurite is not installed (run ``npm ci`` in the repository root); an error
+    when it does not start.
+    """
+    if not AZURITE_BLOB.exists() or shutil.which("node") is None:
+        pytest.skip(
+            f"Azurite is not installed ({AZURITE_BLOB} missing, or no node on PATH): "
+            "run `npm ci` in the repository root (package.json pins azurite)"
+        )
+    with running_azurite(tmp_path_factory.mktemp("azurite")) as connection:
+        yield connection
