@@ -23,6 +23,7 @@ _EXPORTS = {
     "product": "azmanagers.batch.sweep",
     "rows": "azmanagers.batch.sweep",
     "submit": "azmanagers.batch.api",
+    "submit_detached": "azmanagers.batch.detach",
     "zip": "azmanagers.batch.sweep",
 }
 

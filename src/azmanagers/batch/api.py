@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import re
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -308,6 +310,18 @@ def _start(
     if wait:
         job.wait(timeout)
     return job
+
+
+@atexit.register
+def _say_what_stops() -> None:
+    """At exit, name the jobs whose driver (a thread of this process) is about to stop."""
+    for name in sorted(DRIVING):
+        sys.stderr.write(
+            f"azmanagers: job {name!r} was still running and stops with this process (its runs "
+            f"are killed); `azm batch retry {name} --unfinished [--storage URL]` resumes it. "
+            "Call job.wait() before leaving, or use batch.submit_detached (`azm batch run "
+            "--detach`) to leave it running.\n"
+        )
 
 
 def _record_crash(store: JobStore, driver: Driver, exc: BaseException) -> None:
