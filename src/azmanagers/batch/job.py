@@ -223,7 +223,32 @@ class Job:
                 )
 
     def logs(self, run_id: str, stdio: str = "stdout", *, attempt: int | None = None) -> str:
-        """A run's stdout or stderr (of its last attempt unless ``attempt``)."""
+        """A run's stdout or stderr (of its last attempt unless ``attempt``), as text.
+
+        The whole log is read into memory: for big logs use ``log_file``.
+        """
+        key = self._log_key(run_id, stdio, attempt)
+        try:
+            return self.storage.get_bytes(key).decode(errors="replace")
+        except StorageNotFoundError as exc:
+            raise BatchJobNotFoundError(
+                f"the {stdio} of run {run_id!r} was not kept: {exc}"
+            ) from exc
+
+    def log_file(
+        self, run_id: str, dest: str | Path, stdio: str = "stdout", *, attempt: int | None = None
+    ) -> Path:
+        """Fetch a run's stdout or stderr into the file ``dest`` (verified); return its path."""
+        key = self._log_key(run_id, stdio, attempt)
+        try:
+            self.storage.get_file(key, Path(dest))
+        except StorageNotFoundError as exc:
+            raise BatchJobNotFoundError(
+                f"the {stdio} of run {run_id!r} was not kept: {exc}"
+            ) from exc
+        return Path(dest)
+
+    def _log_key(self, run_id: str, stdio: str, attempt: int | None) -> str:
         if stdio not in ("stdout", "stderr"):
             raise ConfigError(f"stdio must be 'stdout' or 'stderr', not {stdio!r}.")
         record = self.run(run_id)
@@ -236,12 +261,7 @@ class Job:
                 + (f" for attempt {attempt}" if attempt else "")
                 + "."
             )
-        try:
-            return self.storage.get_bytes(keys[-1]).decode(errors="replace")
-        except StorageNotFoundError as exc:
-            raise BatchJobNotFoundError(
-                f"the {stdio} of run {run_id!r} was not kept: {exc}"
-            ) from exc
+        return keys[-1]
 
     def download(
         self, dest: str | Path, *, run: str | None = None, overwrite: bool = False

@@ -12,6 +12,7 @@ from azmanagers.cli.batch_output import (
     follow_logs,
     one_line_model,
     print_jobs,
+    print_log,
     print_runs,
     print_status,
     submit_and_wait,
@@ -276,7 +277,7 @@ def batch_logs(
             raise ConfigError("--follow prints every attempt; leave --attempt out.")
         follow_logs(job, run, stdio)
     else:
-        typer.echo(job.logs(run, stdio, attempt=attempt), nl=False)
+        print_log(job, run, stdio, attempt)
 
 
 @batch_app.command("download")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -23,6 +26,9 @@ from rich.progress import (
 
 from azmanagers.cli.options import echo_json
 from azmanagers.errors import AzManagersError, ConfigError, StorageNotFoundError
+
+LOG_CHUNK_BYTES = 1 << 20
+"""Logs are copied to stdout in pieces of this size (a log of any size, in bounded memory)."""
 
 if TYPE_CHECKING:
     from azmanagers.batch.driver import Progress as OnProgress
@@ -180,6 +186,20 @@ def progress_display(title: str, *, quiet: bool) -> Iterator[ProgressDisplay]:
         yield display
 
 
+def print_log(job: Job, run_id: str, stdio: str, attempt: int | None) -> None:
+    """Print one attempt's log (the last unless ``attempt``), streamed from a verified copy."""
+    with tempfile.TemporaryDirectory(prefix="azm-log-") as tmp:
+        copy_to_stdout(job.log_file(run_id, Path(tmp) / "log", stdio, attempt=attempt))
+
+
+def copy_to_stdout(path: Path) -> None:
+    """Copy a file of any size to stdout in LOG_CHUNK_BYTES pieces."""
+    sys.stdout.flush()
+    with open(path, "rb") as log:
+        shutil.copyfileobj(log, sys.stdout.buffer, LOG_CHUNK_BYTES)
+    sys.stdout.buffer.flush()
+
+
 def follow_logs(
     job: Job, run_id: str, stdio: str, *, sleep: Callable[[float], None] = time.sleep
 ) -> None:
@@ -203,14 +223,15 @@ def follow_logs(
                 key = attempt.stdout_key if stdio == "stdout" else attempt.stderr_key
                 if not key or key in printed:
                     continue
-                try:
-                    text = job.storage.get_bytes(key).decode(errors="replace")
-                except StorageNotFoundError:
-                    continue
-                printed.add(key)
-                if len(record.attempts) > 1 or attempt.number > 1:
-                    typer.echo(f"--- attempt {attempt.number} on {attempt.node or '?'} ---")
-                typer.echo(text, nl=False)
+                with tempfile.TemporaryDirectory(prefix="azm-log-") as tmp:
+                    try:
+                        job.storage.get_file(key, Path(tmp) / "log")
+                    except StorageNotFoundError:
+                        continue
+                    printed.add(key)
+                    if len(record.attempts) > 1 or attempt.number > 1:
+                        typer.echo(f"--- attempt {attempt.number} on {attempt.node or '?'} ---")
+                    copy_to_stdout(Path(tmp) / "log")
                 sys.stdout.flush()
             if record.status in _FINAL:
                 return
