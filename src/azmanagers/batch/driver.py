@@ -6,7 +6,7 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -37,6 +37,12 @@ MAX_GRANT_TTL_S = 7 * 24 * 3600.0
 """The longest grant minted (a user-delegation key's limit); longer runs get a fresh one
 when they are requeued or retried."""
 MIN_IN_FLIGHT = 8
+SHORT_RUN_S = 0.2
+"""Attempts that take less than this (on average, over the last ``RECENT_RUNS``) are short:
+the driver then keeps ``SHORT_RUN_FACTOR`` times more tasks in flight, so workers never wait
+for it and results come back in batches."""
+SHORT_RUN_FACTOR = 4
+RECENT_RUNS = 16
 RUNNING_RECORD_AFTER_S = RECORD_EVERY_S
 """A first attempt's ``running`` record is written once it has run this long (most short runs
 end before and get one record, their final one); an attempt with history (a retry, a requeue,
@@ -66,8 +72,9 @@ class Driver:
 
     Runs whose record says ``succeeded`` are skipped (so a re-submission resumes); with
     ``only_failed`` only runs recorded ``failed`` or ``cancelled`` run again. At most
-    ``max_in_flight`` tasks are on the cluster at once and runs are read lazily from the
-    sweep, so a sweep of 10,000 runs never holds every result in memory.
+    ``max_in_flight`` tasks are on the cluster at once (``SHORT_RUN_FACTOR`` times more while
+    the runs are short) and runs are read lazily from the sweep, so a sweep of 10,000 runs
+    never holds every result in memory.
     """
 
     def __init__(
@@ -87,7 +94,11 @@ class Driver:
         self.storage = storage
         self.store = store
         self.plan = plan
-        self.max_in_flight = max(MIN_IN_FLIGHT, max_in_flight)
+        self.base_in_flight = max(MIN_IN_FLIGHT, max_in_flight)
+        self.max_in_flight = self.base_in_flight
+        """The tasks kept on the cluster now (more while the runs are short)."""
+        self._recent: deque[float] = deque(maxlen=RECENT_RUNS)
+        """How long the last attempts took (seconds)."""
         self.only_failed = only_failed
         self.progress = progress
         self.session = session or new_session()
@@ -222,6 +233,7 @@ class Driver:
             return
         for node_files in ((result.node, result.fetched_files),):
             self.fetches[node_files[0]] += node_files[1]
+        self._took(result.ended - result.started)
         flight.attempts.append(
             Attempt(
                 result.attempt,
@@ -249,6 +261,15 @@ class Driver:
             self._submit(flights, flight)
         else:
             self._write(flight, "failed", result=result)
+
+    def _took(self, seconds: float) -> None:
+        """Note an attempt's duration; widen the window while attempts are short."""
+        self._recent.append(seconds)
+        short = (
+            len(self._recent) >= RECENT_RUNS // 2
+            and sum(self._recent) / len(self._recent) < SHORT_RUN_S
+        )
+        self.max_in_flight = self.base_in_flight * (SHORT_RUN_FACTOR if short else 1)
 
     def _lost(
         self,

@@ -47,7 +47,8 @@ def _locked(path: Path) -> Iterator[None]:
 class NodeCache:
     """Files by SHA-256 under ``<node>/cache``; packages unpacked under ``<node>/packages``.
 
-    Every fetch takes a per-hash file lock, so runs that start together on one node (threads
+    Every fetch takes a file lock (one per first two hex digits of the hash: at most 256 lock
+    files per node, not one per content), so runs that start together on one node (threads
     of one worker or several worker processes) fetch a given content once.
     """
 
@@ -67,14 +68,16 @@ class NodeCache:
         Fetched when missing, and checked: bytes the storage could not verify against
         ``sha256`` are hashed here, and refused (``BatchError``, nothing cached) when they
         differ. A cached copy is read-only (0444) but runs see it through links and may change
-        it, so its (size, mtime, ctime, inode) is kept at fetch time; when they differ on
-        reuse, the copy is hashed again, and fetched again unless it is still ``sha256``.
+        it, so its (size, mtime, ctime, inode) is kept in a stamp; when they differ on reuse
+        (or there is no stamp yet), the copy is hashed again, and fetched again unless it is
+        still ``sha256``. The stamp is written at the first reuse, not at the fetch: most
+        inputs are used once per node, and a missing stamp costs only that one hash.
         """
         path = self.root / "cache" / sha256[:2] / sha256
         stamp = path.with_name(f"{sha256}.stamp")
         if _stamp_matches(path, stamp):
             return path
-        with _locked(self.root / "locks" / f"{sha256}.lock"):
+        with _locked(self.root / "locks" / f"{sha256[:2]}.lock"):
             if _stamp_matches(path, stamp):
                 return path
             stamp.unlink(missing_ok=True)
@@ -95,7 +98,6 @@ class NodeCache:
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
-            _write_stamp(path, stamp)
             self.fetched_files += 1
             self.fetched_bytes += info.size
         return path
