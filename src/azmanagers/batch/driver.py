@@ -13,7 +13,7 @@ from typing import Any
 
 from azmanagers.batch.plan import Plan, TakenOverError, new_session
 from azmanagers.batch.records import FINAL_STATES, Attempt, JobRecord, JobStore, RunRecord
-from azmanagers.batch.runner import RunResult, cancel_session, execute
+from azmanagers.batch.runner import RunResult, cancel_session, execute_many
 from azmanagers.batch.sweep import RunSpec
 from azmanagers.errors import AzManagersError
 from azmanagers.storage.base import Grant, Storage
@@ -42,6 +42,9 @@ SHORT_RUN_S = 0.2
 the driver then keeps ``SHORT_RUN_FACTOR`` times more tasks in flight, so workers never wait
 for it and results come back in batches."""
 SHORT_RUN_FACTOR = 4
+SHORT_RUN_CHUNK = 4
+"""While runs are short, this many go to a worker in one Dask task (run one after the other):
+the scheduler's, the comms' and the driver's cost per task is shared by them."""
 RECENT_RUNS = 16
 RUNNING_RECORD_AFTER_S = RECORD_EVERY_S
 """A first attempt's ``running`` record is written once it has run this long (most short runs
@@ -49,6 +52,8 @@ end before and get one record, their final one); an attempt with history (a retr
 a resumed run) gets its ``running`` record at once, so that history is never lost."""
 
 Progress = Callable[[Mapping[str, int], int], None]
+Flights = dict[Any, list["_Flight"]]
+"""Each Dask future in flight with the runs it carries (one, or a chunk of short ones)."""
 """Called as ``progress(counts by state, total)`` when the counts change."""
 
 
@@ -99,6 +104,8 @@ class Driver:
         """The tasks kept on the cluster now (more while the runs are short)."""
         self._recent: deque[float] = deque(maxlen=RECENT_RUNS)
         """How long the last attempts took (seconds)."""
+        self._chunk = 1
+        """Runs per Dask task now (``SHORT_RUN_CHUNK`` while runs are short)."""
         self.only_failed = only_failed
         self.progress = progress
         self.session = session or new_session()
@@ -128,19 +135,25 @@ class Driver:
 
         known = self.store.statuses()
         todo = self._todo(known)
-        flights: dict[Any, _Flight] = {}
+        flights: Flights = {}
         job = self._job_record("running")
         self.store.write_job(job)
         self._claimed = True
         self._cancelled = self._cancelled or self.store.cancel_requested(self.session)
         exhausted = False
         while True:
-            while not exhausted and not self._cancelled and len(flights) < self.max_in_flight:
-                spec = next(todo, None)
-                if spec is None:
-                    exhausted = True
-                    break
-                self._submit(flights, self._flight(spec, known))
+            room = self.max_in_flight - sum(len(group) for group in flights.values())
+            while not exhausted and not self._cancelled and room > 0:
+                group = []
+                for _ in range(min(room, self._chunk)):
+                    spec = next(todo, None)
+                    if spec is None:
+                        exhausted = True
+                        break
+                    group.append(self._flight(spec, known))
+                if group:
+                    self._submit(flights, group)
+                    room -= len(group)
             if not flights:
                 break
             done = _some_done(list(flights))
@@ -175,19 +188,25 @@ class Driver:
         number = 1 + max((a.number for a in record.attempts), default=0)
         return _Flight(spec, number, record.requeues, list(record.attempts))
 
-    def _submit(self, flights: dict[Any, _Flight], flight: _Flight) -> None:
-        task = self.plan.task(flight.spec, flight.attempt, self._fresh_grant(), self.session)
-        key = f"azm-batch-{self.session}-{flight.spec.run_id}-{flight.attempt}-{flight.requeues}"
-        future = self.client.submit(execute, task, key=key, pure=False, retries=0)
-        self.submitted += 1
-        flights[future] = flight
-        if flight.attempts:
-            self._write(flight, "running")  # a retry or a resumed run: keep its history now
-        else:
-            flight.record_at = time.monotonic() + RUNNING_RECORD_AFTER_S
-            self._count_running(flight)
+    def _submit(self, flights: Flights, group: list[_Flight]) -> None:
+        """Hand ``group``'s runs to the cluster as one task (run one after the other)."""
+        grant = self._fresh_grant()
+        tasks = tuple(self.plan.task(f.spec, f.attempt, grant, self.session) for f in group)
+        first = group[0]
+        key = f"azm-batch-{self.session}-{first.spec.run_id}-{first.attempt}-{first.requeues}"
+        if len(group) > 1:
+            key += f"-and-{len(group) - 1}"
+        future = self.client.submit(execute_many, tasks, key=key, pure=False, retries=0)
+        self.submitted += len(group)
+        flights[future] = group
+        for flight in group:
+            if flight.attempts:
+                self._write(flight, "running")  # a retry or a resumed run: keep its history now
+            else:
+                flight.record_at = time.monotonic() + RUNNING_RECORD_AFTER_S
+                self._count_running(flight)
 
-    def _gather(self, done: list[Any]) -> dict[Any, RunResult]:
+    def _gather(self, done: list[Any]) -> dict[Any, tuple[RunResult, ...]]:
         """The results of the finished futures among ``done``, fetched in one call.
 
         Futures left out (erred, cancelled, or all of them when the call fails) are asked one
@@ -205,32 +224,45 @@ class Driver:
 
     def _finish(
         self,
-        flights: dict[Any, _Flight],
+        flights: Flights,
         future: Any,
-        flight: _Flight,
-        gathered: RunResult | None = None,
+        group: list[_Flight],
+        gathered: tuple[RunResult, ...] | None = None,
     ) -> None:
         from distributed.scheduler import KilledWorker
 
         try:
-            result: RunResult = future.result() if gathered is None else gathered
+            results: tuple[RunResult, ...] = future.result() if gathered is None else gathered
         except KilledWorker as exc:
-            self._lost(flights, flight, f"its worker was lost: {exc}")
+            for flight in group:
+                self._lost(flights, flight, f"its worker was lost: {exc}")
             return
         except Exception as exc:  # a cancelled future, or an error outside the command
-            if self._cancelled:
-                self._write(flight, "cancelled", error="cancelled")
-            elif _worker_gone(exc):
-                self._lost(flights, flight, f"its worker was lost: {exc!r}")
-            else:
-                why = f"the runner failed: {exc!r}"
-                flight.attempts.append(
-                    Attempt(
-                        flight.attempt, "", flight.started, time.time(), None, "error", error=why
+            for flight in group:
+                if self._cancelled:
+                    self._write(flight, "cancelled", error="cancelled")
+                elif _worker_gone(exc):
+                    self._lost(flights, flight, f"its worker was lost: {exc!r}")
+                else:
+                    why = f"the runner failed: {exc!r}"
+                    flight.attempts.append(
+                        Attempt(
+                            flight.attempt,
+                            "",
+                            flight.started,
+                            time.time(),
+                            None,
+                            "error",
+                            error=why,
+                        )
                     )
-                )
-                self._write(flight, "failed", error=why)
+                    self._write(flight, "failed", error=why)
             return
+        for flight, result in zip(group, results, strict=True):
+            self._finished(flights, flight, result)
+
+    def _finished(self, flights: Flights, flight: _Flight, result: RunResult) -> None:
+        """One run's attempt reported: record it, or retry or requeue the run."""
         for node_files in ((result.node, result.fetched_files),):
             self.fetches[node_files[0]] += node_files[1]
         self._took(result.ended - result.started)
@@ -258,7 +290,7 @@ class Driver:
         elif flight.failures < self.plan.sweep.model.retries:
             flight.failures += 1
             flight.attempt += 1
-            self._submit(flights, flight)
+            self._submit(flights, [flight])
         else:
             self._write(flight, "failed", result=result)
 
@@ -270,10 +302,11 @@ class Driver:
             and sum(self._recent) / len(self._recent) < SHORT_RUN_S
         )
         self.max_in_flight = self.base_in_flight * (SHORT_RUN_FACTOR if short else 1)
+        self._chunk = SHORT_RUN_CHUNK if short else 1
 
     def _lost(
         self,
-        flights: dict[Any, _Flight],
+        flights: Flights,
         flight: _Flight,
         why: str,
         *,
@@ -302,15 +335,17 @@ class Driver:
             flight.requeues += 1
             flight.attempt += 1  # a fresh number (and log folder); no retry spent
             logger.warning("run %s requeued (%s)", flight.spec.run_id, why)
-            self._submit(flights, flight)
+            self._submit(flights, [flight])
         else:
             self._write(flight, "failed", error=f"{why} ({flight.requeues} requeues spent)")
 
-    def _tick(self, flights: dict[Any, _Flight]) -> None:
+    def _tick(self, flights: Flights) -> None:
         now = time.monotonic()
-        for flight in flights.values():
-            if flight.record_at is not None and now >= flight.record_at and not self._cancelled:
-                self._write(flight, "running")
+        for group in flights.values():
+            for flight in group:
+                due = flight.record_at is not None and now >= flight.record_at
+                if due and not self._cancelled:
+                    self._write(flight, "running")
         if not self._cancelled and now - self._cancel_at >= CANCEL_CHECK_S:
             self._cancel_at = now
             try:
@@ -330,7 +365,7 @@ class Driver:
             except AzManagersError as exc:
                 logger.warning("could not update the job record: %s", exc)
 
-    def _kill(self, flights: dict[Any, _Flight]) -> None:
+    def _kill(self, flights: Flights) -> None:
         """Kill the runs in progress, give them ``CANCEL_DRAIN_S`` to store their logs and
         report, and record every one of them cancelled (with its attempt when it reported)."""
 
@@ -339,7 +374,7 @@ class Driver:
                 self.store.write_job(self._job_record("cancelled"))
             except AzManagersError as exc:
                 logger.warning("could not record the cancel: %s", exc)
-        running = len(flights)
+        running = sum(len(group) for group in flights.values())
         try:  # each worker says how many runs it killed: only those are worth waiting for
             running = sum(self.client.run(cancel_session, self.session).values())
         except Exception as exc:  # a worker that went away cannot be asked
@@ -350,9 +385,10 @@ class Driver:
             for future in _some_done(list(flights)):
                 reported += _ran(future)
                 self._finish(flights, future, flights.pop(future))
-        for future, flight in list(flights.items()):
+        for future, group in list(flights.items()):
             future.cancel()
-            self._write(flight, "cancelled", error="cancelled")
+            for flight in group:
+                self._write(flight, "cancelled", error="cancelled")
             flights.pop(future)
 
     # -- records ------------------------------------------------------------------------
@@ -438,11 +474,12 @@ class Driver:
 
 
 def _ran(future: Any) -> int:
-    """1 when a finished task's run had started its command (a killed run that reported)."""
+    """How many of a finished task's runs had started their command (killed runs that
+    reported)."""
     if future.status != "finished":
         return 0
-    result: RunResult = future.result()
-    return int(result.exit_code is not None)
+    results: tuple[RunResult, ...] = future.result()
+    return sum(result.exit_code is not None for result in results)
 
 
 def _some_done(futures: list[Any]) -> list[Any]:

@@ -232,6 +232,15 @@ def execute(task: RunTask) -> RunResult:
             shutil.rmtree(attempt_dir, ignore_errors=True)
 
 
+def execute_many(tasks: tuple[RunTask, ...]) -> tuple[RunResult, ...]:
+    """Run several attempts one after the other (one Dask task for a chunk of short runs).
+
+    Each is ``execute``'s: a cancel ends the rest at once as ``cancelled``, an eviction
+    notice as ``evicted``, and a closing worker as ``lost`` (requeued).
+    """
+    return tuple(execute(task) for task in tasks)
+
+
 def _upload_logs(storage: Storage, pairs: tuple[tuple[Path, str], ...]) -> None:
     for path, key in pairs:
         try:
@@ -308,6 +317,8 @@ def _run(
             return None, "cancelled"
         if eviction_flag().exists():
             return None, "evicted"
+        if _worker_closing():
+            return None, "lost"  # a run queued behind others in a chunk: it goes elsewhere
         _ensure_watchdog()
         proc = subprocess.Popen(
             ["bash", "-c", task.command],
