@@ -34,8 +34,9 @@ from azmanagers.storage.files import DIR_MODE, copy_hashing, download_to, os_err
 from azmanagers.storage.hashing import MALFORMED, is_sha256, sha256_file
 from azmanagers.storage.local_meta import META_DIR, SidecarFolder
 
-COPY_THREADS = 8
-"""Threads for put_files/get_files (copies release the GIL)."""
+COPY_THREADS = min(8, max(2, os.cpu_count() or 2))
+"""Threads for put_files/get_files: copies release the GIL, but small files cost mostly CPU
+(file creation, hashing), so more threads than cores only add contention."""
 
 
 class LocalStorage(SidecarFolder):
