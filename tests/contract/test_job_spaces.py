@@ -68,18 +68,33 @@ def test_each_job_has_a_space_of_its_own_and_a_grant_reaches_only_it(root: Stora
     worker.close()
 
 
-def test_an_empty_space_of_a_refused_submission_is_removed_and_a_used_one_stays(
-    root: Storage,
-) -> None:
+def test_a_refused_submission_removes_only_empty_folders(root: Storage, tmp_path: Path) -> None:
     empty = job_space(root, "refused", create=True)
-    discard_if_empty(root, empty)
+    discard_if_empty(empty)
     used = job_space(root, "kept", create=True)
     used.put_bytes("inputs/a", b"a")
-    discard_if_empty(root, used)
+    discard_if_empty(used)
     assert job_space(root, "kept", create=False).get_bytes("inputs/a") == b"a"
-    assert "refused" not in job_names(root)
+    if root.url.startswith("file://"):
+        assert "refused" not in job_names(root)
+    else:  # an empty container stays, tagged, for the next submission (no delete-then-create)
+        assert "refused" in job_names(root)
     job_space(root, "refused", create=True).put_bytes("job.json", b"{}")  # can be made again
     assert job_names(root) == ["kept", "refused"]  # "kept" has no record: jobs() skips it
+
+
+def test_files_that_are_not_objects_survive_the_removal(tmp_path: Path) -> None:
+    root = open_storage((tmp_path / "jobs").as_uri())
+    space = job_space(root, "results", create=True)
+    folder = tmp_path / "jobs" / "results"
+    (folder / "sub" / "deeper").mkdir(parents=True)
+    (folder / "sub" / "my\nnotes.txt").write_text("mine")  # not a valid key: never listed
+    (folder / "link").symlink_to(tmp_path)
+    (folder / ".azm-tmp-123").write_text("a concurrent put")
+    discard_if_empty(space)
+    assert (folder / "sub" / "my\nnotes.txt").read_text() == "mine"
+    assert (folder / "link").is_symlink() and (folder / ".azm-tmp-123").exists()
+    assert not (folder / "sub" / "deeper").exists()  # only the empty folder went
 
 
 def test_a_read_only_root_gives_read_only_spaces(tmp_path: Path) -> None:
@@ -135,6 +150,8 @@ def test_az_spaces_are_found_by_their_tags_not_their_names(azurite: str) -> None
         raw.get_container_client(squatter).upload_blob("keep.txt", b"mine")
         with pytest.raises(StorageError, match="not the container of job 'squat'"):
             job_space(root, "squat", create=True)
+        with pytest.raises(StorageError, match="not the container of job 'squat'"):
+            job_space(root, "squat", create=False)  # nor is it read as the job
         assert raw.get_container_client(squatter).download_blob("keep.txt").readall() == b"mine"
     finally:
         root.close()

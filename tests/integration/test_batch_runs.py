@@ -95,19 +95,37 @@ def test_a_model_prints_its_version_and_outputs_land_next_to_inputs(
     assert "mode historical" in (folder / "output" / "result.txt").read_text()
     assert "input deck" in (folder / "output" / "result.txt").read_text()
     assert "to stderr" in job.logs(run.run_id, "stderr")
-    assert folder / "stdout.txt" in got
+    assert folder / "_logs" / "stdout.txt" in got
     # outputs live in storage next to the staged inputs, with their hashes
     root = tmp_path / "runs" / "hist"
     assert (root / "job.json").exists() and (root / "inputs").is_dir()
     assert all(len(o.sha256) == 64 for o in run.outputs)
-    # a record altered to put an output outside the download folder: refused, nothing written
+    # records altered (a worker's credential could write them): refused, nothing written
     key = f"runs/{run.run_id}/run.json"
-    record = json.loads(job.storage.get_bytes(key))
-    record["outputs"][0]["path"] = "../../escaped.txt"
-    job.storage.put_bytes(key, json.dumps(record).encode())  # as a worker's grant could
-    with pytest.raises(IntegrityError, match="altered"):
+    honest = job.storage.get_bytes(key)
+    for bad in ("../../escaped.txt", "", ".", "../other-run/x", "a\0b", "/abs"):
+        record = json.loads(honest)
+        record["outputs"][0]["path"] = bad
+        job.storage.put_bytes(key, json.dumps(record).encode())
+        with pytest.raises(IntegrityError, match="altered"):
+            job.download(tmp_path / "again")
+        assert not (tmp_path / "again").exists(), bad
+    record = json.loads(honest)
+    record["outputs"][1]["path"] = record["outputs"][0]["path"]
+    job.storage.put_bytes(key, json.dumps(record).encode())
+    with pytest.raises(IntegrityError, match="two files"):
         job.download(tmp_path / "again")
-    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "again").exists()
+    job.storage.put_bytes(key, honest)
+    # a file where a folder goes, a folder where a file goes: named, before any fetch
+    (tmp_path / "third" / run.run_id).mkdir(parents=True)
+    (tmp_path / "third" / run.run_id / "output").write_text("in the way")
+    with pytest.raises(ConfigError, match="is a file where the download needs a folder"):
+        job.download(tmp_path / "third")
+    assert sorted(p.name for p in (tmp_path / "third" / run.run_id).iterdir()) == ["output"]
+    (tmp_path / "third" / run.run_id / "output").unlink()
+    (tmp_path / "third" / run.run_id / "version.txt").mkdir()
+    with pytest.raises(ConfigError, match="is a folder where the download puts a file"):
+        job.download(tmp_path / "third", overwrite=True)
 
 
 def test_a_sweep_varies_env_and_fetches_a_shared_input_once_per_node(

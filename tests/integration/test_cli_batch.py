@@ -133,7 +133,7 @@ def test_a_one_line_sweep_runs_and_its_outputs_download(
     for n in (1, 2, 3):
         folder = tmp_path / "got" / by_n[f"N={n}"]
         assert (folder / "out.txt").read_text() == f"{n * n} wet deck\nshared table\n"
-        assert (folder / "stdout.txt").read_text() == f"hello {n}\n"
+        assert (folder / "_logs" / "stdout.txt").read_text() == f"hello {n}\n"
     # again: what is there is kept; a file you changed is not replaced unless --overwrite
     mine = tmp_path / "got" / by_n["N=2"] / "out.txt"
     mine.write_text("my edit\n")
@@ -144,6 +144,7 @@ def test_a_one_line_sweep_runs_and_its_outputs_download(
     code, out, err = run_azm("batch", "download", "squares", str(tmp_path / "got"),
                              "--storage", storage, "--overwrite")  # fmt: skip
     assert code == 0 and mine.read_text() == "4 wet deck\nshared table\n", err
+    assert out.startswith("1 files downloaded") and "(8 already there, unchanged)" in out, out
 
     code, out, err = run_azm("batch", "status", "squares", "--storage", storage, "--json")
     assert code == 0, err

@@ -70,7 +70,8 @@ def open_job_storage(storage: str | Storage | None) -> Storage:
 
 def attach(name: str, *, storage: str | Storage | None = None) -> Job:
     """The job ``name`` in ``storage``, from any process or machine that can read it."""
-    job = Job(name, job_space(open_job_storage(storage), check_job_name(name), create=False))
+    root = open_job_storage(storage)
+    job = Job(name, job_space(root, check_job_name(name), create=False), root=root.url)
     job.record()
     return job
 
@@ -172,7 +173,7 @@ def prepare(
         )
     except BaseException:
         if existing is None:
-            discard_if_empty(opened, space)
+            discard_if_empty(space)
         raise
     digest = job_digest(sweep, refs)
     if existing is not None and existing.digest != digest:

@@ -13,17 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from azmanagers.batch.download import Downloaded, download_runs
 from azmanagers.batch.records import RUN_STATES, JobRecord, JobStore, RunRecord
 from azmanagers.errors import (
     BatchError,
     BatchJobNotFoundError,
     ConfigError,
-    IntegrityError,
     StorageNotFoundError,
     WaitTimeoutError,
 )
 from azmanagers.storage.base import Storage
-from azmanagers.storage.hashing import sha256_file
 
 if TYPE_CHECKING:
     from azmanagers.batch.driver import Driver
@@ -110,10 +109,14 @@ class _Local:
 class Job:
     """A batch job in storage. Made by ``batch.submit`` or ``batch.attach``."""
 
-    def __init__(self, name: str, space: Storage, *, local: _Local | None = None) -> None:
+    def __init__(
+        self, name: str, space: Storage, *, local: _Local | None = None, root: str = ""
+    ) -> None:
         self.name = name
         self.storage = space
         """The job's space (``storage.spaces.job_space``): its records, inputs and outputs."""
+        self.root = root or space.url
+        """The storage URL the job was submitted to (what ``attach`` and ``--storage`` take)."""
         self.store = JobStore(space, name)
         self._local = local
 
@@ -128,8 +131,8 @@ class Job:
         record = self.store.read_job()
         if record is None:
             raise BatchJobNotFoundError(
-                f"no batch job {self.name!r} at {self.storage.url}; `azm batch list` shows the "
-                "jobs there."
+                f"no batch job {self.name!r} in {self.root}; `azm batch list --storage "
+                f"{self.root}` shows the jobs there."
             )
         return record
 
@@ -266,64 +269,22 @@ class Job:
     def download(
         self, dest: str | Path, *, run: str | None = None, overwrite: bool = False
     ) -> list[Path]:
-        """Fetch the outputs (and logs) of every run, or of one, into ``dest/<run id>/``.
+        """Fetch the outputs of every run (or of one) into ``dest/<run id>/``, and the last
+        attempt's logs into ``dest/<run id>/_logs/``; return every file's path.
 
-        Files already there with the same content are kept as they are (a repeated download
-        fetches only what is new). A file there with other content is an error naming it,
-        unless ``overwrite``: nothing of yours is replaced silently.
+        Files already there with the same content are kept (a repeated download fetches only
+        what is new). A file there with other content is an error naming it, unless
+        ``overwrite``: nothing of yours is replaced silently. Every path is checked before the
+        first fetch (see ``batch.download``).
         """
-        root = Path(dest)
-        records = [self.run(run)] if run is not None else self.runs()
-        wanted: list[tuple[str, Path, str]] = []
-        inside = root.resolve()
-        for record in records:
-            files = [(o.key, o.path, o.sha256) for o in record.outputs]
-            if record.attempts:
-                last = record.attempts[-1]
-                logs = ((last.stdout_key, "stdout.txt"), (last.stderr_key, "stderr.txt"))
-                files += [(key, name, "") for key, name in logs if key]
-            for key, rel, sha in files:
-                where = os.path.normpath(os.path.join(record.run_id, rel))
-                if where.startswith("..") or os.path.isabs(where):
-                    raise IntegrityError(
-                        f"the record of {self.storage.url_for(key)} puts it at {rel!r}, "
-                        f"outside {root}: the job's records were altered; nothing was "
-                        "downloaded."
-                    )
-                path = root / where
-                if not path.resolve().is_relative_to(inside):
-                    raise ConfigError(
-                        f"{path} leads outside {root} (a link there); remove the link or "
-                        "download into another folder. Nothing was downloaded."
-                    )
-                wanted.append((key, path, sha))
-        pairs = self._fetch_list(wanted, overwrite)
-        self.storage.get_files(pairs)
-        return [p for _, p, _ in wanted]
+        return self.download_report(dest, run=run, overwrite=overwrite).paths
 
-    def _fetch_list(
-        self, wanted: list[tuple[str, Path, str]], overwrite: bool
-    ) -> list[tuple[str, Path]]:
-        """What to fetch: files missing locally, or different (an error unless ``overwrite``)."""
-        pairs, differ = [], []
-        for key, path, sha in wanted:
-            if not path.exists():
-                pairs.append((key, path))
-                continue
-            if path.is_file():
-                stored = sha or getattr(self.storage.stat(key), "sha256", "") or ""
-                if stored and sha256_file(path) == stored:
-                    continue
-            if not overwrite or not path.is_file():
-                differ.append(path)
-            pairs.append((key, path))
-        if differ:
-            raise ConfigError(
-                f"{len(differ)} file(s) in the download folder differ from the job's (first: "
-                f"{differ[0]}); download into another folder, or overwrite them "
-                "(overwrite=True, `--overwrite`)."
-            )
-        return pairs
+    def download_report(
+        self, dest: str | Path, *, run: str | None = None, overwrite: bool = False
+    ) -> Downloaded:
+        """``download``, saying also how many files were fetched (the rest were there)."""
+        records = [self.run(run)] if run is not None else self.runs()
+        return download_runs(self.storage, records, Path(dest), overwrite=overwrite)
 
     def cancel(self) -> None:
         """Ask the job to stop: its driver kills every run's process group; status cancelled."""

@@ -294,16 +294,21 @@ def batch_download(
     storage: StorageOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Fetch the outputs and logs of every run (or of one) into DIR/<run id>/, verified.
+    """Fetch the outputs of every run (or of one) into DIR/<run id>/ and its logs into
+    DIR/<run id>/_logs/, verified.
 
     Files already in DIR with the same content are kept; a file with other content is an
     error unless --overwrite.
     """
-    paths = _attach(name, storage).download(dest, run=run, overwrite=overwrite)
+    done = _attach(name, storage).download_report(dest, run=run, overwrite=overwrite)
     if json_out:
-        echo_json([str(p) for p in paths])
+        echo_json([str(p) for p in done.paths])
     else:
-        typer.echo(f"{len(paths)} files downloaded to {dest}")
+        kept = len(done.paths) - done.fetched
+        typer.echo(
+            f"{done.fetched} files downloaded to {dest}"
+            + (f" ({kept} already there, unchanged)" if kept else "")
+        )
 
 
 @batch_app.command("retry")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -82,6 +83,12 @@ default waits 15, 18, 24: a minute before an unreachable account is reported).""
 
 SAS_SKEW_S = 300
 """A SAS starts this long before now, for clocks that differ."""
+
+HTTP_LOGGER = "azure.core.pipeline.policies.http_logging_policy"
+"""The SDK logs every request and its headers at INFO; a program (or a Dask worker) whose
+logging shows INFO would print them all. Unless someone set its level, it says WARNING+."""
+if logging.getLogger(HTTP_LOGGER).level == logging.NOTSET:
+    logging.getLogger(HTTP_LOGGER).setLevel(logging.WARNING)
 
 CONTAINER_NAME = re.compile(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]")
 """A Blob container name: 3 to 63 of a-z, 0-9 and single hyphens, not at either end."""

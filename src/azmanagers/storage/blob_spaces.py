@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 from urllib.parse import quote, unquote
@@ -50,6 +49,8 @@ def open_space(root: BlobStorage, name: str, *, create: bool) -> BlobStorage:
     client = root.service.get_container_client(location.container)
     if create:
         _make(client, root.url, name, location.url, root.endpoint)
+    else:
+        _check_tags(client, root.url, name, location.url, root.endpoint)
     return BlobStorage(
         location,
         client,  # shares root's HTTP pool: closing it leaves root's open
@@ -82,27 +83,30 @@ def space_names(root: BlobStorage) -> list[str]:
     return sorted(names)
 
 
-def _make(client: ContainerClient, root_url: str, name: str, url: str, endpoint: str) -> None:
-    """Create the job's container, or check that the one there is this job's."""
-    metadata = {KIND_KEY: SPACE_KIND, ROOT_KEY: quote(root_url, safe=""), JOB_KEY: name}
-    with mapped_errors(f"making the job container {url}", endpoint):
+def _tags(root_url: str, name: str) -> dict[str, str]:
+    return {KIND_KEY: SPACE_KIND, ROOT_KEY: quote(root_url, safe=""), JOB_KEY: name}
+
+
+def _check_tags(client: ContainerClient, root_url: str, name: str, url: str, endpoint: str) -> None:
+    """A job container that exists must carry this job's tags (one HEAD); missing is fine."""
+    with mapped_errors(f"reading the job container {url}", endpoint):
         try:
-            client.create_container(metadata=metadata)
-            return
-        except ResourceExistsError:
             found = client.get_container_properties().metadata or {}
-    if found != metadata:
+        except ResourceNotFoundError:
+            return
+    if found != _tags(root_url, name):
         raise StorageError(
             f"{url} exists but is not the container of job {name!r} of {root_url} (its metadata "
             "says otherwise); delete or rename that container, or use another job name."
         )
 
 
-def drop_empty(root: BlobStorage, space_url: str) -> None:
-    """Delete the job container at ``space_url`` of ``root`` (the caller saw it empty)."""
-    container = space_url.removeprefix("az://").strip("/")
-    if root.service is None or not container.startswith(SPACE_PREFIX):
-        return
-    what = f"removing the empty job container {space_url}"
-    with mapped_errors(what, root.endpoint), contextlib.suppress(ResourceNotFoundError):
-        root.service.delete_container(container)
+def _make(client: ContainerClient, root_url: str, name: str, url: str, endpoint: str) -> None:
+    """Create the job's container, or check that the one there is this job's."""
+    with mapped_errors(f"making the job container {url}", endpoint):
+        try:
+            client.create_container(metadata=_tags(root_url, name))
+            return
+        except ResourceExistsError:
+            pass
+    _check_tags(client, root_url, name, url, endpoint)

@@ -8,7 +8,7 @@ smallest scope Blob's flat namespace offers, so each job gets a container.
 from __future__ import annotations
 
 import contextlib
-import shutil
+import os
 from typing import TYPE_CHECKING
 
 from azmanagers.errors import StorageAccessError
@@ -68,20 +68,18 @@ def _blob(root: Storage) -> BlobStorage:
     return root
 
 
-def discard_if_empty(root: Storage, space: Storage) -> None:
-    """Remove a job's space that holds no object (a submission refused while staging).
+def discard_if_empty(space: Storage) -> None:
+    """Remove the empty folders of a job space a refused submission made (file:// only).
 
-    A space that holds anything (an input staged before the refusal) stays: it is reused by
-    the next submission of that job.
+    Only folders are removed, bottom-up and only when empty, so a file anyone put there (a
+    concurrent submission's temp file, a user's file) keeps its folder. On az:// the empty
+    container stays, tagged, and is reused by the next submission: deleting it would make a
+    quick resubmission wait (Azure refuses to re-create a container being deleted).
     """
-    if next(iter(space.list("")), None) is not None:
-        return
     from azmanagers.storage.local import LocalStorage
 
-    if isinstance(space, LocalStorage):
-        with contextlib.suppress(OSError):
-            shutil.rmtree(space.root)
+    if not isinstance(space, LocalStorage):
         return
-    from azmanagers.storage.blob_spaces import drop_empty
-
-    drop_empty(_blob(root), space.url)
+    for folder, _, _ in sorted(os.walk(space.root, followlinks=False), reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
