@@ -504,8 +504,27 @@ def test_an_edited_input_is_a_different_job_and_same_dest_inputs_are_refused(
     twice = batch.Model(
         "m", command="true", inputs=[str(tmp_path / "a" / "x.txt"), str(tmp_path / "b" / "x.txt")]
     )
-    with pytest.raises(ConfigError, match=r"same path 'x\.txt'"):
+    with pytest.raises(ConfigError, match=r"both land on 'x\.txt'"):
         batch.submit(twice, name="twice", storage=storage)
+    # folders whose contents meet, and a file where a folder input has a folder
+    (tmp_path / "a" / "sub").mkdir()
+    (tmp_path / "a" / "sub" / "y.txt").write_text("y")
+    (tmp_path / "sub").write_text("a file")
+    for inputs, where in (
+        ([f"{tmp_path / 'a'}/", f"{tmp_path / 'b'}/"], "x.txt"),
+        ([f"{tmp_path / 'a'}/", str(tmp_path / "sub")], "sub"),
+        ([str(tmp_path / "sub"), f"{tmp_path / 'a'}/"], "sub/y.txt"),
+    ):
+        meeting = batch.Model("m", command="true", inputs=inputs)
+        with pytest.raises(ConfigError, match=f"both land on '{where}'"):
+            batch.submit(meeting, name="meet", storage=storage)
+    assert batch.jobs(storage)[0].name == "edit" and len(batch.jobs(storage)) == 1
+    # a folder by name and another's contents do not meet
+    both = batch.Model(
+        "m", command="test -f a/x.txt -a -f x.txt", inputs=[str(tmp_path / "a"), f"{tmp_path}/b/"]
+    )
+    fine = batch.submit(both, name="fine", storage=storage, wait=True, timeout=DEADLINE_S)
+    assert fine.status().status == "succeeded", fine.runs()
 
 
 def test_a_second_driver_takes_over_and_the_first_stops(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from azmanagers.batch.packages import registered_source
 from azmanagers.batch.plan import Plan, TakenOverError, new_session
 from azmanagers.batch.records import JobRecord, JobStore
 from azmanagers.batch.runner import PackageRef
-from azmanagers.batch.staging import InputRef, Stager, dest_for
+from azmanagers.batch.staging import InputRef, Stager
 from azmanagers.batch.sweep import Sweep
 from azmanagers.config.paths import home
 from azmanagers.errors import AzManagersError, BatchError, BatchJobNotFoundError, ConfigError
@@ -363,17 +363,20 @@ def _stage(
     """Stage every input into the job's ``space``; registered packages come from ``root``."""
     stager = Stager(space, prefix, base=base)
     model = sweep.model
-    shared_dests = [dest_for(s) for s in model.shared]
+    shared = tuple(stager.add(s) for s in model.shared)
+    checked: set[tuple[str, ...]] = set()
     for run in sweep.runs():
         for source in run.inputs:
             stager.add(source)
-        _check_dests(run.run_id, [stager.refs[s].dest for s in run.inputs] + shared_dests)
+        sources = (*run.inputs, *model.shared)
+        if sources not in checked:  # runs of a sweep mostly share their inputs: check once
+            _check_places(run.run_id, sources, stager.placed)
+            checked.add(sources)
         if run.overlay is not None and not stager.add(run.overlay, dest="").tree:
             raise ConfigError(
                 f"overlay {run.overlay!r} is a file; an overlay is a folder whose contents are "
                 "laid over the run folder."
             )
-    shared = tuple(stager.add(s) for s in model.shared)
     packages = []
     for pkg in model.packages:
         source = (
@@ -386,12 +389,24 @@ def _stage(
     return dict(stager.refs), shared, tuple(packages)
 
 
-def _check_dests(run_id: str, dests: list[str]) -> None:
-    seen: set[str] = set()
-    for dest in dests:
-        if dest and dest in seen:
-            raise ConfigError(
-                f"two inputs of run {run_id} land on the same path {dest!r} in the run folder; "
-                "rename one, or put them in folders of their own."
-            )
-        seen.add(dest)
+def _check_places(
+    run_id: str, sources: tuple[str, ...], placed: Mapping[str, tuple[str, ...]]
+) -> None:
+    """Refuse inputs of one run that put two files on one path, or a file where another
+    input has a folder (overlays are exempt: laying files over the run folder is their job)."""
+    files: dict[str, str] = {}
+    folders: dict[str, str] = {}
+    for source in sources:
+        for path in placed[source]:
+            parts = path.split("/")
+            parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
+            other = files.get(path) or folders.get(path)
+            other = other or next((files[p] for p in parents if p in files), None)
+            if other is not None and other != source:
+                raise ConfigError(
+                    f"inputs {other!r} and {source!r} of run {run_id} both land on {path!r} "
+                    "in the run folder; rename one, or put them in folders of their own."
+                )
+            files[path] = source
+            for p in parents:
+                folders.setdefault(p, source)

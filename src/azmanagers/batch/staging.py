@@ -111,6 +111,9 @@ class Stager:
         self.prefix = prefix
         self.base = base or Path.cwd()
         self.refs: dict[str, InputRef] = {}
+        self.placed: dict[str, tuple[str, ...]] = {}
+        """Every staged source's files as paths in the run folder (a tree's, file by file)."""
+        self._tree_rels: dict[str, list[str]] = {}
         self._have = {info.key.rsplit("/", 1)[-1] for info in storage.list(f"{prefix}{BLOBS}/")}
         self._pending: dict[str, Path] = {}
         self.uploaded_bytes = 0
@@ -127,6 +130,8 @@ class Stager:
                 raise
             raise type(exc)(text) from None
         self.refs[source] = ref
+        rels = self._tree_rels.pop(source, []) if ref.tree else [""]
+        self.placed[source] = tuple("/".join(p for p in (ref.dest, r) if p) for r in rels)
         return ref
 
     def _add(self, source: str, dest: str | None) -> InputRef:
@@ -188,6 +193,7 @@ class Stager:
         return self._store_tree(source, dest, files)
 
     def _store_tree(self, source: str, dest: str, files: list[TreeFile]) -> InputRef:
+        self._tree_rels[source] = [f.rel for f in files]
         raw = tree_manifest(files)
         digest = hashlib.sha256(raw).hexdigest()
         key = f"{self.prefix}{TREES}/{digest}.json"
