@@ -184,7 +184,8 @@ class SidecarFolder:
             line = f"{digest} {st.st_size}\n".encode()
             temps.append(self._temp(os.path.dirname(meta), key, line))
             with self._locked(shared=False):
-                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                # a folder there (the key holds other keys) is refused just below
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
                     os.unlink(meta)
                 try:
                     os.replace(temps[0], target)
