@@ -25,6 +25,12 @@ from azmanagers.storage.hashing import sha256_file
 
 MARKER = ".azm-complete"
 """Next to a package folder: it was unpacked completely, with the fingerprint it had then."""
+SEEN_MAX = 100_000
+"""Hashes of copied inputs this process remembers having fetched (then forgets them all)."""
+_SEEN: set[str] = set()
+"""Contents this process placed once: a second use of one goes through the cache."""
+_MADE: set[Path] = set()
+"""Folders this process made already."""
 
 
 def node_dir() -> Path:
@@ -59,7 +65,9 @@ class NodeCache:
     @functools.cached_property
     def shared_dir(self) -> Path:
         path = self.root / "shared"
-        path.mkdir(exist_ok=True, mode=0o700)
+        if path not in _MADE:
+            path.mkdir(exist_ok=True, mode=0o700)
+            _MADE.add(path)
         return path
 
     def file(self, storage: Storage, key: str, sha256: str) -> Path:
@@ -114,11 +122,44 @@ class NodeCache:
     def place(self, storage: Storage, ref: InputRef, run_dir: Path, *, link: bool) -> None:
         """Put an input in ``run_dir`` at ``ref.dest``: copies, or read-only links when ``link``."""
         target = run_dir / ref.dest if ref.dest else run_dir
+        if not ref.tree and not link and self._first_use(ref.sha256):
+            self._fetch_into(storage, ref, target)
+            return
         if not ref.tree:
             _put(self.file(storage, ref.key, ref.sha256), target, ref.mode, link=link)
             return
         for item, cached in self.tree(storage, ref):
             _put(cached, target / _safe_rel(item.rel), item.mode, link=link)
+
+    def _first_use(self, sha256: str) -> bool:
+        """Whether a copied input's content is new to this process and not in the cache.
+
+        Most per-run inputs are used once: those go straight into the run folder (one file
+        made, not a cached copy, its lock and a copy of it); a content seen again, or cached
+        already, goes through the cache and is fetched once per node from then on.
+        """
+        if sha256 in _SEEN:
+            return False
+        if len(_SEEN) >= SEEN_MAX:
+            _SEEN.clear()
+        _SEEN.add(sha256)
+        return not (self.root / "cache" / sha256[:2] / sha256).exists()
+
+    def _fetch_into(self, storage: Storage, ref: InputRef, target: Path) -> None:
+        """Fetch a (single-file) input straight to ``target``, checked as ``file`` checks."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        info = storage.get_file(ref.key, target)
+        if info.sha256 != ref.sha256 and (got := sha256_file(target)) != ref.sha256:
+            target.unlink(missing_ok=True)
+            raise BatchError(
+                f"{ref.key} holds content with SHA-256 {got}, expected {ref.sha256}: it was "
+                "changed after the job was staged; submit the job again to stage it."
+            )
+        target.chmod((ref.mode & 0o777) | 0o600)
+        self.fetched_files += 1
+        self.fetched_bytes += info.size
 
     def package(self, storage: Storage, ref: InputRef, name: str, version: str) -> Path:
         """The folder a package is unpacked in (once per node and content).

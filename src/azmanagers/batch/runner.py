@@ -187,7 +187,7 @@ def execute(task: RunTask) -> RunResult:
     attempt_prefix = f"{task.prefix}runs/{task.run_id}/attempt-{task.attempt}/"
     stdout_key, stderr_key = f"{attempt_prefix}stdout.txt", f"{attempt_prefix}stderr.txt"
     active = active_runs_dir() / f"{os.getpid()}-{task.session}-{task.run_id}-{task.attempt}"
-    active.touch(mode=0o600)
+    os.close(os.open(active, os.O_WRONLY | os.O_CREAT, 0o600))
     storage = task.grant.open()
     exit_code: int | None = None
     reason, error = "error", ""
