@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -399,10 +400,11 @@ class _ExitWaiter:
 
 
 def _exit_waiter(proc: subprocess.Popen[bytes]) -> _ExitWaiter:
-    pidfd_open = getattr(os, "pidfd_open", None)  # Linux 5.3+; elsewhere Popen.wait polls
+    if sys.platform != "linux":
+        return _ExitWaiter(proc, -1)  # no pidfd here: Popen.wait polls
     try:
-        return _ExitWaiter(proc, -1 if pidfd_open is None else pidfd_open(proc.pid))
-    except OSError:  # an old kernel, or the child was reaped already
+        return _ExitWaiter(proc, os.pidfd_open(proc.pid))
+    except OSError:  # a kernel older than 5.3, or the child was reaped already
         return _ExitWaiter(proc, -1)
 
 
