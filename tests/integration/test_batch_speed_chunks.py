@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from azmanagers import batch
-from azmanagers.batch.driver import SHORT_RUN_CHUNK, SHORT_RUN_FACTOR
+from azmanagers.batch.flights import SHORT_RUN_CHUNK, SHORT_RUN_FACTOR
 from tests.conftest import processes_under
 
 pytestmark = pytest.mark.integration
@@ -56,8 +56,8 @@ def test_short_runs_go_in_chunks_and_each_keeps_its_own_record_logs_and_outputs(
     assert job._local is not None
     driver = job._local.driver
     # the runs were short: the window widened and runs went in chunks
-    assert driver.max_in_flight == driver.base_in_flight * SHORT_RUN_FACTOR
-    assert driver._chunk == SHORT_RUN_CHUNK
+    assert driver.pace.in_flight == driver.pace.base_in_flight * SHORT_RUN_FACTOR
+    assert driver.pace.chunk == SHORT_RUN_CHUNK
     runs = job.runs()
     assert len(runs) == 60 and all(r.status == "succeeded" for r in runs)
     for r in runs:
@@ -100,7 +100,7 @@ def test_a_worker_killed_while_it_holds_chunks_requeues_their_runs(
     )
     assert job._local is not None
     driver = job._local.driver
-    eventually(lambda: driver._chunk == SHORT_RUN_CHUNK, "runs going in chunks")
+    eventually(lambda: driver.pace.chunk == SHORT_RUN_CHUNK, "runs going in chunks")
     vm_dirs: list[str] = []
 
     def a_run_sleeping() -> bool:
@@ -145,7 +145,7 @@ def test_a_cancel_while_short_runs_go_in_chunks_ends_every_run(
     )
     assert job._local is not None
     driver = job._local.driver
-    eventually(lambda: driver._chunk == SHORT_RUN_CHUNK, "runs going in chunks")
+    eventually(lambda: driver.pace.chunk == SHORT_RUN_CHUNK, "runs going in chunks")
     job.cancel()
     status = job.wait(timeout=DEADLINE_S)
     assert status.status == "cancelled"

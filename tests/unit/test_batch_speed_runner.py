@@ -5,12 +5,12 @@ from __future__ import annotations
 import subprocess
 import time
 
-from azmanagers.batch.runner import _exit_waiter
+from azmanagers.batch.processes import exit_waiter
 
 
 def test_the_waiter_returns_when_the_command_ends_not_at_its_timeout() -> None:
     proc = subprocess.Popen(["sleep", "0.2"])
-    waiter = _exit_waiter(proc)
+    waiter = exit_waiter(proc)
     try:
         started = time.monotonic()
         waiter.wait(10.0)
@@ -25,7 +25,7 @@ def test_the_waiter_returns_when_the_command_ends_not_at_its_timeout() -> None:
 
 def test_the_waiter_gives_up_after_its_timeout_while_the_command_runs() -> None:
     proc = subprocess.Popen(["sleep", "30"])
-    waiter = _exit_waiter(proc)
+    waiter = exit_waiter(proc)
     try:
         started = time.monotonic()
         waiter.wait(0.2)

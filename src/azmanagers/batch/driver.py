@@ -6,14 +6,24 @@ import logging
 import os
 import socket
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
+from azmanagers.batch.flights import (
+    Flight,
+    Flights,
+    Pace,
+    grant_ttl,
+    ran,
+    some_done,
+    worker_gone,
+)
 from azmanagers.batch.plan import Plan, TakenOverError, new_session
-from azmanagers.batch.records import FINAL_STATES, Attempt, JobRecord, JobStore, RunRecord
-from azmanagers.batch.runner import RunResult, cancel_session, execute_many
+from azmanagers.batch.processes import cancel_session
+from azmanagers.batch.records import FINAL_STATES, Attempt, JobRecord, JobStore
+from azmanagers.batch.runner import RunResult, execute_many
 from azmanagers.batch.sweep import RunSpec
 from azmanagers.errors import AzManagersError
 from azmanagers.storage.base import Grant, Storage
@@ -26,50 +36,14 @@ RECORD_EVERY_S = 2.0
 """The job record's counts are written at most this often while runs complete."""
 CANCEL_CHECK_S = 5.0
 """How often the driver looks for a cancel request in storage (one small read)."""
-WAIT_STEP_S = 0.5
 CANCEL_DRAIN_S = 15.0
 """After a cancel: how long killed runs get to store their logs and report."""
-GRANT_SLACK_S = 3600.0
-"""A grant outlives the longest a run may take by this much."""
-DEFAULT_GRANT_TTL_S = 24 * 3600.0
-"""A grant's lifetime for runs without a timeout."""
-MAX_GRANT_TTL_S = 7 * 24 * 3600.0
-"""The longest grant minted (a user-delegation key's limit); longer runs get a fresh one
-when they are requeued or retried."""
-MIN_IN_FLIGHT = 8
-SHORT_RUN_S = 0.2
-"""Attempts that take less than this (on average, over the last ``RECENT_RUNS``) are short:
-the driver then keeps ``SHORT_RUN_FACTOR`` times more tasks in flight, so workers never wait
-for it and results come back in batches."""
-SHORT_RUN_FACTOR = 4
-SHORT_RUN_CHUNK = 4
-"""While runs are short, this many go to a worker in one Dask task (run one after the other):
-the scheduler's, the comms' and the driver's cost per task is shared by them."""
-RECENT_RUNS = 16
 RUNNING_RECORD_AFTER_S = RECORD_EVERY_S
 """A first attempt's ``running`` record is written once it has run this long (most short runs
 end before and get one record, their final one); an attempt with history (a retry, a requeue,
 a resumed run) gets its ``running`` record at once, so that history is never lost."""
-
 Progress = Callable[[Mapping[str, int], int], None]
-Flights = dict[Any, list["_Flight"]]
-"""Each Dask future in flight with the runs it carries (one, or a chunk of short ones)."""
 """Called as ``progress(counts by state, total)`` when the counts change."""
-
-
-@dataclass
-class _Flight:
-    spec: RunSpec
-    attempt: int
-    requeues: int
-    attempts: list[Attempt] = field(default_factory=list)
-    started: float = field(default_factory=time.time)
-    failures: int = 0
-    """Attempts that failed (non-zero exit, timeout, error): what ``retries`` bounds."""
-    counted: bool = False
-    record_at: float | None = None
-    """When (monotonic) to write this attempt's ``running`` record; None: written, or due
-    to no one."""
 
 
 class Driver:
@@ -99,13 +73,8 @@ class Driver:
         self.storage = storage
         self.store = store
         self.plan = plan
-        self.base_in_flight = max(MIN_IN_FLIGHT, max_in_flight)
-        self.max_in_flight = self.base_in_flight
-        """The tasks kept on the cluster now (more while the runs are short)."""
-        self._recent: deque[float] = deque(maxlen=RECENT_RUNS)
-        """How long the last attempts took (seconds)."""
-        self._chunk = 1
-        """Runs per Dask task now (``SHORT_RUN_CHUNK`` while runs are short)."""
+        self.pace = Pace(max_in_flight)
+        """The runs kept on the cluster now, and how many go in one task."""
         self.only_failed = only_failed
         self.progress = progress
         self.session = session or new_session()
@@ -132,7 +101,6 @@ class Driver:
 
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> JobRecord:
-
         known = self.store.statuses()
         todo = self._todo(known)
         flights: Flights = {}
@@ -142,10 +110,10 @@ class Driver:
         self._cancelled = self._cancelled or self.store.cancel_requested(self.session)
         exhausted = False
         while True:
-            room = self.max_in_flight - sum(len(group) for group in flights.values())
+            room = self.pace.in_flight - sum(len(group) for group in flights.values())
             while not exhausted and not self._cancelled and room > 0:
                 group = []
-                for _ in range(min(room, self._chunk)):
+                for _ in range(min(room, self.pace.chunk)):
                     spec = next(todo, None)
                     if spec is None:
                         exhausted = True
@@ -156,7 +124,7 @@ class Driver:
                     room -= len(group)
             if not flights:
                 break
-            done = _some_done(list(flights))
+            done = some_done(list(flights))
             results = self._gather(done)
             for future in done:
                 self._finish(flights, future, flights.pop(future), results.get(future))
@@ -180,15 +148,15 @@ class Driver:
                 continue
             yield spec
 
-    def _flight(self, spec: RunSpec, known: Mapping[str, str]) -> _Flight:
+    def _flight(self, spec: RunSpec, known: Mapping[str, str]) -> Flight:
         """A run's next attempt; a run tried before keeps its history and numbering."""
         record = self.store.read_run(spec.run_id) if spec.run_id in known else None
         if record is None:
-            return _Flight(spec, 1, 0)
+            return Flight(spec, 1, 0)
         number = 1 + max((a.number for a in record.attempts), default=0)
-        return _Flight(spec, number, record.requeues, list(record.attempts))
+        return Flight(spec, number, record.requeues, list(record.attempts))
 
-    def _submit(self, flights: Flights, group: list[_Flight]) -> None:
+    def _submit(self, flights: Flights, group: list[Flight]) -> None:
         """Hand ``group``'s runs to the cluster as one task (run one after the other)."""
         grant = self._fresh_grant()
         tasks = tuple(self.plan.task(f.spec, f.attempt, grant, self.session) for f in group)
@@ -226,7 +194,7 @@ class Driver:
         self,
         flights: Flights,
         future: Any,
-        group: list[_Flight],
+        group: list[Flight],
         gathered: tuple[RunResult, ...] | None = None,
     ) -> None:
         from distributed.scheduler import KilledWorker
@@ -241,7 +209,7 @@ class Driver:
             for flight in group:
                 if self._cancelled:
                     self._write(flight, "cancelled", error="cancelled")
-                elif _worker_gone(exc):
+                elif worker_gone(exc):
                     self._lost(flights, flight, f"its worker was lost: {exc!r}")
                 else:
                     why = f"the runner failed: {exc!r}"
@@ -261,11 +229,11 @@ class Driver:
         for flight, result in zip(group, results, strict=True):
             self._finished(flights, flight, result)
 
-    def _finished(self, flights: Flights, flight: _Flight, result: RunResult) -> None:
+    def _finished(self, flights: Flights, flight: Flight, result: RunResult) -> None:
         """One run's attempt reported: record it, or retry or requeue the run."""
         for node_files in ((result.node, result.fetched_files),):
             self.fetches[node_files[0]] += node_files[1]
-        self._took(result.ended - result.started)
+        self.pace.took(result.ended - result.started)
         flight.attempts.append(
             Attempt(
                 result.attempt,
@@ -294,20 +262,10 @@ class Driver:
         else:
             self._write(flight, "failed", result=result)
 
-    def _took(self, seconds: float) -> None:
-        """Note an attempt's duration; widen the window while attempts are short."""
-        self._recent.append(seconds)
-        short = (
-            len(self._recent) >= RECENT_RUNS // 2
-            and sum(self._recent) / len(self._recent) < SHORT_RUN_S
-        )
-        self.max_in_flight = self.base_in_flight * (SHORT_RUN_FACTOR if short else 1)
-        self._chunk = SHORT_RUN_CHUNK if short else 1
-
     def _lost(
         self,
         flights: Flights,
-        flight: _Flight,
+        flight: Flight,
         why: str,
         *,
         result: RunResult | None = None,
@@ -382,8 +340,8 @@ class Driver:
         deadline = time.monotonic() + CANCEL_DRAIN_S
         reported = 0
         while flights and reported < running and time.monotonic() < deadline:
-            for future in _some_done(list(flights)):
-                reported += _ran(future)
+            for future in some_done(list(flights)):
+                reported += ran(future)
                 self._finish(flights, future, flights.pop(future))
         for future, group in list(flights.items()):
             future.cancel()
@@ -393,26 +351,13 @@ class Driver:
 
     # -- records ------------------------------------------------------------------------
     def _write(
-        self, flight: _Flight, status: str, *, result: RunResult | None = None, error: str = ""
+        self, flight: Flight, status: str, *, result: RunResult | None = None, error: str = ""
     ) -> None:
         flight.record_at = None
         if self._taken_over:
             return  # the runs are the other driver's now: leave their records alone
         spec = flight.spec
-        record = RunRecord(
-            job=self.plan.job,
-            run_id=spec.run_id,
-            params=dict(spec.params),
-            status=status,
-            attempts=tuple(flight.attempts),
-            requeues=flight.requeues,
-            exit_code=None if result is None else result.exit_code,
-            node="" if result is None else result.node,
-            started=flight.started,
-            ended=time.time() if status in FINAL_STATES else 0.0,
-            outputs=() if result is None else result.outputs,
-            error=error or ("" if result is None else result.error),
-        )
+        record = flight.record(self.plan.job, status, result, error)
         if status in FINAL_STATES:
             self.counts[status] += 1
             self.counts["running"] -= 1
@@ -425,7 +370,7 @@ class Driver:
         if self.progress is not None:
             self.progress(self.snapshot(), self.total)
 
-    def _count_running(self, flight: _Flight, *, progress: bool = True) -> None:
+    def _count_running(self, flight: Flight, *, progress: bool = True) -> None:
         """Count a run as running from its first submission on (once, whatever its attempts)."""
         if flight.counted:
             return
@@ -462,39 +407,10 @@ class Driver:
         )
 
     def _fresh_grant(self) -> Grant:
-        timeout = self.plan.sweep.model.timeout_s
-        ttl = DEFAULT_GRANT_TTL_S if timeout is None else timeout * 2 + GRANT_SLACK_S
-        ttl = min(ttl, MAX_GRANT_TTL_S)
+        ttl = grant_ttl(self.plan.sweep.model.timeout_s)
         grant = self._grant
         if grant is not None and self._given_grant:
             return grant
         if grant is None or grant.expires_at - time.time() < ttl - 600:
             grant = self._grant = self.storage.grant(self.plan.prefix, ttl_s=ttl, write=True)
         return grant
-
-
-def _ran(future: Any) -> int:
-    """How many of a finished task's runs had started their command (killed runs that
-    reported)."""
-    if future.status != "finished":
-        return 0
-    results: tuple[RunResult, ...] = future.result()
-    return sum(result.exit_code is not None for result in results)
-
-
-def _some_done(futures: list[Any]) -> list[Any]:
-    """The futures that ended (finished, erred or cancelled) within ``WAIT_STEP_S``."""
-    from distributed import wait
-
-    try:
-        done, _ = wait(futures, timeout=WAIT_STEP_S, return_when="FIRST_COMPLETED")
-    except TimeoutError:
-        return []
-    except Exception:  # some were cancelled (FuturesCancelledError): they ended too
-        return [f for f in futures if f.done() or f.cancelled()]
-    return list(done)
-
-
-def _worker_gone(exc: BaseException) -> bool:
-    names = {type(e).__name__ for e in (exc, exc.__cause__, exc.__context__) if e is not None}
-    return bool(names & {"CommClosedError", "StreamClosedError", "KilledWorker"})

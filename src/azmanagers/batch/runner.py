@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
-import select
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +16,15 @@ from typing import IO
 from azmanagers.batch.model import Output
 from azmanagers.batch.nodecache import NodeCache
 from azmanagers.batch.outputs import upload_outputs
+from azmanagers.batch.processes import (
+    ACTIVE,
+    ensure_watchdog,
+    exit_waiter,
+    hold_while_evicting,
+    kill_group,
+    stop,
+    worker_closing,
+)
 from azmanagers.batch.records import OutputFile
 from azmanagers.batch.staging import InputRef
 from azmanagers.config.paths import active_runs_dir, eviction_flag
@@ -32,8 +36,6 @@ POLL_S = 0.05
 runner at once: it waits on the process's pidfd where Linux has one)."""
 EVICTION_CHECK_S = 1.0
 """How often a running command checks for the node's eviction notice."""
-KILL_GRACE_S = 5.0
-"""Between SIGTERM to the run's process group and SIGKILL."""
 DROPPED_ENV_PREFIXES = ("DASK_", "AZMANAGERS_STORAGE_", "AZURE_")
 """Variables of the worker's environment a run does not inherit."""
 
@@ -98,66 +100,6 @@ class RunResult:
         return self.reason == "exit" and self.exit_code == 0
 
 
-class _Active:
-    """The runs in progress in this worker process, so a cancel can kill their groups."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
-        self.cancelled: set[str] = set()
-
-
-_ACTIVE = _Active()
-
-
-WATCHDOG = (
-    'while kill -0 "$1" 2>/dev/null; do sleep 1; done; '
-    'for f in "$2/$1-"*; do pg=$(cat "$f" 2>/dev/null) && kill -KILL -- "-$pg" 2>/dev/null; done'
-)
-"""One per worker process, in a session of its own: when the worker process ends (even by a
-kill -9, which no hook of ours sees) it kills, within a second, the process group of every run
-the worker had started (each run's group id is in its file in the active-runs folder)."""
-_WATCHDOG_FOR: set[int] = set()
-
-
-def _ensure_watchdog() -> None:
-    """Start this worker process's watchdog once (call with ``_ACTIVE.lock`` held)."""
-    if os.getpid() in _WATCHDOG_FOR:
-        return
-    subprocess.Popen(
-        ["bash", "-c", WATCHDOG, "azm-watchdog", str(os.getpid()), str(active_runs_dir())],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    _WATCHDOG_FOR.add(os.getpid())
-
-
-@atexit.register
-def _kill_active_runs() -> None:
-    """When the worker process ends (its scheduler gone, a shutdown), no run outlives it:
-    every run is in a session of its own, which the worker's own group kill would miss."""
-    with _ACTIVE.lock:
-        procs = list(_ACTIVE.procs.values())
-    for proc in procs:
-        _kill_group(proc, signal.SIGKILL)
-
-
-def cancel_session(session: str) -> int:
-    """Kill the process group of every run of a submission in this worker (via ``client.run``).
-
-    Returns how many runs were signalled. Later attempts of that submission in this process
-    end at once as ``cancelled``; a new submission of the job (``retry``) is not affected.
-    """
-    with _ACTIVE.lock:
-        _ACTIVE.cancelled.add(session)
-        procs = [p for (s, _), p in _ACTIVE.procs.items() if s == session]
-    for proc in procs:
-        _kill_group(proc, signal.SIGTERM)
-    return len(procs)
-
-
 def node_name() -> tuple[str, str]:
     """This node's name (its Dask worker's name: the instance) and the address it listens on."""
     try:
@@ -172,9 +114,12 @@ def node_name() -> tuple[str, str]:
 
 def execute(task: RunTask) -> RunResult:
     """Run one attempt: stage, run the command in its own process group, upload, report."""
-    cache = NodeCache()
     node, host = node_name()
     started = time.time()
+    held = hold_while_evicting(task.session)  # a node about to go starts and stages nothing
+    if held is not None:
+        return RunResult(task.run_id, task.attempt, node, started, time.time(), None, held, "", "")
+    cache = NodeCache()
     # one folder per attempt, right under the job's (no folder per run left behind)
     attempt_dir = (
         cache.root
@@ -313,14 +258,14 @@ def _run(
     active: Path,
 ) -> tuple[int | None, str]:
     key = (task.session, task.run_id)
-    with _ACTIVE.lock:
-        if task.session in _ACTIVE.cancelled:
+    with ACTIVE.lock:
+        if task.session in ACTIVE.cancelled:
             return None, "cancelled"
         if eviction_flag().exists():
             return None, "evicted"
-        if _worker_closing():
+        if worker_closing():
             return None, "lost"  # a run queued behind others in a chunk: it goes elsewhere
-        _ensure_watchdog()
+        ensure_watchdog()
         proc = subprocess.Popen(
             ["bash", "-c", task.command],
             cwd=run_dir,
@@ -330,103 +275,43 @@ def _run(
             stderr=err,
             start_new_session=True,
         )
-        _ACTIVE.procs[key] = proc
+        ACTIVE.procs[key] = proc
         active.write_text(str(proc.pid))  # the group the watchdog kills if the worker dies
     deadline = None if task.timeout_s is None else time.monotonic() + task.timeout_s
     reason = "exit"
     flag = eviction_flag()
     next_flag_check = time.monotonic() + EVICTION_CHECK_S
-    ended = _exit_waiter(proc)
+    ended = exit_waiter(proc)
     try:
         while proc.poll() is None:
             if time.monotonic() >= next_flag_check:
                 next_flag_check = time.monotonic() + EVICTION_CHECK_S
                 if flag.exists():
                     reason = "evicted"
-                    _stop(proc)
+                    stop(proc)
                     break
-                if _worker_closing():
+                if worker_closing():
                     reason = "lost"  # the worker is going away: its runs go with it
-                    _stop(proc)
+                    stop(proc)
                     break
             if deadline is not None and time.monotonic() > deadline:
                 reason = "timeout"
-                _stop(proc)
+                stop(proc)
                 break
-            with _ACTIVE.lock:
-                cancelled = task.session in _ACTIVE.cancelled
+            with ACTIVE.lock:
+                cancelled = task.session in ACTIVE.cancelled
             if cancelled:
                 reason = "cancelled"
-                _stop(proc)
+                stop(proc)
                 break
             ended.wait(POLL_S)  # returns as soon as the command ends
-        with _ACTIVE.lock:
-            if task.session in _ACTIVE.cancelled and reason == "exit" and proc.returncode != 0:
+        with ACTIVE.lock:
+            if task.session in ACTIVE.cancelled and reason == "exit" and proc.returncode != 0:
                 reason = "cancelled"
     finally:
         ended.close()
-        _kill_group(proc, signal.SIGKILL)  # nothing of the run outlives it
+        kill_group(proc, signal.SIGKILL)  # nothing of the run outlives it
         proc.wait()
-        with _ACTIVE.lock:
-            _ACTIVE.procs.pop(key, None)
+        with ACTIVE.lock:
+            ACTIVE.procs.pop(key, None)
     return proc.returncode, reason
-
-
-class _ExitWaiter:
-    """Waits for a child's end: on its pidfd (woken the moment it ends, no polling), or by
-    ``Popen.wait``'s own polling where there is no pidfd."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], pidfd: int) -> None:
-        self.proc = proc
-        self.pidfd = pidfd
-        self.poller: select.poll | None = None
-        if pidfd >= 0:
-            self.poller = select.poll()
-            self.poller.register(pidfd, select.POLLIN)
-
-    def wait(self, timeout_s: float) -> None:
-        """Return when the child ended or after ``timeout_s`` seconds, whichever comes first."""
-        if self.poller is not None:
-            self.poller.poll(max(0, round(timeout_s * 1000)))
-            return
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout_s)
-
-    def close(self) -> None:
-        if self.pidfd >= 0:
-            os.close(self.pidfd)
-            self.pidfd = -1
-            self.poller = None
-
-
-def _exit_waiter(proc: subprocess.Popen[bytes]) -> _ExitWaiter:
-    if sys.platform != "linux":
-        return _ExitWaiter(proc, -1)  # no pidfd here: Popen.wait polls
-    try:
-        return _ExitWaiter(proc, os.pidfd_open(proc.pid))
-    except OSError:  # a kernel older than 5.3, or the child was reaped already
-        return _ExitWaiter(proc, -1)
-
-
-def _worker_closing() -> bool:
-    """Whether the Dask worker this runs in is closing (its close waits for our thread)."""
-    try:
-        from distributed import get_worker
-
-        status = get_worker().status.name
-    except (ImportError, ValueError):
-        return False
-    return status in ("closing", "closing_gracefully", "closed", "failed")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    _kill_group(proc, signal.SIGTERM)
-    try:
-        proc.wait(KILL_GRACE_S)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc, signal.SIGKILL)
-
-
-def _kill_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
