@@ -6,7 +6,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -15,6 +15,28 @@ import pytest
 pytest_plugins = ["tests.azurite"]
 
 LEAK_GRACE_S = 10.0
+EVENTUALLY_S = 120.0
+"""How long ``eventually`` waits by default."""
+
+
+def eventually(
+    check: Callable[[], bool], what: str, timeout: float = EVENTUALLY_S, step_s: float = 0.1
+) -> None:
+    """Poll ``check`` every ``step_s`` until it holds; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(step_s)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def command_line(proc: psutil.Process) -> list[str]:
+    """A process's command line, or [] when it ended meanwhile."""
+    try:
+        return [str(part) for part in proc.cmdline()]
+    except psutil.Error:
+        return []
 
 
 def processes_under(home: Path) -> list[psutil.Process]:

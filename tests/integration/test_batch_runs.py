@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -21,27 +20,15 @@ from azmanagers import batch
 from azmanagers.batch.packages import add_package
 from azmanagers.errors import BatchError, ConfigError, IntegrityError
 from azmanagers.storage import open_storage
-from tests.conftest import processes_under
+from tests.conftest import command_line, eventually, processes_under
 
 pytestmark = pytest.mark.integration
 DEADLINE_S = 120.0
 
 
-def eventually(check: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
-def _cmd(proc: psutil.Process) -> list[str]:
-    """A process's command line, or [] when it ended meanwhile."""
-    try:
-        return proc.cmdline()
-    except psutil.Error:
-        return []
+def running(home: Path, *command: str) -> list[psutil.Process]:
+    """The processes under ``home`` whose command line starts with ``command``."""
+    return [p for p in processes_under(home) if command_line(p)[: len(command)] == list(command)]
 
 
 def executable(path: Path, body: str) -> Path:
@@ -197,7 +184,7 @@ def test_a_timeout_kills_the_run_and_its_children(tmp_path: Path, azm_home: Path
     (run,) = job.runs()
     assert run.status == "failed" and run.attempts[-1].reason == "timeout"
     assert job.logs(run.run_id) == "started\n"
-    sleepers = [p for p in processes_under(azm_home) if "sleep" in " ".join(_cmd(p))]
+    sleepers = [p for p in processes_under(azm_home) if "sleep" in " ".join(command_line(p))]
     assert sleepers == []
 
 
@@ -210,7 +197,7 @@ def test_cancel_kills_every_run_and_ends_cancelled(tmp_path: Path, azm_home: Pat
         workers=2,
     )
     eventually(
-        lambda: len([p for p in processes_under(azm_home) if _cmd(p)[:2] == ["sleep", "300"]]) == 2,
+        lambda: len(running(azm_home, "sleep", "300")) == 2,
         "2 runs running",
     )
     job.cancel()
@@ -221,7 +208,7 @@ def test_cancel_kills_every_run_and_ends_cancelled(tmp_path: Path, azm_home: Pat
     logs = sorted(job.logs(r.run_id) for r in job.runs() if r.attempts)
     assert logs[-2:] == ["up\n", "up\n"] and set(logs[:-2]) <= {""}
     eventually(
-        lambda: not [p for p in processes_under(azm_home) if _cmd(p)[:2] == ["sleep", "300"]],
+        lambda: not running(azm_home, "sleep", "300"),
         "no run left",
     )
 
@@ -322,7 +309,7 @@ def test_a_worker_killed_mid_run_requeues_the_run(tmp_path: Path, azm_home: Path
     )
 
     def running() -> list[psutil.Process]:
-        return [p for p in processes_under(azm_home) if _cmd(p)[:2] == ["sleep", "3"]]
+        return [p for p in processes_under(azm_home) if command_line(p)[:2] == ["sleep", "3"]]
 
     eventually(lambda: len(running()) >= 1, "a run sleeping")
     victim = running()[0]
@@ -331,7 +318,8 @@ def test_a_worker_killed_mid_run_requeues_the_run(tmp_path: Path, azm_home: Path
     leader = [
         p
         for p in processes_under(azm_home)
-        if p.environ().get("AZMANAGERS_INSTANCE_DIR") == vm_dir and "worker" in " ".join(_cmd(p))
+        if p.environ().get("AZMANAGERS_INSTANCE_DIR") == vm_dir
+        and "worker" in " ".join(command_line(p))
     ]
     for proc in leader:
         os.kill(proc.pid, signal.SIGKILL)
@@ -398,7 +386,7 @@ def test_an_eviction_notice_stops_the_run_keeps_its_logs_and_requeues_it(
     )
 
     def sleeping() -> list[psutil.Process]:
-        return [p for p in processes_under(azm_home) if _cmd(p)[:2] == ["sleep", "3"]]
+        return [p for p in processes_under(azm_home) if command_line(p)[:2] == ["sleep", "3"]]
 
     eventually(lambda: len(sleeping()) >= 1, "a run sleeping")
     victim = sleeping()[0]
@@ -451,7 +439,14 @@ def test_a_killed_caller_leaves_a_stopped_job_that_resumes_and_no_run_behind(
     try:
         eventually(
             lambda: (
-                len([p for p in processes_under(azm_home) if _cmd(p)[:2] == ["sleep", "300"]]) == 2
+                len(
+                    [
+                        p
+                        for p in processes_under(azm_home)
+                        if command_line(p)[:2] == ["sleep", "300"]
+                    ]
+                )
+                == 2
             ),
             "2 runs running",
         )
@@ -466,7 +461,7 @@ def test_a_killed_caller_leaves_a_stopped_job_that_resumes_and_no_run_behind(
     )
     # the workers lose their scheduler and end, and their runs with them
     eventually(
-        lambda: not [p for p in processes_under(azm_home) if _cmd(p)[:2] == ["sleep", "300"]],
+        lambda: not running(azm_home, "sleep", "300"),
         "the runs killed",
         60,
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -14,26 +12,10 @@ import pytest
 
 from azmanagers import batch
 from azmanagers.batch.flights import SHORT_RUN_CHUNK, SHORT_RUN_FACTOR
-from tests.conftest import processes_under
+from tests.conftest import command_line, eventually, processes_under
 
 pytestmark = pytest.mark.integration
 DEADLINE_S = 120.0
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
-def _cmd(proc: psutil.Process) -> list[str]:
-    try:
-        return proc.cmdline()
-    except psutil.Error:
-        return []
 
 
 def test_short_runs_go_in_chunks_and_each_keeps_its_own_record_logs_and_outputs(
@@ -106,7 +88,7 @@ def test_a_worker_killed_while_it_holds_chunks_requeues_their_runs(
     def a_run_sleeping() -> bool:
         for proc in processes_under(azm_home):
             with contextlib.suppress(psutil.Error):
-                if _cmd(proc)[:2] == ["sleep", "0.05"]:
+                if command_line(proc)[:2] == ["sleep", "0.05"]:
                     vm_dirs.append(proc.environ()["AZMANAGERS_INSTANCE_DIR"])
                     return True
         return False
@@ -117,7 +99,7 @@ def test_a_worker_killed_while_it_holds_chunks_requeues_their_runs(
         with contextlib.suppress(psutil.Error):
             env = proc.environ()
             if env.get("AZMANAGERS_INSTANCE_DIR") == vm_dirs[0] and "worker" in " ".join(
-                _cmd(proc)
+                command_line(proc)
             ):
                 os.kill(proc.pid, signal.SIGKILL)
                 killed += 1
@@ -154,7 +136,7 @@ def test_a_cancel_while_short_runs_go_in_chunks_ends_every_run(
     assert {r.status for r in runs} <= {"succeeded", "cancelled"}
     assert "cancelled" in {r.status for r in runs}
     eventually(
-        lambda: not [p for p in processes_under(azm_home) if _cmd(p)[:1] == ["sleep"]],
+        lambda: not [p for p in processes_under(azm_home) if command_line(p)[:1] == ["sleep"]],
         "no run left",
         30,
     )
