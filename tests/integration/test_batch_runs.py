@@ -71,6 +71,8 @@ def test_a_model_prints_its_version_and_outputs_land_next_to_inputs(
         ],
     )
     job = batch.submit(model, name="hist", storage=storage, wait=True, timeout=DEADLINE_S)
+    assert job.root == storage  # what attach and --storage take, not the job's own folder
+    assert batch.attach("hist", storage=job.root).status().status == "succeeded"
     status = job.status()
     assert (status.status, status.counts.get("succeeded")) == ("succeeded", 1)
     (run,) = job.runs()

@@ -84,7 +84,8 @@ def jobs(storage: str | Storage | None = None) -> list[JobStatus]:
         if not _NAME.fullmatch(name):
             continue
         try:
-            found.append(Job(name, job_space(opened, name, create=False)).status())
+            space = job_space(opened, name, create=False)
+            found.append(Job(name, space, root=opened.url).status())
         except BatchJobNotFoundError:
             continue  # a space without a record yet (being staged, or refused while staging)
         except AzManagersError as exc:
@@ -196,7 +197,8 @@ def prepare(
         created=existing.created if existing else time.time(),
     )
     store.write_job(record)
-    return space, store, Plan(name, store.prefix, sweep, refs, shared, packages, session)
+    plan = Plan(name, store.prefix, sweep, refs, shared, packages, session, root=opened.url)
+    return space, store, plan
 
 
 def job_digest(sweep: Sweep, refs: Mapping[str, InputRef]) -> str:
@@ -246,7 +248,9 @@ def resubmit(
     except BaseException:
         connection.close()
         raise
-    plan = Plan(job.name, job.store.prefix, sweep, refs, shared, packages, session or "")
+    plan = Plan(
+        job.name, job.store.prefix, sweep, refs, shared, packages, session or "", root=job.root
+    )
     return _start(
         job.storage,
         job.store,
@@ -306,7 +310,7 @@ def _start(
 
     thread = threading.Thread(target=drive, name=f"azm-batch-{plan.job}", daemon=True)
     local = _Local(driver, thread)
-    job = Job(plan.job, storage, local=local)
+    job = Job(plan.job, storage, local=local, root=plan.root)
     thread.start()
     if wait:
         job.wait(timeout)

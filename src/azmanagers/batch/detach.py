@@ -40,7 +40,7 @@ def submit_detached(
             "a detached job makes its own cluster: give cluster as a template name, not "
             f"a {type(cluster).__name__}."
         )
-    space, store, _ = prepare(what, name=name, storage=storage, cluster=cluster, base=base)
+    space, store, plan = prepare(what, name=name, storage=storage, cluster=cluster, base=base)
     grant = space.grant(store.prefix, ttl_s=DETACHED_GRANT_TTL_S, write=True)
     vm = addproc(vm_template)
     try:
@@ -58,7 +58,7 @@ def submit_detached(
     record = store.read_job()
     if record is not None:
         store.write_job(replace(record, driver=f"detached:{vm.name}/{detached.id}"))
-    return Job(name, space)
+    return Job(name, space, root=plan.root)
 
 
 def drive_detached(name: str, grant: Grant, cluster: str | None, workers: int | None) -> str:

@@ -25,6 +25,8 @@ class Plan:
     packages: tuple[PackageRef, ...]
     session: str = ""
     """The submission id made when the job was prepared ("" for a fresh one)."""
+    root: str = ""
+    """The storage URL the job was submitted to (what ``attach`` and ``--storage`` take)."""
 
     def task(self, spec: RunSpec, attempt: int, grant: Grant, session: str) -> RunTask:
         model = self.sweep.model

@@ -215,7 +215,7 @@ def _detach(
         echo_json(job.status().to_dict())
         return
     typer.echo(f"job {job.name} submitted; its driver runs on a detached VM.")
-    typer.echo(f"follow it with: azm batch status {job.name} --storage {job.storage.url}")
+    typer.echo(f"follow it with: azm batch status {job.name} --storage {job.root}")
 
 
 def _attach(name: str, storage: str | None) -> Job:
