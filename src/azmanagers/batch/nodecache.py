@@ -96,19 +96,25 @@ class NodeCache:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = path.with_name(f".{sha256}.part")
             try:
-                info = storage.get_file(key, tmp)
-                if info.sha256 != sha256 and (got := sha256_file(tmp)) != sha256:
-                    raise BatchError(
-                        f"{key} holds content with SHA-256 {got}, expected {sha256}: it was "
-                        "changed after the job was staged; submit the job again to stage it."
-                    )
+                self._fetch_checked(storage, key, sha256, tmp)
                 tmp.chmod(0o444)
                 os.replace(tmp, path)
             finally:
                 tmp.unlink(missing_ok=True)
-            self.fetched_files += 1
-            self.fetched_bytes += info.size
         return path
+
+    def _fetch_checked(self, storage: Storage, key: str, sha256: str, local: Path) -> None:
+        """Fetch ``key`` to ``local`` and check it is ``sha256`` (hashed here when the storage
+        could not verify it); ``BatchError``, and nothing left at ``local``, when it is not."""
+        info = storage.get_file(key, local)
+        if info.sha256 != sha256 and (got := sha256_file(local)) != sha256:
+            local.unlink(missing_ok=True)
+            raise BatchError(
+                f"{key} holds content with SHA-256 {got}, expected {sha256}: it was "
+                "changed after the job was staged; submit the job again to stage it."
+            )
+        self.fetched_files += 1
+        self.fetched_bytes += info.size
 
     def tree(self, storage: Storage, ref: InputRef) -> list[tuple[TreeFile, Path]]:
         """Each file of a staged folder with its cached copy."""
@@ -150,16 +156,8 @@ class NodeCache:
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_symlink() or target.exists():
             target.unlink()
-        info = storage.get_file(ref.key, target)
-        if info.sha256 != ref.sha256 and (got := sha256_file(target)) != ref.sha256:
-            target.unlink(missing_ok=True)
-            raise BatchError(
-                f"{ref.key} holds content with SHA-256 {got}, expected {ref.sha256}: it was "
-                "changed after the job was staged; submit the job again to stage it."
-            )
+        self._fetch_checked(storage, ref.key, ref.sha256, target)
         target.chmod((ref.mode & 0o777) | 0o600)
-        self.fetched_files += 1
-        self.fetched_bytes += info.size
 
     def package(self, storage: Storage, ref: InputRef, name: str, version: str) -> Path:
         """The folder a package is unpacked in (once per node and content).
