@@ -124,7 +124,7 @@ def _to_fetch(fetches: list[Fetch], storage: Storage, overwrite: bool) -> list[t
         if not os.path.lexists(f.path):
             pairs.append((f.key, f.path))
             continue
-        stored = f.sha256 or getattr(storage.stat(f.key), "sha256", "") or ""
+        stored = f.sha256 or _stored_sha256(storage, f.key)
         if f.path.is_file() and stored and sha256_file(f.path) == stored:
             continue
         if not overwrite:
@@ -145,3 +145,9 @@ def _blocking_file(path: Path) -> Path | None:
         if os.path.lexists(parent) and not parent.is_dir():
             return parent
     return None
+
+
+def _stored_sha256(storage: Storage, key: str) -> str:
+    """The SHA-256 storage keeps for ``key`` ("" when there is none, or no object)."""
+    info = storage.stat(key)
+    return info.sha256 if info is not None and info.sha256 else ""

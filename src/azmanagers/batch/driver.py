@@ -231,8 +231,7 @@ class Driver:
 
     def _finished(self, flights: Flights, flight: Flight, result: RunResult) -> None:
         """One run's attempt reported: record it, or retry or requeue the run."""
-        for node_files in ((result.node, result.fetched_files),):
-            self.fetches[node_files[0]] += node_files[1]
+        self.fetches[result.node] += result.fetched_files
         self.pace.took(result.ended - result.started)
         flight.attempts.append(
             Attempt(
