@@ -26,11 +26,11 @@ from azmanagers.batch.connect import (
 from azmanagers.batch.driver import Driver, Progress
 from azmanagers.batch.job import DRIVING, Job, JobStatus, _Local, driver_alive
 from azmanagers.batch.model import Model
-from azmanagers.batch.packages import registered_source
 from azmanagers.batch.plan import Plan, TakenOverError, new_session
 from azmanagers.batch.records import JobRecord, JobStore
 from azmanagers.batch.runner import PackageRef
-from azmanagers.batch.staging import InputRef, Stager
+from azmanagers.batch.stage_sweep import stage_sweep
+from azmanagers.batch.staging import InputRef
 from azmanagers.batch.sweep import Sweep
 from azmanagers.config.paths import home
 from azmanagers.errors import AzManagersError, BatchError, BatchJobNotFoundError, ConfigError
@@ -169,7 +169,7 @@ def prepare(
     space = job_space(opened, name, create=True)
     store = JobStore(space, name)
     try:
-        refs, shared, packages = _stage(
+        refs, shared, packages = stage_sweep(
             space, opened, store.prefix, sweep, Path(base or Path.cwd())
         )
     except BaseException:
@@ -359,58 +359,3 @@ def _check_not_running(existing: JobRecord) -> None:
             f"job {existing.name!r} is running (driver {existing.driver}); attach to it with "
             f"batch.attach({existing.name!r}) or wait until it ends."
         )
-
-
-def _stage(
-    space: Storage, root: Storage, prefix: str, sweep: Sweep, base: Path
-) -> tuple[dict[str, InputRef], tuple[InputRef, ...], tuple[PackageRef, ...]]:
-    """Stage every input into the job's ``space``; registered packages come from ``root``."""
-    stager = Stager(space, prefix, base=base)
-    model = sweep.model
-    shared = tuple(stager.add(s) for s in model.shared)
-    checked: set[tuple[str, ...]] = set()
-    for run in sweep.runs():
-        for source in run.inputs:
-            stager.add(source)
-        sources = (*run.inputs, *model.shared)
-        if sources not in checked:  # runs of a sweep mostly share their inputs: check once
-            _check_places(run.run_id, sources, stager.placed)
-            checked.add(sources)
-        if run.overlay is not None and not stager.add(run.overlay, dest="").tree:
-            raise ConfigError(
-                f"overlay {run.overlay!r} is a file; an overlay is a folder whose contents are "
-                "laid over the run folder."
-            )
-    packages = []
-    for pkg in model.packages:
-        source = (
-            pkg.path if pkg.path is not None else registered_source(root, pkg.name, pkg.version)
-        )
-        ref = stager.add(source, dest="")
-        stager.refs[f"package:{pkg.name}:{pkg.version}"] = ref
-        packages.append(PackageRef(pkg.name, pkg.version, pkg.env_name, ref))
-    stager.flush()
-    return dict(stager.refs), shared, tuple(packages)
-
-
-def _check_places(
-    run_id: str, sources: tuple[str, ...], placed: Mapping[str, tuple[str, ...]]
-) -> None:
-    """Refuse inputs of one run that put two files on one path, or a file where another
-    input has a folder (overlays are exempt: laying files over the run folder is their job)."""
-    files: dict[str, str] = {}
-    folders: dict[str, str] = {}
-    for source in sources:
-        for path in placed[source]:
-            parts = path.split("/")
-            parents = ["/".join(parts[:i]) for i in range(1, len(parts))]
-            other = files.get(path) or folders.get(path)
-            other = other or next((files[p] for p in parents if p in files), None)
-            if other is not None and other != source:
-                raise ConfigError(
-                    f"inputs {other!r} and {source!r} of run {run_id} both land on {path!r} "
-                    "in the run folder; rename one, or put them in folders of their own."
-                )
-            files[path] = source
-            for p in parents:
-                folders.setdefault(p, source)
