@@ -8,6 +8,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -104,3 +105,20 @@ def fake_python(tmp_path: Path) -> Path:
     )
     path.chmod(0o755)
     return path
+
+
+@contextlib.contextmanager
+def local_client(workers: int) -> Iterator[Any]:
+    """A local cluster of ``workers`` process-VMs (under the test's AZMANAGERS_HOME) and a
+    Dask client of it; both gone afterwards."""
+    from distributed import Client
+
+    import azmanagers
+
+    cluster = azmanagers.addprocs("local", workers, waitfor=True, timeout=120)
+    try:
+        client = Client(cluster, security=cluster.security, set_as_default=False)
+        yield client
+        client.close()
+    finally:
+        azmanagers.rmprocs()

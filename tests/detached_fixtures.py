@@ -72,24 +72,30 @@ class Service:
         return (self.folder / "service.log").read_text(errors="replace")
 
 
-@contextmanager
-def running_service(tmp_path: Path, **settings: Any) -> Iterator[Service]:
-    """Start a detached service with its own key pair and token under ``tmp_path``.
-
-    ``settings`` are added to its boot payload (e.g. ``body_timeout_s``).
-    """
-    pair = make_self_signed("detached test-vm")
+def service_payload(name: str, **settings: Any) -> tuple[dict[str, Any], ServiceAddress]:
+    """A service's boot payload on loopback (a fresh key pair, a token's hash, ``settings``)
+    and the address a client pins (its port 0 until the service listens)."""
+    pair = make_self_signed(f"detached {name}")
     token = secrets.token_urlsafe(32)
     payload = {
-        "name": "test-vm",
+        "name": name,
         "host": "127.0.0.1",
         "port": 0,
         "tls": {"cert": pair.cert, "key": pair.key},
         "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
         **settings,
     }
+    return payload, ServiceAddress(name, "127.0.0.1", 0, pair.cert, fingerprint(pair.cert), token)
+
+
+@contextmanager
+def running_service(tmp_path: Path, **settings: Any) -> Iterator[Service]:
+    """Start a detached service with its own key pair and token under ``tmp_path``.
+
+    ``settings`` are added to its boot payload (e.g. ``body_timeout_s``).
+    """
+    payload, address = service_payload("test-vm", **settings)
     (tmp_path / "payload.json.gz").write_bytes(base64.b64decode(encode_payload(payload)))
-    address = ServiceAddress("test-vm", "127.0.0.1", 0, pair.cert, fingerprint(pair.cert), token)
     svc = Service(tmp_path, tmp_path / "payload.json.gz", address)
     svc.start()
     try:

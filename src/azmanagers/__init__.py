@@ -26,6 +26,7 @@ _EXPORTS = {
     "InstanceFailedError": "azmanagers.errors",
     "JobFailedError": "azmanagers.errors",
     "JobNotFoundError": "azmanagers.errors",
+    "MpiCallError": "azmanagers.errors",
     "ProviderError": "azmanagers.errors",
     "WaitTimeoutError": "azmanagers.errors",
     "addproc": "azmanagers.detached.api",
@@ -34,6 +35,7 @@ _EXPORTS = {
     "build_sstemplate": "azmanagers.config.templates",
     "build_vmtemplate": "azmanagers.config.templates",
     "clusters": "azmanagers.cluster.api",
+    "connect": "azmanagers.named.handle",
     "detach": "azmanagers.detached.api",
     "detachat": "azmanagers.detached.api",
     "gc": "azmanagers.providers.gc",
@@ -41,6 +43,9 @@ _EXPORTS = {
     "load_template_nic": "azmanagers.config.templates",
     "load_template_scaleset": "azmanagers.config.templates",
     "load_template_vm": "azmanagers.config.templates",
+    "mpi_call": "azmanagers.cluster.mpi",
+    "named_cluster": "azmanagers.named.handle",
+    "named_clusters": "azmanagers.named.handle",
     "nworkers": "azmanagers.cluster.api",
     "nworkers_provisioned": "azmanagers.cluster.api",
     "rmproc": "azmanagers.detached.api",
@@ -48,6 +53,7 @@ _EXPORTS = {
     "save_template_nic": "azmanagers.config.templates",
     "save_template_scaleset": "azmanagers.config.templates",
     "save_template_vm": "azmanagers.config.templates",
+    "start_cluster": "azmanagers.named.start",
     "variablebundle": "azmanagers.detached.api",
     "workers": "azmanagers.cluster.api",
     "write_manifest": "azmanagers.config.manifest",
@@ -64,6 +70,7 @@ __all__ = [
     "InstanceFailedError",
     "JobFailedError",
     "JobNotFoundError",
+    "MpiCallError",
     "ProviderError",
     "WaitTimeoutError",
     "addproc",
@@ -72,6 +79,7 @@ __all__ = [
     "build_sstemplate",
     "build_vmtemplate",
     "clusters",
+    "connect",
     "detach",
     "detachat",
     "gc",
@@ -79,6 +87,9 @@ __all__ = [
     "load_template_nic",
     "load_template_scaleset",
     "load_template_vm",
+    "mpi_call",
+    "named_cluster",
+    "named_clusters",
     "nworkers",
     "nworkers_provisioned",
     "rmproc",
@@ -86,6 +97,7 @@ __all__ = [
     "save_template_nic",
     "save_template_scaleset",
     "save_template_vm",
+    "start_cluster",
     "variablebundle",
     "workers",
     "write_manifest",
@@ -101,6 +113,7 @@ if TYPE_CHECKING:
         workers,
     )
     from azmanagers.cluster.core import AzCluster
+    from azmanagers.cluster.mpi import mpi_call
     from azmanagers.config.manifest import load_manifest, write_manifest
     from azmanagers.config.templates import (
         build_nictemplate,
@@ -130,9 +143,12 @@ if TYPE_CHECKING:
         InstanceFailedError,
         JobFailedError,
         JobNotFoundError,
+        MpiCallError,
         ProviderError,
         WaitTimeoutError,
     )
+    from azmanagers.named.handle import connect, named_cluster, named_clusters
+    from azmanagers.named.start import start_cluster
     from azmanagers.providers.gc import gc
 
 

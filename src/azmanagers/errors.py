@@ -13,7 +13,9 @@
     ├── InstanceFailedError       an instance failed to boot or join, past its replacements
     ├── WaitTimeoutError          a bounded wait ran out (says how far it got)
     ├── ClusterClosedError        the cluster was used after ``close()``
+    ├── MpiCallError              a rank of an ``mpi_call`` raised, or mpiexec failed
     ├── DetachedServiceError      a detached VM's service refused or could not be reached
+    │   ├── ServiceRefusedError   it answered an HTTP error (``status``)
     │   ├── JobNotFoundError      no such job on that VM
     │   └── JobFailedError        the job raised, exited non-zero, or was killed
     ├── StorageError              a storage back-end refused or could not be reached
@@ -80,8 +82,20 @@ class ClusterClosedError(AzManagersError):
     """The cluster was used after it was closed."""
 
 
+class MpiCallError(AzManagersError):
+    """A rank of an ``mpi_call`` raised (its traceback in the message), or mpiexec failed."""
+
+
 class DetachedServiceError(AzManagersError):
     """A detached VM's service could not be reached, or refused a request."""
+
+
+class ServiceRefusedError(DetachedServiceError):
+    """The service answered with an HTTP error; ``status`` holds its code."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class JobNotFoundError(DetachedServiceError, LookupError):

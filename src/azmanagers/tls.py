@@ -5,7 +5,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
+import ssl
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
@@ -182,3 +185,14 @@ def fingerprint(cert_pem: str) -> str:
     """Return the SHA-256 fingerprint of a PEM certificate, as lower-case hex."""
     cert = x509.load_pem_x509_certificate(cert_pem.encode())
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def load_pair(context: ssl.SSLContext, cert: str, key: str) -> None:
+    """Load a PEM key pair (texts) into ``context``: through files readable by their owner
+    only, in a private temporary folder removed at once (``ssl`` reads pairs from files)."""
+    with tempfile.TemporaryDirectory(prefix="azm-pair-") as tmp:
+        cert_file, key_file = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        for path, text in ((cert_file, cert), (key_file, key)):
+            path.touch(mode=0o600)
+            path.write_text(text)
+        context.load_cert_chain(str(cert_file), str(key_file))

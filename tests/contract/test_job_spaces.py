@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import (
+    AccountSasPermissions,
+    BlobServiceClient,
+    ResourceTypes,
+    generate_account_sas,
+)
 
 from azmanagers.errors import ConfigError, StorageAccessError, StorageError, StorageNotFoundError
 from azmanagers.storage import Storage, open_storage
 from azmanagers.storage.base import Access
+from azmanagers.storage.blob_account import Account
+from azmanagers.storage.blob_sas import container_sas
 from azmanagers.storage.blob_spaces import SPACE_PREFIX, space_container
 from azmanagers.storage.spaces import discard_if_empty, job_names, job_space
+from tests.azurite import ACCOUNT, ACCOUNT_KEY
 
 
 @pytest.fixture(params=["file", "az"])
@@ -158,3 +167,104 @@ def test_az_spaces_are_found_by_their_tags_not_their_names(azurite: str) -> None
         for name in [*made, container]:
             raw.delete_container(name)
         raw.close()
+
+
+def test_a_job_container_with_metadata_others_added_is_still_the_job(azurite: str) -> None:
+    raw = BlobServiceClient.from_connection_string(azurite)
+    container = f"r{uuid.uuid4().hex[:12]}"
+    root = open_storage(f"az://{container}", connection_string=azurite)
+    root.check()
+    made = [space_container(root.url, "tagged")]
+    try:
+        job_space(root, "tagged", create=True).put_bytes("job.json", b"{}")
+        client = raw.get_container_client(made[0])
+        ours = client.get_container_properties().metadata
+        client.set_container_metadata({**ours, "costcenter": "hydro", "policyowner": "it"})
+        assert job_space(root, "tagged", create=False).get_bytes("job.json") == b"{}"
+        assert job_space(root, "tagged", create=True).get_bytes("job.json") == b"{}"
+        assert job_names(root) == ["tagged"]
+        # one of our own keys with another value: refused, whatever else is there
+        client.set_container_metadata({**ours, "azm_job": "other", "costcenter": "hydro"})
+        for create in (False, True):
+            with pytest.raises(StorageError, match="not the container of job 'tagged'"):
+                job_space(root, "tagged", create=create)
+        # one of our keys missing: refused too
+        client.set_container_metadata({k: v for k, v in ours.items() if k != "azm_root"})
+        with pytest.raises(StorageError, match="not the container of job 'tagged'"):
+            job_space(root, "tagged", create=False)
+        assert job_names(root) == []
+    finally:
+        root.close()
+        for name in [*made, container]:
+            raw.delete_container(name)
+        raw.close()
+
+
+def sas_connection(azurite: str, permission: AccountSasPermissions) -> tuple[str, str]:
+    """A connection string holding only an account SAS with ``permission`` (and its token)."""
+    endpoint = azurite.split("BlobEndpoint=", 1)[1].rstrip(";")
+    token = generate_account_sas(
+        ACCOUNT,
+        ACCOUNT_KEY,
+        ResourceTypes(service=True, container=True, object=True),
+        permission,
+        expiry=datetime.now(timezone.utc) + timedelta(hours=1),
+    )
+    return f"BlobEndpoint={endpoint};SharedAccessSignature={token}", token
+
+
+def test_a_sas_that_may_not_create_containers_says_so_and_uses_what_is_there(
+    azurite: str,
+) -> None:
+    raw = BlobServiceClient.from_connection_string(azurite)
+    container = f"r{uuid.uuid4().hex[:12]}"
+    owner = open_storage(f"az://{container}", connection_string=azurite)
+    owner.check()
+    job_space(owner, "there", create=True).put_bytes("job.json", b"{}")
+    made = [container, space_container(owner.url, "there")]
+    # a SAS with write on containers may create them: this one may only read and list
+    limited, token = sas_connection(azurite, AccountSasPermissions(read=True, list=True))
+    root = open_storage(f"az://{container}", connection_string=limited)
+    try:
+        with pytest.raises(StorageAccessError) as refused:
+            job_space(root, "new job", create=True)
+        text = str(refused.value)
+        assert f"making the job container az://{space_container(root.url, 'new job')}" in text
+        assert "AuthorizationPermissionMismatch" in text and ACCOUNT in text
+        assert "the SAS in the connection string lacks this permission" in text
+        assert token not in text and "sig=" not in text
+        assert space_container(root.url, "new job") not in {c.name for c in raw.list_containers()}
+        # the job's container made by the owner is used: no create needed
+        assert job_space(root, "there", create=True).get_bytes("job.json") == b"{}"
+        # a SAS cannot sign the workers' SAS: said before any request, without a role hint
+        with pytest.raises(StorageAccessError, match="cannot sign the SAS") as no_grant:
+            job_space(root, "there", create=False).grant("", ttl_s=600, write=True)
+        assert "Contributor" not in str(no_grant.value) and token not in str(no_grant.value)
+        # and a container there that is not this job's is still refused
+        squatter = space_container(root.url, "squat")
+        raw.create_container(squatter)
+        made.append(squatter)
+        with pytest.raises(StorageAccessError, match="lacks this permission"):
+            job_space(root, "squat", create=True)
+    finally:
+        root.close()
+        owner.close()
+        for name in made:
+            raw.delete_container(name)
+        raw.close()
+
+
+def test_a_refused_user_delegation_key_names_the_role(azurite: str) -> None:
+    # Azurite refuses a user-delegation key to a key-signed request (403), as Azure refuses
+    # it to an identity without a data role: the message says which role to ask for
+    service = BlobServiceClient.from_connection_string(azurite)
+    endpoint = service.url.split("?", 1)[0].rstrip("/")
+    expiry = datetime.now(timezone.utc) + timedelta(hours=1)
+    try:
+        with pytest.raises(StorageAccessError) as refused:
+            container_sas(Account(account_url=endpoint), service, "jobs", expiry, write=True)
+    finally:
+        service.close()
+    text = str(refused.value)
+    assert "user-delegation SAS for container jobs" in text and endpoint in text
+    assert '"Storage Blob Data Contributor"' in text and ACCOUNT_KEY not in text

@@ -38,3 +38,30 @@ def emulated_azure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[
             azmanagers.rmprocs(template=template)
         emu.stop()
     assert processes_under(tmp_path / "emulator") == [], "emulated VMs outlived the emulator"
+
+
+def save_vm_templates(
+    name: str = "myvm", *, nic: str = "mynic", managed_identity: bool = False
+) -> None:
+    """Save a VM template ``name`` and a NIC template ``nic`` in the emulated group."""
+    vm = azmanagers.build_vmtemplate(
+        name,
+        subscriptionid=SUB,
+        admin_username="azuser",
+        location="southcentralus",
+        resourcegroup=RG,
+        imagegallery="gallery",
+        imagename="image",
+        vmsize="Standard_D4s_v3",
+        managed_identity=managed_identity,
+    )
+    azmanagers.save_template_vm(name, vm)
+    nic_template = azmanagers.build_nictemplate(
+        nic,
+        subscriptionid=SUB,
+        resourcegroup_vnet=RG,
+        vnet="vnet",
+        subnet="subnet",
+        location="southcentralus",
+    )
+    azmanagers.save_template_nic(nic, nic_template)

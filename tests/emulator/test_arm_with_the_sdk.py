@@ -116,3 +116,25 @@ def test_requests_without_the_token_or_api_version_are_refused(emulator: Emulato
 
 def test_the_token_never_appears_in_the_credentials_repr(emulator: EmulatorServer) -> None:
     assert emulator.token not in repr(StaticTokenCredential(emulator.token))
+
+
+def test_instance_views_carry_azures_status_fields(emulator: EmulatorServer) -> None:
+    compute, resources = clients(emulator)
+    resources.resource_groups.create_or_update(RG, {"location": "southcentralus"})
+    compute.virtual_machine_scale_sets.begin_create_or_update(RG, "pool2", vmss_body(2)).result()
+    # what `az vmss get-instance-view` reads: a summary of the instances' states
+    view = compute.virtual_machine_scale_sets.get_instance_view(RG, "pool2")
+    summary = {s.code: s.count for s in view.virtual_machine.statuses_summary}
+    assert summary == {"PowerState/running": 2, "ProvisioningState/succeeded": 2}
+    assert view.statuses[0].display_status == "Provisioning succeeded"
+    # one instance's view, and the list's: each status with its level and display text
+    member = compute.virtual_machine_scale_set_vms.get_instance_view(RG, "pool2", "0")
+    by_code = {s.code: s for s in member.statuses}
+    power = by_code["PowerState/running"]
+    assert (power.level, power.display_status) == ("Info", "VM running")
+    provisioned = by_code["ProvisioningState/succeeded"]
+    assert provisioned.time is not None and provisioned.display_status == "Provisioning succeeded"
+    (listed, _) = compute.virtual_machine_scale_set_vms.list(RG, "pool2", expand="instanceView")
+    assert all(s.display_status for s in listed.instance_view.statuses)
+    with pytest.raises(ResourceNotFoundError):
+        compute.virtual_machine_scale_set_vms.get_instance_view(RG, "pool2", "7")

@@ -114,3 +114,44 @@ def test_file_storage_with_an_azure_template_is_refused_before_anything_starts(
             cluster="myscaleset",
         )
     assert not emulated_azure.state.scalesets
+
+
+def test_an_mpi_run_on_an_azure_template_spans_two_vms(
+    emulated_azure: Emulator, azurite: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+    import sys
+
+    from tests.integration.test_multinode_runs import ALLREDUCE
+
+    if shutil.which("mpiexec") is None:
+        pytest.skip("MPICH's mpiexec is not installed")
+    monkeypatch.setenv("AZMANAGERS_STORAGE_CONNECTION_STRING", azurite)
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "allreduce.py").write_text(ALLREDUCE)
+    model = batch.MpiModel(
+        "allreduce",
+        command=f"{sys.executable} allreduce.py",  # run under mpiexec -n 4 -ppn 2
+        inputs=[f"{tmp_path / 'code'}/"],
+        nodes=2,
+        ranks_per_node=2,
+        coordination="echo coordinated on $AZM_NODE",
+        outputs=["result.json"],
+    )
+    job = batch.submit(
+        model,
+        name="mpi",
+        storage=f"az://mpi-{uuid.uuid4().hex[:8]}",
+        cluster="myscaleset",
+        wait=True,
+        timeout=DEADLINE_S,
+    )
+    (run,) = job.runs()
+    assert job.status().status == "succeeded", run
+    result = json.loads(job.storage.get_bytes(run.outputs[0].key))
+    assert result["size"] == 4 and result["sum"] == 10
+    assert len(set(result["nodes"])) == 2  # two emulated VMs, two ranks each
+    assert len(run.members) == 1 and b"coordinated on" in job.storage.get_bytes(
+        run.members[0].stdout_key
+    )

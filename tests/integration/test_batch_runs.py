@@ -301,7 +301,12 @@ def test_a_package_is_unpacked_once_and_on_path(tmp_path: Path) -> None:
 
 def test_a_worker_killed_mid_run_requeues_the_run(tmp_path: Path, azm_home: Path) -> None:
     model = batch.Model(
-        "victim", command='sleep 3; echo "done $I" > out.txt', outputs=[batch.Output("out.txt")]
+        "victim",
+        # run 0's first attempt sleeps until the test kills it (a busy machine may find it
+        # late), every other attempt is short
+        command='if [ "$I$AZM_ATTEMPT" = 01 ]; then sleep 300; else sleep 1; fi; '
+        'echo "done $I" > out.txt',
+        outputs=[batch.Output("out.txt")],
     )
     job = batch.submit(
         model.sweep(batch.product(I=range(2))),
@@ -311,7 +316,7 @@ def test_a_worker_killed_mid_run_requeues_the_run(tmp_path: Path, azm_home: Path
     )
 
     def running() -> list[psutil.Process]:
-        return [p for p in processes_under(azm_home) if command_line(p)[:2] == ["sleep", "3"]]
+        return [p for p in processes_under(azm_home) if command_line(p)[:2] == ["sleep", "300"]]
 
     eventually(lambda: len(running()) >= 1, "a run sleeping")
     victim = running()[0]
@@ -376,7 +381,10 @@ def test_an_eviction_notice_stops_the_run_keeps_its_logs_and_requeues_it(
 ) -> None:
     model = batch.Model(
         "spot",
-        command='echo "start $I on $AZM_NODE"; sleep 3; echo "done $I" > out.txt',
+        # run 0's first attempt ends only by the notice (a busy machine may find it sleeping
+        # late), every other attempt is short
+        command='echo "start $I on $AZM_NODE"; if [ "$I$AZM_ATTEMPT" = 01 ]; then sleep 300; '
+        'else sleep 1; fi; echo "done $I" > out.txt',
         outputs=[batch.Output("out.txt")],
         retries=0,
     )
@@ -388,7 +396,7 @@ def test_an_eviction_notice_stops_the_run_keeps_its_logs_and_requeues_it(
     )
 
     def sleeping() -> list[psutil.Process]:
-        return [p for p in processes_under(azm_home) if command_line(p)[:2] == ["sleep", "3"]]
+        return [p for p in processes_under(azm_home) if command_line(p)[:2] == ["sleep", "300"]]
 
     eventually(lambda: len(sleeping()) >= 1, "a run sleeping")
     victim = sleeping()[0]
@@ -452,6 +460,10 @@ def test_a_killed_caller_leaves_a_stopped_job_that_resumes_and_no_run_behind(
             ),
             "2 runs running",
         )
+        eventually(
+            lambda: len(batch.attach("gone", storage=storage).runs(state="running")) == 2,
+            "2 running records",
+        )
     finally:
         os.killpg(caller.pid, signal.SIGKILL)
         caller.wait()
@@ -461,6 +473,7 @@ def test_a_killed_caller_leaves_a_stopped_job_that_resumes_and_no_run_behind(
         caller.pid,
         psutil.pid_exists(caller.pid),
     )
+    assert status.counts.get("running") == 2  # what the records say, not the last counts
     # the workers lose their scheduler and end, and their runs with them
     eventually(
         lambda: not running(azm_home, "sleep", "300"),
@@ -481,6 +494,8 @@ def test_a_killed_caller_leaves_a_stopped_job_that_resumes_and_no_run_behind(
         timeout=DEADLINE_S,
     )
     assert again.status().status == "succeeded"
+    # the attempt that was in progress when the caller died keeps its number (and folder)
+    assert sorted(a.number for r in again.runs() for a in r.attempts) == [2, 2]
 
 
 def test_an_edited_input_is_a_different_job_and_same_dest_inputs_are_refused(

@@ -113,12 +113,18 @@ def test_a_worker_killed_while_it_holds_chunks_requeues_their_runs(
         assert [a.reason for a in r.attempts][-1] == "exit"
         assert all(a.reason == "lost" for a in r.attempts[:-1])
         assert [a.number for a in r.attempts] == list(range(1, len(r.attempts) + 1))
+        assert r.requeues == len(r.attempts) - 1  # every requeue is counted
 
 
 def test_a_cancel_while_short_runs_go_in_chunks_ends_every_run(
     tmp_path: Path, azm_home: Path
 ) -> None:
-    model = batch.Model("many", command="sleep 0.05")
+    done = tmp_path / "done"
+    done.mkdir()
+    gate = tmp_path / "gate"  # once it exists, runs linger: the cancel always finds some running
+    model = batch.Model(
+        "many", command=f'sleep 0.05 && touch "{done}/$I"; if [ -e "{gate}" ]; then sleep 30; fi'
+    )
     job = batch.submit(
         model.sweep(batch.product(I=range(2000))),
         name="many",
@@ -128,6 +134,11 @@ def test_a_cancel_while_short_runs_go_in_chunks_ends_every_run(
     assert job._local is not None
     driver = job._local.driver
     eventually(lambda: driver.pace.chunk == SHORT_RUN_CHUNK, "runs going in chunks")
+    gate.touch()
+    eventually(
+        lambda: any(command_line(p)[:2] == ["sleep", "30"] for p in processes_under(azm_home)),
+        "a run lingering",
+    )
     job.cancel()
     status = job.wait(timeout=DEADLINE_S)
     assert status.status == "cancelled"
@@ -135,6 +146,15 @@ def test_a_cancel_while_short_runs_go_in_chunks_ends_every_run(
     assert 0 < len(runs) < 2000
     assert {r.status for r in runs} <= {"succeeded", "cancelled"}
     assert "cancelled" in {r.status for r in runs}
+    finished = {p.name for p in done.iterdir()}
+    for r in runs:
+        if r.status == "succeeded":
+            assert r.params["I"] in finished
+        elif r.params["I"] in finished:  # it did its work: only a kill after it may say so
+            assert [a.reason for a in r.attempts][-1:] == ["cancelled"], r
+            assert r.attempts[-1].exit_code not in (None, 0), r
+    # a run that did its work and ended before the cancel keeps its success
+    assert sum(r.status == "succeeded" for r in runs) >= len(finished) - 2
     eventually(
         lambda: not [p for p in processes_under(azm_home) if command_line(p)[:1] == ["sleep"]],
         "no run left",

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from azmanagers.cli import main
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
 DEADLINE_S = 120.0
@@ -61,15 +62,6 @@ def run_azm(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str,
 @pytest.fixture
 def storage(tmp_path: Path) -> str:
     return (tmp_path / "runs").as_uri()
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture
@@ -348,7 +340,12 @@ def test_logs_follow_and_cancel_while_a_job_runs(
         "--sweep", "N=1,2", "--storage", storage, "--workers", "1",
     )  # fmt: skip
     first = run_id({"N": "1"})
-    eventually(lambda: (root / "runs" / first / "run.json").exists(), "run N=1 to start")
+    eventually(
+        lambda: (root / "runs" / first / "run.json").exists(),
+        "run N=1 to start",
+        timeout=DEADLINE_S,
+        step_s=0.2,
+    )
     follower = background(started, "batch", "logs", "slow", first, "--follow",
                           "--storage", storage)  # fmt: skip
     time.sleep(1.5)
@@ -363,13 +360,15 @@ def test_logs_follow_and_cancel_while_a_job_runs(
     # stdout is kept when a run is killed (the run record does not point at it yet: then
     # --follow has nothing to print)
     assert followed in ("", "begun 1\n")
-    assert (root / "runs" / first / "attempt-1" / "stdout.txt").read_text() == "begun 1\n"
+    (kept,) = (root / "runs" / first).glob("attempt-1-*/stdout.txt")
+    assert kept.read_text() == "begun 1\n"
     status = json.loads(azm("batch", "status", "slow", "--storage", storage, "--json").stdout)
     assert status["status"] == "cancelled"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_cancels_the_job_and_exits_130(
-    tmp_path: Path, storage: str, started: list[subprocess.Popen[str]]
+    tmp_path: Path, storage: str, started: list[subprocess.Popen[str]], sig: signal.Signals
 ) -> None:
     from azmanagers.batch.sweep import run_id
 
@@ -379,11 +378,18 @@ def test_ctrl_c_cancels_the_job_and_exits_130(
         "--sweep", "N=1,2", "--storage", storage, "--workers", "1",
     )  # fmt: skip
     first = run_id({"N": "1"})
-    eventually(lambda: (root / "runs" / first / "run.json").exists(), "run N=1 to start")
-    runner.send_signal(signal.SIGINT)
-    _, err = runner.communicate(timeout=60)  # far less than the runs' 60 s of sleep
+    eventually(
+        lambda: (root / "runs" / first / "run.json").exists(),
+        "run N=1 to start",
+        timeout=DEADLINE_S,
+        step_s=0.2,
+    )
+    runner.send_signal(sig)  # SIGTERM (timeout, systemd) is handled as Ctrl-C
+    out, err = runner.communicate(timeout=60)  # far less than the runs' 60 s of sleep
     assert runner.returncode == 130, err
     assert "Traceback" not in err
+    assert "interrupted: cancelling job interrupted" in err
+    assert "job interrupted cancelled" in out  # what the cancel left, as after any run
     status = json.loads(
         azm("batch", "status", "interrupted", "--storage", storage, "--json").stdout
     )
@@ -407,7 +413,7 @@ def test_detach_returns_at_once_and_status_follows_the_job(
             _, text, _ = run_azm("batch", "status", "away", "--storage", storage, "--json")
             return bool(json.loads(text)["status"] in ("succeeded", "failed", "cancelled"))
 
-        eventually(ended, "the detached job to end", timeout=90)
+        eventually(ended, "the detached job to end", timeout=90, step_s=0.2)
         code, out, _ = run_azm("batch", "status", "away", "--storage", storage, "--json")
         assert json.loads(out)["status"] == "succeeded"
         code, out, _ = run_azm("batch", "runs", "away", "--storage", storage, "--json")

@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import dask
@@ -16,22 +15,12 @@ import pytest
 import azmanagers
 from azmanagers.cluster import api
 from azmanagers.errors import ConfigError, InstanceFailedError, WaitTimeoutError
-from tests.conftest import processes_under
+from tests.conftest import eventually, processes_under
 
 pytestmark = pytest.mark.integration
 # Workers, like remote VMs, cannot import this test module: tasks use builtins, lambdas and
 # nested functions, which Dask ships by value.
 DEADLINE_S = 60.0
-
-
-def eventually(check: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
-    """Poll ``check`` until it holds; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_addprocs_returns_at_once_then_workers_join_elastically() -> None:
@@ -62,11 +51,15 @@ def test_scale_up_and_down_converges() -> None:
     cluster.scale(3)
     cluster.wait_for_workers(3, timeout=DEADLINE_S)
     cluster.scale(1)
-    eventually(lambda: cluster.nworkers() == 1, "scale-down to one worker")
+    eventually(lambda: cluster.nworkers() == 1, "scale-down to one worker", timeout=DEADLINE_S)
     instances = (
         Path(os.environ["AZMANAGERS_HOME"]) / "state/local/pools" / cluster.pool / "instances"
     )
-    eventually(lambda: len(list(instances.iterdir())) == 1, "the removed instances to be deleted")
+    eventually(
+        lambda: len(list(instances.iterdir())) == 1,
+        "the removed instances to be deleted",
+        timeout=DEADLINE_S,
+    )
     (kept,) = list(instances.iterdir())
     eventually(
         lambda: all(
@@ -74,6 +67,7 @@ def test_scale_up_and_down_converges() -> None:
             for p in processes_under(Path(os.environ["AZMANAGERS_HOME"]))
         ),
         "only the kept instance's processes to remain",
+        timeout=DEADLINE_S,
     )
     assert cluster.nworkers_provisioned() == 1
     assert list(cluster.failures) == []
@@ -84,10 +78,14 @@ def test_adapt_grows_under_load_and_shrinks_when_idle() -> None:
     client = distributed.default_client()
     cluster.adapt(minimum=1, maximum=3, interval="200ms", wait_count=3, target_duration="1s")
     futures = client.map(lambda i: time.sleep(1.5) or i, range(12), pure=False)
-    eventually(lambda: cluster.nworkers() >= 2, "adapt to add workers under load")
+    eventually(
+        lambda: cluster.nworkers() >= 2, "adapt to add workers under load", timeout=DEADLINE_S
+    )
     assert sorted(client.gather(futures)) == list(range(12))
     del futures
-    eventually(lambda: cluster.nworkers() == 1, "adapt to shrink back when idle")
+    eventually(
+        lambda: cluster.nworkers() == 1, "adapt to shrink back when idle", timeout=DEADLINE_S
+    )
     assert list(cluster.failures) == []
     cluster.raise_if_failed()
 
@@ -105,9 +103,17 @@ def test_client_restart_keeps_every_instance() -> None:
     before = set(azmanagers.workers())
     client = distributed.default_client()
     client.restart(timeout=DEADLINE_S)
-    eventually(lambda: set(azmanagers.workers()) == before, "the restarted workers to rejoin")
+    eventually(
+        lambda: set(azmanagers.workers()) == before,
+        "the restarted workers to rejoin",
+        timeout=DEADLINE_S,
+    )
     cycles = cluster.reconcile_cycles
-    eventually(lambda: cluster.reconcile_cycles >= cycles + 2, "two more reconcile cycles")
+    eventually(
+        lambda: cluster.reconcile_cycles >= cycles + 2,
+        "two more reconcile cycles",
+        timeout=DEADLINE_S,
+    )
     assert list(cluster.failures) == []
     assert cluster.target == 2
     assert client.submit(pow, 2, 5).result(timeout=30) == 32
@@ -117,7 +123,11 @@ def test_a_new_scale_clears_an_earlier_failure(azm_home: Path) -> None:
     cluster = azmanagers.addprocs("local", 1, waitfor=True, timeout=DEADLINE_S, max_replacements=0)
     (leader,) = [p for p in processes_under(azm_home) if p.pid == os.getsid(p.pid)]
     os.killpg(leader.pid, signal.SIGKILL)
-    eventually(lambda: cluster.target == 0, "the unreplaced failure to lower the target")
+    eventually(
+        lambda: cluster.target == 0,
+        "the unreplaced failure to lower the target",
+        timeout=DEADLINE_S,
+    )
     with pytest.raises(InstanceFailedError):
         cluster.raise_if_failed()
     azmanagers.addprocs("local", 1, waitfor=True, timeout=DEADLINE_S)  # not poisoned
@@ -152,6 +162,7 @@ def test_killed_worker_is_replaced(azm_home: Path) -> None:
     eventually(
         lambda: victim not in azmanagers.workers() and cluster.nworkers() == 2,
         "a replacement worker to join",
+        timeout=DEADLINE_S,
     )
     assert [f[0] for f in cluster.failures] == [victim]
     assert (
@@ -187,7 +198,11 @@ def test_failing_boot_is_reported_with_its_log() -> None:
     assert "replacement budget (1 per" in str(err)
     cluster = api.clusters()["local"]
     assert len(cluster.failures) == 2  # the first, and its one replacement
-    eventually(lambda: cluster.nworkers_provisioned() == 0, "failed instances to be deleted")
+    eventually(
+        lambda: cluster.nworkers_provisioned() == 0,
+        "failed instances to be deleted",
+        timeout=DEADLINE_S,
+    )
 
 
 def test_instance_that_never_joins_is_deleted_after_its_deadline(fake_python: Path) -> None:
@@ -245,7 +260,8 @@ def test_boot_logs_are_retrievable() -> None:
     boot = [k for k in logs if k.startswith("boot:")]
     assert len(boot) == 1
     assert "azmanagers: boot" in logs[boot[0]]
-    assert "joined" in logs[boot[0]]
+    # the agent says "joined" just after the scheduler has it (which waitfor waits for)
+    eventually(lambda: "joined" in cluster.get_logs()[boot[0]], "the boot log's joined line", 20)
 
 
 def test_close_leaves_no_process_and_no_pool(azm_home: Path) -> None:

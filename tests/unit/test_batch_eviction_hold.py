@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from azmanagers.batch import processes
-from azmanagers.batch.processes import ACTIVE, hold_while_evicting
+from azmanagers.batch.processes import ACTIVE, why_not_start
 from azmanagers.config.paths import NODE_DIR_ENV, eviction_flag
 
 
@@ -23,21 +23,21 @@ def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_no_notice_no_wait(node: Path) -> None:
     started = time.monotonic()
-    assert hold_while_evicting("s1") is None
+    assert why_not_start("s1") is None
     assert time.monotonic() - started < 0.5
 
 
 def test_a_notice_that_outlives_the_hold_sends_the_run_back(node: Path) -> None:
     eviction_flag().write_text("1\n")
     started = time.monotonic()
-    assert hold_while_evicting("s2") == "evicted"
+    assert why_not_start("s2") == "evicted"
     assert time.monotonic() - started >= 1.0  # it held the worker's thread meanwhile
 
 
 def test_a_notice_withdrawn_lets_the_run_start(node: Path) -> None:
     eviction_flag().write_text("1\n")
     threading.Timer(0.3, eviction_flag().unlink).start()
-    assert hold_while_evicting("s3") is None
+    assert why_not_start("s3") is None
 
 
 def test_a_cancel_ends_the_hold(node: Path) -> None:
@@ -49,5 +49,5 @@ def test_a_cancel_ends_the_hold(node: Path) -> None:
 
     threading.Timer(0.2, cancel).start()
     started = time.monotonic()
-    assert hold_while_evicting("s4") == "cancelled"
+    assert why_not_start("s4") == "cancelled"
     assert time.monotonic() - started < 0.9

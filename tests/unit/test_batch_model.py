@@ -295,8 +295,6 @@ def test_the_checks_moved_to_batch_checks_still_import_from_model() -> None:
         "check_relative",
         "check_source",
         "check_text",
-        "check_variable",
-        "env_value",
         "is_url",
         "parse_duration",
         "unknown_key",

@@ -1,4 +1,4 @@
-"""Command line of the agent: ``python -m azmanagers.agent worker|detached --payload FILE``."""
+"""Command line of the agent: ``python -m azmanagers.agent worker|detached|head --payload FILE``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     """Parse the role and run it; return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m azmanagers.agent")
-    parser.add_argument("role", choices=["worker", "detached"])
+    parser.add_argument("role", choices=["worker", "detached", "head"])
     parser.add_argument(
         "--payload", required=True, help="the boot payload (gzip JSON, base64-decoded)"
     )
     args = parser.parse_args(argv)
+    if args.role == "head":
+        from azmanagers.agent.head import main as head_main
+
+        return head_main(args.payload)
     if args.role == "detached":
         from azmanagers.agent.service.app import main as detached_main
 

@@ -37,6 +37,12 @@ def get(path: str, api_version: str) -> Any:
     raise OSError(f"IMDS at {endpoint()} did not answer {path}: {last}")
 
 
+def private_address() -> str:
+    """Return this VM's private IPv4 address (its first NIC's first one)."""
+    network = get("instance", INSTANCE_API_VERSION)["network"]
+    return str(network["interface"][0]["ipv4"]["ipAddress"][0]["privateIpAddress"])
+
+
 def instance_name() -> str:
     """Return this VM's name (a scale-set VM's is ``<scaleset>_<instanceId>``)."""
     return str(get("instance", INSTANCE_API_VERSION)["compute"]["name"])

@@ -14,7 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from azmanagers.agent import EXIT_BAD_PAYLOAD, EXIT_ENV_FAILED, EXIT_SCHEDULER_UNREACHABLE
+from azmanagers.agent import (
+    EXIT_BAD_PAYLOAD,
+    EXIT_ENV_FAILED,
+    EXIT_SCHEDULER_UNREACHABLE,
+    EXIT_SETUP_FAILED,
+)
 
 _ENV_READY = "AZMANAGERS_ENV_READY"
 WORKER_START_METHOD = "fork"
@@ -56,6 +61,29 @@ def set_pre_spawn_environ() -> dict[str, str]:
         if key not in os.environ:
             os.environ[key] = done[key] = str(value)
     return done
+
+
+def worker_host(payload: dict[str, Any]) -> str | None:
+    """Where the worker listens: the payload's ``worker_host``, except that the instance's own
+    address (``AZMANAGERS_WORKER_HOST``, which the local provider and the emulator set for each
+    process-VM: a loopback address of its own) wins over a loopback ``worker_host`` (which only
+    says "on this machine"). None lets Dask choose (a VM's own address)."""
+    own = os.environ.get("AZMANAGERS_WORKER_HOST") or None
+    wanted = payload.get("worker_host") or None
+    if wanted is None or (own is not None and _is_loopback(str(wanted))):
+        return own
+    return str(wanted)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _say(message: str) -> None:
@@ -103,7 +131,7 @@ async def run_worker(payload: dict[str, Any]) -> int:
         nthreads=int(payload.get("nthreads", 1)),
         memory_limit=payload.get("memory_limit", "auto"),
         security=security,
-        host=payload.get("worker_host") or os.environ.get("AZMANAGERS_WORKER_HOST"),
+        host=worker_host(payload),
         death_timeout=float(payload.get("death_timeout_s", 60)),
         local_directory=str(instance_dir / "dask-scratch"),
         worker_class=tls_only_worker(),
@@ -319,4 +347,29 @@ def main(payload_path: str) -> int:
     )
     for noisy in ("distributed.worker", "distributed.core", "distributed.nanny"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if payload.get("setup") and not _setup_ok(payload):
+        return EXIT_SETUP_FAILED
     return asyncio.run(run_worker(payload))
+
+
+def _setup_ok(payload: dict[str, Any]) -> bool:
+    """Run the cluster's setup script before the worker joins; say how it went."""
+    from azmanagers.agent.nodeexec import run_setup
+
+    setup = payload["setup"]
+    name = os.environ.get("AZMANAGERS_INSTANCE_ID") or "this node"
+    _say(f"running the cluster's setup script on {name}")
+    sys.stdout.flush()
+    echo_fd = os.dup(sys.stdout.fileno())  # the script's output goes to the boot log too
+    try:
+        result = run_setup(
+            str(setup["script"]), float(setup.get("timeout_s", 900.0)), echo_fd=echo_fd
+        )
+    finally:
+        os.close(echo_fd)
+    if result["exit_code"] == 0:
+        _say(f"setup done on {name} ({result['duration_s']:.1f} s)")
+        return True
+    why = "timed out" if result["timed_out"] else f"exit status {result['exit_code']}"
+    _say(f"setup failed on {name} ({why}); its output is above")
+    return False

@@ -12,7 +12,9 @@ from typing import Any
 
 _EXPORTS = {
     "Job": "azmanagers.batch.api",
+    "MasterWorker": "azmanagers.batch.multinode",
     "Model": "azmanagers.batch.model",
+    "MpiModel": "azmanagers.batch.multinode",
     "Output": "azmanagers.batch.model",
     "Package": "azmanagers.batch.model",
     "Sweep": "azmanagers.batch.sweep",

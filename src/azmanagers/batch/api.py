@@ -24,12 +24,13 @@ from azmanagers.batch.connect import (
     provider_of,
 )
 from azmanagers.batch.driver import Driver, Progress
+from azmanagers.batch.gangplan import cluster_workers, with_companion
 from azmanagers.batch.job import DRIVING, Job, JobStatus, _Local, driver_alive
 from azmanagers.batch.model import Model
+from azmanagers.batch.multinode import MasterWorker, MpiModel
 from azmanagers.batch.plan import Plan, TakenOverError, new_session
 from azmanagers.batch.records import JobRecord, JobStore
-from azmanagers.batch.runner import PackageRef
-from azmanagers.batch.stage_sweep import stage_sweep
+from azmanagers.batch.stage_sweep import stage_sweep, staged_parts
 from azmanagers.batch.staging import InputRef
 from azmanagers.batch.sweep import Sweep
 from azmanagers.config.paths import home
@@ -122,7 +123,8 @@ def submit(
         the job ends, unless one for that template is running), an ``AzCluster``, or a Dask
         ``Client``. Default: the ``local`` template.
     workers
-        How many workers to start when a cluster is made (default 2).
+        How many workers to start when a cluster is made (default 2; an ``MpiModel``'s
+        ``nodes`` or more, a ``MasterWorker``'s ``workers + 1``).
     wait
         Block until the job ends (``timeout`` seconds at most).
     progress
@@ -132,8 +134,13 @@ def submit(
     """
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"workers must be a whole number >= 1, got {workers!r}.")
+    workers = cluster_workers(what.model if isinstance(what, Sweep) else what, cluster, workers)
     space, store, plan = prepare(what, name=name, storage=storage, cluster=cluster, base=base)
-    connection = connect(cluster, workers, space)
+    try:
+        connection = connect(cluster, workers, space)
+    except BaseException as exc:  # Ctrl-C or a cluster that did not start: no run started
+        _record_unstarted(store, exc)
+        raise
     return _start(
         space,
         store,
@@ -198,7 +205,7 @@ def prepare(
     )
     store.write_job(record)
     plan = Plan(name, store.prefix, sweep, refs, shared, packages, session, root=opened.url)
-    return space, store, plan
+    return space, store, with_companion(plan)
 
 
 def job_digest(sweep: Sweep, refs: Mapping[str, InputRef]) -> str:
@@ -236,12 +243,8 @@ def resubmit(
     session = record.session if record.status == "submitted" and record.session else None
     sweep = Sweep.from_dict(record.definition)
     refs = {k: InputRef.from_dict(v) for k, v in record.inputs.items()}
-    model = sweep.model
-    shared = tuple(refs[s] for s in model.shared)
-    packages = tuple(
-        PackageRef(p.name, p.version, p.env_name, refs[f"package:{p.name}:{p.version}"])
-        for p in model.packages
-    )
+    shared, packages = staged_parts(sweep.model, refs)
+    workers = cluster_workers(sweep.model, cluster, workers)
     connection = connect(cluster, workers, job.storage)
     try:
         job.store.write_job(record.with_counts(record.counts, "running"))
@@ -254,7 +257,7 @@ def resubmit(
     return _start(
         job.storage,
         job.store,
-        plan,
+        with_companion(plan),
         connection,
         only_failed=only_failed,
         workers=workers,
@@ -278,7 +281,12 @@ def _start(
     progress: Progress | None,
     grant: Grant | None = None,
 ) -> Job:
-    driver = Driver(
+    driving: type[Driver] = Driver
+    if isinstance(plan.sweep.model, (MpiModel, MasterWorker)):  # gangs of nodes per run
+        from azmanagers.batch.gangs import GangDriver
+
+        driving = GangDriver
+    driver = driving(
         connection.client,
         storage,
         store,
@@ -292,7 +300,7 @@ def _start(
     local: _Local
 
     def drive() -> None:
-        DRIVING.add(plan.job)
+        DRIVING[plan.job] = driver
         try:
             driver.run()
         except TakenOverError as exc:
@@ -305,7 +313,7 @@ def _start(
             try:
                 connection.close()
             finally:
-                DRIVING.discard(plan.job)
+                DRIVING.pop(plan.job, None)
                 local.finished.set()
 
     thread = threading.Thread(target=drive, name=f"azm-batch-{plan.job}", daemon=True)
@@ -320,13 +328,37 @@ def _start(
 @atexit.register
 def _say_what_stops() -> None:
     """At exit, name the jobs whose driver (a thread of this process) is about to stop."""
-    for name in sorted(DRIVING):
+    for name, driver in sorted(DRIVING.items()):
+        if driver.cancelling:
+            sys.stderr.write(
+                f"azmanagers: job {name!r} stops with this process before its cancel ended; "
+                f"runs that had not reported were killed with their workers (`azm batch status "
+                f"{name}` shows the job stopped).\n"
+            )
+            continue
         sys.stderr.write(
             f"azmanagers: job {name!r} was still running and stops with this process (its runs "
             f"are killed); `azm batch retry {name} --unfinished [--storage URL]` resumes it. "
             "Call job.wait() before leaving, or use batch.submit_detached (`azm batch run "
             "--detach`) to leave it running.\n"
         )
+
+
+def _record_unstarted(store: JobStore, exc: BaseException) -> None:
+    """Say in the job record that it stopped before its driver started (so it is not left
+    ``submitted`` for good)."""
+    why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"its cluster failed: {exc}"
+    try:
+        record = store.read_job()
+        if record is not None and record.status == "submitted":
+            store.write_job(
+                replace(
+                    record.with_counts(record.counts, "stopped"),
+                    message=f"{why} before any run started; submit it again to run it",
+                )
+            )
+    except AzManagersError as exc2:
+        logger.warning("could not record that job %s stopped: %s", store.name, exc2)
 
 
 def _record_crash(store: JobStore, driver: Driver, exc: BaseException) -> None:

@@ -7,9 +7,10 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NoReturn
 
+from azmanagers.config.durations import parse_duration as parse_duration
 from azmanagers.errors import ConfigError
 
 RESERVED_PREFIXES = ("AZM_", "AZ_BATCH_")
@@ -17,10 +18,6 @@ RESERVED_PREFIXES = ("AZM_", "AZ_BATCH_")
 URL_SCHEMES = ("file://", "az://")
 
 _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NUMBER = r"\d+(?:\.\d*)?|\.\d+"
-_DURATION_PART = re.compile(rf"({_NUMBER})\s*([smhd])")
-_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_HINT = 'give seconds (5400) or a duration such as "90s", "30m", "2h", "1d" or "1h30m"'
 
 
 def unknown_key(key: object, known: Iterable[str], *, where: str) -> NoReturn:
@@ -121,6 +118,36 @@ def is_url(source: str) -> bool:
     return source.startswith(URL_SCHEMES)
 
 
+MAX_ARG_BYTES = 128 * 1024
+"""The most Linux takes in one argument or one ``NAME=value`` of the environment
+(``MAX_ARG_STRLEN``, with its NUL): a run's command line and each variable must fit."""
+MAX_ENV_BYTES = 1024 * 1024
+"""The most a model's own variables may take together (the kernel's limit for arguments and
+environment together is 2 MiB by default; the worker's and azmanagers' variables need room)."""
+
+
+def check_arg_size(text: str, *, what: str, hint: str) -> None:
+    """Refuse ``text`` when it would not fit in one argument or variable of a process."""
+    size = len(text.encode()) + 1
+    if size > MAX_ARG_BYTES:
+        raise ConfigError(
+            f"{what} takes {size - 1} bytes; a Linux process takes at most {MAX_ARG_BYTES - 1} "
+            f"bytes in one argument or variable: {hint}."
+        )
+
+
+def check_run_sizes(run: str, command: str, env: Mapping[str, str]) -> None:
+    """Refuse a run whose command or env, its parameters substituted, a process cannot take."""
+    where = f"run {run} (its parameters substituted)"
+    hint = "put data this large in an input file and give its name instead"
+    check_arg_size(command, what=f"the command of {where}", hint=hint)
+    for key, value in env.items():
+        check_arg_size(f"{key}={value}", what=f"env {key} of {where}", hint=hint)
+    total = sum(len(f"{k}={v}".encode()) + 1 for k, v in env.items())
+    if total > MAX_ENV_BYTES:
+        raise ConfigError(f"the env of {where} takes {total} bytes, over {MAX_ENV_BYTES}: {hint}.")
+
+
 def env_value(value: object, *, what: str, max_chars: int | None = None) -> str:
     """A variable's value as text: a str, or an int or finite float written out."""
     if isinstance(value, bool) or value is None:
@@ -132,23 +159,69 @@ def env_value(value: object, *, what: str, max_chars: int | None = None) -> str:
     return check_text(value, what=what, max_chars=max_chars)
 
 
-def parse_duration(value: str | float | int) -> float:
-    """Return a duration in seconds: a number, or text such as ``"90s"``, ``"2h"``, ``"1h30m"``.
+def checked_env(env: Mapping[str, object] | None) -> dict[str, str]:
+    """A model's env checked: names, values as text, and sizes a process can take."""
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise ConfigError(f"model env must be a mapping of names to values, got {env!r}.")
+    out: dict[str, str] = {}
+    hint = "put a value this large in an input file and give its name instead"
+    for key, value in env.items():
+        check_variable(key, what="env")
+        out[key] = env_value(value, what=f"env {key}")
+        check_arg_size(f"{key}={out[key]}", what=f"env {key}", hint=hint)
+    total = sum(len(f"{k}={v}".encode()) + 1 for k, v in out.items())
+    if total > MAX_ENV_BYTES:
+        raise ConfigError(
+            f"the model's env takes {total} bytes; at most {MAX_ENV_BYTES} fit beside what "
+            f"a process needs: {hint}."
+        )
+    return out
 
-    Raises
-    ------
-    ConfigError
-        Unless the result is a finite number of seconds > 0.
-    """
-    seconds: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().lower()
-        if re.fullmatch(_NUMBER, text):
-            seconds = float(text)
-        elif re.fullmatch(rf"(?:(?:{_NUMBER})\s*[smhd]\s*)+", text):
-            seconds = sum(float(n) * _UNIT_S[u] for n, u in _DURATION_PART.findall(text))
-    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"duration {value!r} is not a time > 0; {_DURATION_HINT}.")
-    return seconds
+
+def check_whole(value: object, what: str, low: int, high: int, unit: str) -> int:
+    """``value`` as a whole number from ``low`` to ``high`` (ConfigError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{what} must be a whole number from {low} to {high}, got {value!r}.")
+    if value < low:
+        raise ConfigError(f"{what} is {value}; give at least {low}.")
+    if value > high:
+        raise ConfigError(f"{what} is {value}; at most {high} {unit} are allowed: give fewer.")
+    return value
+
+
+def check_duration(value: object, what: str) -> float:
+    """``value`` (seconds, or ``"10m"``-style) in seconds (ConfigError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{what} must be seconds or a duration such as '10m', got {value!r}.")
+    try:
+        return parse_duration(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def check_library(value: object, where: str, libraries: tuple[str, ...]) -> str:
+    """``value`` as one of ``libraries`` (ConfigError otherwise)."""
+    text = value.strip().lower() if isinstance(value, str) else repr(value)
+    if text in libraries:
+        return text
+    hint = difflib.get_close_matches(text, libraries, n=1)
+    extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+    raise ConfigError(
+        f"{where}: mpi={value!r} is not an MPI library we launch{extra}; give "
+        f"{' or '.join(repr(m) for m in libraries)}."
+    )
+
+
+def check_coordination(value: object, where: str) -> str | None:
+    """A coordination command (None: none), checked like a command."""
+    if value is None:
+        return None
+    text = check_text(value, what=f"{where}: coordination")
+    if not text.strip():
+        raise ConfigError(f"{where}: coordination is empty; give a command, or leave it out.")
+    check_arg_size(
+        text, what=f"{where}: coordination", hint="put it in a script input and run that"
+    )
+    return text

@@ -1,13 +1,16 @@
-"""Where a job's runs go: a Dask client for a template, an AzCluster or a given Client."""
+"""Where a job's runs go: a named cluster, a template's cluster, an AzCluster or a Client."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azmanagers.errors import ConfigError
 from azmanagers.storage.base import Storage
+
+if TYPE_CHECKING:
+    from azmanagers.named.handle import NamedCluster
 
 DEFAULT_TEMPLATE = "local"
 """The scale-set template a job's cluster is made from when none is named."""
@@ -40,9 +43,12 @@ def connect(cluster: Any, workers: int | None, storage: Storage) -> Connection:
     template = DEFAULT_TEMPLATE if cluster is None else cluster
     if not isinstance(template, str):
         raise ConfigError(
-            "cluster must be a template name, an AzCluster or a dask Client, not "
-            f"{type(cluster).__name__}."
+            "cluster must be a named cluster, a template name, an AzCluster or a dask Client, "
+            f"not {type(cluster).__name__}."
         )
+    named = _named(template)
+    if named is not None:
+        return _connect_named(named, workers, storage)
     running = clusters().get(template)
     if running is not None:
         return connect(running, workers, storage)
@@ -61,6 +67,30 @@ def connect(cluster: Any, workers: int | None, storage: Storage) -> Connection:
     return Connection(client, template, made.provider.name, close)
 
 
+def _named(name: str) -> NamedCluster | None:
+    """The named cluster ``name`` when this machine records one (else None)."""
+    from azmanagers.named.handle import STORE, NamedCluster, load_record
+
+    if not STORE.exists(name):
+        return None
+    return NamedCluster(load_record(name))
+
+
+def _connect_named(named: NamedCluster, workers: int | None, storage: Storage) -> Connection:
+    """A client of a named cluster; ``workers`` grows it to at least that many nodes (it is
+    not shrunk afterwards: the cluster is shared and outlives the job)."""
+    check_reach(storage, named.record.provider)
+    if workers is not None and named.status().target < workers:
+        named.resize(workers)
+    client = named.client(set_as_default=False)
+
+    def close() -> None:
+        client.close()
+        named.close()
+
+    return Connection(client, f"named cluster {named.name}", named.record.provider, close)
+
+
 def _no_silent_reruns(dask_scheduler: Any) -> None:
     dask_scheduler.allowed_failures = 0
 
@@ -72,6 +102,8 @@ def provider_of(cluster: Any) -> str:
 
     if isinstance(cluster, AzCluster):
         return str(cluster.provider.name)
+    if isinstance(cluster, str) and (named := _named(cluster)) is not None:
+        return str(named.record.provider)
     if cluster is None or isinstance(cluster, str):
         return template_provider(load_template_scaleset(cluster or DEFAULT_TEMPLATE))
     return "unknown"

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from azmanagers.batch.api import prepare, resubmit
+from azmanagers.batch.gangplan import cluster_workers
 from azmanagers.batch.job import Job
 from azmanagers.batch.model import Model
 from azmanagers.batch.sweep import Sweep
@@ -40,6 +41,8 @@ def submit_detached(
             "a detached job makes its own cluster: give cluster as a template name, not "
             f"a {type(cluster).__name__}."
         )
+    # a gang model's cluster size is checked here, before anything is staged or started
+    workers = cluster_workers(what.model if isinstance(what, Sweep) else what, cluster, workers)
     space, store, plan = prepare(what, name=name, storage=storage, cluster=cluster, base=base)
     grant = space.grant(store.prefix, ttl_s=DETACHED_GRANT_TTL_S, write=True)
     vm = addproc(vm_template)

@@ -15,14 +15,21 @@ from azmanagers.batch.flights import (
     Flight,
     Flights,
     Pace,
+    attempt_of,
+    drain,
+    failed,
+    final_message,
+    final_status,
+    gather_finished,
     grant_ttl,
-    ran,
+    keys_on_workers,
+    on_workers,
     some_done,
+    tell_workers,
     worker_gone,
 )
 from azmanagers.batch.plan import Plan, TakenOverError, new_session
-from azmanagers.batch.processes import cancel_session
-from azmanagers.batch.records import FINAL_STATES, Attempt, JobRecord, JobStore
+from azmanagers.batch.records import FINAL_STATES, JobRecord, JobStore
 from azmanagers.batch.runner import RunResult, execute_many
 from azmanagers.batch.sweep import RunSpec
 from azmanagers.errors import AzManagersError
@@ -36,8 +43,6 @@ RECORD_EVERY_S = 2.0
 """The job record's counts are written at most this often while runs complete."""
 CANCEL_CHECK_S = 5.0
 """How often the driver looks for a cancel request in storage (one small read)."""
-CANCEL_DRAIN_S = 15.0
-"""After a cancel: how long killed runs get to store their logs and report."""
 RUNNING_RECORD_AFTER_S = RECORD_EVERY_S
 """A first attempt's ``running`` record is written once it has run this long (most short runs
 end before and get one record, their final one); an attempt with history (a retry, a requeue,
@@ -87,7 +92,8 @@ class Driver:
         self._claimed = False
         self._taken_over = ""
         self.submitted = 0
-        """Tasks handed to the cluster by this driver (attempts, retries and requeues)."""
+        """Runs handed to the cluster by this driver (attempts, retries, requeues and runs of a
+        chunk sent again alone)."""
         self._grant: Grant | None = grant
         self._given_grant = grant is not None
         """A driver that holds only a grant (a detached one) passes it on to the workers."""
@@ -98,6 +104,11 @@ class Driver:
     def cancel(self) -> None:
         """Stop feeding runs and kill the ones in progress (from any thread)."""
         self._cancelled = True
+
+    @property
+    def cancelling(self) -> bool:
+        """Whether a cancel (or a takeover) stopped this driver's feeding."""
+        return self._cancelled
 
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> JobRecord:
@@ -125,17 +136,23 @@ class Driver:
             if not flights:
                 break
             done = some_done(list(flights))
-            results = self._gather(done)
+            results = gather_finished(self.client, done)
             for future in done:
                 self._finish(flights, future, flights.pop(future), results.get(future))
             self._tick(flights)
+        return self._end_job()
+
+    def _end_job(self) -> JobRecord:
+        """The job's final record, written; TakenOverError when another driver has it."""
         if self._taken_over:
             raise TakenOverError(
                 f"job {self.plan.job} was taken over by {self._taken_over}; this driver's runs "
                 "were stopped"
             )
-        status = self._final_status()
-        job = self._job_record(status)
+        status = final_status(self._cancelled, self.snapshot(), self.total)
+        job = replace(
+            self._job_record(status), message=final_message(status, self.snapshot(), self.plan.job)
+        )
         self.store.write_job(job)
         return job
 
@@ -153,12 +170,15 @@ class Driver:
         record = self.store.read_run(spec.run_id) if spec.run_id in known else None
         if record is None:
             return Flight(spec, 1, 0)
-        number = 1 + max((a.number for a in record.attempts), default=0)
-        return Flight(spec, number, record.requeues, list(record.attempts))
+        number = 1 + max([record.attempt, *(a.number for a in record.attempts)])
+        flight = Flight(spec, number, record.requeues, list(record.attempts))
+        if record.status == "running":  # its driver stopped mid-run: it keeps its retry budget
+            flight.failures = sum(failed(a) for a in record.attempts)
+        return flight
 
     def _submit(self, flights: Flights, group: list[Flight]) -> None:
         """Hand ``group``'s runs to the cluster as one task (run one after the other)."""
-        grant = self._fresh_grant()
+        grant = self._fresh_grant(len(group))
         tasks = tuple(self.plan.task(f.spec, f.attempt, grant, self.session) for f in group)
         first = group[0]
         key = f"azm-batch-{self.session}-{first.spec.run_id}-{first.attempt}-{first.requeues}"
@@ -174,22 +194,6 @@ class Driver:
                 flight.record_at = time.monotonic() + RUNNING_RECORD_AFTER_S
                 self._count_running(flight)
 
-    def _gather(self, done: list[Any]) -> dict[Any, tuple[RunResult, ...]]:
-        """The results of the finished futures among ``done``, fetched in one call.
-
-        Futures left out (erred, cancelled, or all of them when the call fails) are asked one
-        by one in ``_finish``, which sorts out what happened to them.
-        """
-        finished = [f for f in done if f.status == "finished"]
-        if len(finished) < 2:
-            return {}
-        try:
-            values = self.client.gather(finished)
-        except Exception as exc:  # a worker lost meanwhile: _finish asks each future
-            logger.debug("gathering %d results failed: %r", len(finished), exc)
-            return {}
-        return dict(zip(finished, values, strict=True))
-
     def _finish(
         self,
         flights: Flights,
@@ -201,29 +205,17 @@ class Driver:
 
         try:
             results: tuple[RunResult, ...] = future.result() if gathered is None else gathered
-        except KilledWorker as exc:
-            for flight in group:
-                self._lost(flights, flight, f"its worker was lost: {exc}")
-            return
-        except Exception as exc:  # a cancelled future, or an error outside the command
+        except Exception as exc:  # a cancelled future, a lost worker, an error outside a run
+            lost = isinstance(exc, KilledWorker) or worker_gone(exc)
             for flight in group:
                 if self._cancelled:
                     self._write(flight, "cancelled", error="cancelled")
-                elif worker_gone(exc):
-                    self._lost(flights, flight, f"its worker was lost: {exc!r}")
+                elif lost:  # queued on that worker, or behind another run of a chunk?
+                    why = f"its worker was lost: {exc!r}"
+                    self._lost(flights, flight, why, spare=True)
                 else:
                     why = f"the runner failed: {exc!r}"
-                    flight.attempts.append(
-                        Attempt(
-                            flight.attempt,
-                            "",
-                            flight.started,
-                            time.time(),
-                            None,
-                            "error",
-                            error=why,
-                        )
-                    )
+                    flight.note(why, "error")
                     self._write(flight, "failed", error=why)
             return
         for flight, result in zip(group, results, strict=True):
@@ -231,34 +223,33 @@ class Driver:
 
     def _finished(self, flights: Flights, flight: Flight, result: RunResult) -> None:
         """One run's attempt reported: record it, or retry or requeue the run."""
+        if result.reason == "deferred":  # a run of a chunk that never started: send it alone
+            if self._cancelled:
+                self._write(flight, "cancelled", error="cancelled")
+            else:
+                self._submit(flights, [flight])
+            return
         self.fetches[result.node] += result.fetched_files
-        self.pace.took(result.ended - result.started)
-        flight.attempts.append(
-            Attempt(
-                result.attempt,
-                result.node,
-                result.started,
-                result.ended,
-                result.exit_code,
-                result.reason,
-                result.stdout_key,
-                result.stderr_key,
-                result.error,
-            )
-        )
+        if result.exit_code is not None:  # how long commands take, not refusals to start
+            self.pace.took(result.ended - result.started)
         if result.succeeded:
+            flight.attempts.append(attempt_of(result))
             self._write(flight, "succeeded", result=result)
-        elif result.reason in ("evicted", "lost") and not self._cancelled:
-            flight.attempts.pop()  # _lost records it, with its logs
+        elif result.reason in ("evicted", "lost"):  # requeued, or cancelled after a cancel
             why = "got an eviction notice" if result.reason == "evicted" else "was closing"
-            self._lost(flights, flight, f"node {result.node} {why}", result=result)
-        elif result.reason == "cancelled" or self._cancelled:
+            why = result.error or f"node {result.node} {why}"  # a gang's says which node
+            self._lost(flights, flight, why, result=result, spare=not result.began)
+        elif result.reason == "cancelled":
+            if result.began:
+                flight.attempts.append(attempt_of(result))
             self._write(flight, "cancelled", result=result)
-        elif flight.failures < self.plan.sweep.model.retries:
+        elif flight.failures < self.plan.sweep.model.retries and not self._cancelled:
+            flight.attempts.append(attempt_of(result))
             flight.failures += 1
             flight.attempt += 1
             self._submit(flights, [flight])
         else:
+            flight.attempts.append(attempt_of(result))
             self._write(flight, "failed", result=result)
 
     def _lost(
@@ -268,33 +259,26 @@ class Driver:
         why: str,
         *,
         result: RunResult | None = None,
+        spare: bool = False,
     ) -> None:
-        if result is None:
-            attempt = Attempt(
-                flight.attempt, "", flight.started, time.time(), None, "lost", error=why
-            )
-        else:
-            attempt = Attempt(
-                result.attempt,
-                result.node,
-                result.started,
-                result.ended,
-                result.exit_code,
-                "lost",
-                result.stdout_key,
-                result.stderr_key,
-                why,
-            )
-        flight.attempts.append(attempt)
+        """The run's node or worker went away: requeue it (no retry spent), bounded.
+
+        With ``spare`` (a run that may never have started: lost with its worker's queue, or
+        turned away by a node that was going) the run may be requeued once more than
+        ``MAX_REQUEUES``; every requeue is counted in its record.
+        """
+        flight.note(why, "lost", result)
         if self._cancelled:
             self._write(flight, "cancelled", error=f"cancelled ({why})")
-        elif flight.requeues < MAX_REQUEUES:
-            flight.requeues += 1
-            flight.attempt += 1  # a fresh number (and log folder); no retry spent
-            logger.warning("run %s requeued (%s)", flight.spec.run_id, why)
-            self._submit(flights, [flight])
-        else:
+            return
+        flight.spared = flight.spared or spare
+        if flight.requeues >= MAX_REQUEUES + flight.spared:
             self._write(flight, "failed", error=f"{why} ({flight.requeues} requeues spent)")
+            return
+        flight.requeues += 1
+        flight.attempt += 1  # a fresh number (and log folder)
+        logger.warning("run %s requeued (%s)", flight.spec.run_id, why)
+        self._submit(flights, [flight])
 
     def _tick(self, flights: Flights) -> None:
         now = time.monotonic()
@@ -314,7 +298,7 @@ class Driver:
         if now - self._record_at >= RECORD_EVERY_S:
             self._record_at = now
             try:
-                self.store.write_job(self._job_record("running"))
+                self.store.write_job(self._job_record(self._running_status()))
             except TakenOverError as exc:
                 logger.error("%s", exc)
                 self._cancelled = True  # stop feeding; _taken_over keeps the records alone
@@ -323,25 +307,26 @@ class Driver:
                 logger.warning("could not update the job record: %s", exc)
 
     def _kill(self, flights: Flights) -> None:
-        """Kill the runs in progress, give them ``CANCEL_DRAIN_S`` to store their logs and
-        report, and record every one of them cancelled (with its attempt when it reported)."""
-
+        """Kill the runs in progress, let them store their logs and report (``drain``), and
+        record the ones that did not end before the cancel ``cancelled``."""
         if not self._taken_over:
-            try:  # the job says cancelled at once, whatever happens to this process next
-                self.store.write_job(self._job_record("cancelled"))
+            try:  # waiters see it at once; "cancelled" once every run has its final record
+                self.store.write_job(self._job_record("cancelling"))
             except AzManagersError as exc:
                 logger.warning("could not record the cancel: %s", exc)
-        running = sum(len(group) for group in flights.values())
-        try:  # each worker says how many runs it killed: only those are worth waiting for
-            running = sum(self.client.run(cancel_session, self.session).values())
-        except Exception as exc:  # a worker that went away cannot be asked
-            logger.warning("could not reach every worker to cancel: %r", exc)
-        deadline = time.monotonic() + CANCEL_DRAIN_S
-        reported = 0
-        while flights and reported < running and time.monotonic() < deadline:
-            for future in some_done(list(flights)):
-                reported += ran(future)
-                self._finish(flights, future, flights.pop(future))
+        tell_workers(self.client, self.session)
+        placed = keys_on_workers(self.client)
+        queued = [f for f in flights if not f.done() and f.key not in placed]
+        for future in queued:  # not on a worker yet: it must never start (a new worker
+            future.cancel()  # would not know of the cancel)
+            for flight in flights.pop(future):
+                self._write(flight, "cancelled", error="cancelled")
+        drain(
+            flights,
+            lambda future, group: self._finish(flights, future, group),
+            lambda futures: on_workers(self.client, futures),
+            lambda: tell_workers(self.client, self.session),
+        )
         for future, group in list(flights.items()):
             future.cancel()
             for flight in group:
@@ -383,10 +368,8 @@ class Driver:
         counts["pending"] = max(0, self.total - sum(counts.values()))
         return counts
 
-    def _final_status(self) -> str:
-        if self._cancelled:
-            return "cancelled"
-        return "succeeded" if self.counts["succeeded"] == self.total else "failed"
+    def _running_status(self) -> str:
+        return "cancelling" if self._cancelled and not self._taken_over else "running"
 
     def _job_record(self, status: str) -> JobRecord:
         current = self.store.read_job()
@@ -405,8 +388,8 @@ class Driver:
             session=self.session,
         )
 
-    def _fresh_grant(self) -> Grant:
-        ttl = grant_ttl(self.plan.sweep.model.timeout_s)
+    def _fresh_grant(self, runs: int) -> Grant:
+        ttl = grant_ttl(self.plan.sweep.model.timeout_s, runs)
         grant = self._grant
         if grant is not None and self._given_grant:
             return grant

@@ -6,6 +6,7 @@ import os
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from azmanagers.batch.download import Downloaded, download_runs
-from azmanagers.batch.records import RUN_STATES, JobRecord, JobStore, RunRecord
+from azmanagers.batch.records import RUN_STATES, Attempt, JobRecord, JobStore, RunRecord
+from azmanagers.batch.sweep import Sweep
 from azmanagers.errors import (
     BatchError,
     BatchJobNotFoundError,
@@ -31,8 +33,13 @@ POLL_S = 2.0
 """How often ``wait`` reads the job record when the driver runs elsewhere."""
 STALE_DRIVER_S = 120.0
 """A running job whose record has not changed for this long has lost its driver."""
-JOB_STATES_FINAL = frozenset({"succeeded", "failed", "cancelled", "stopped"})
-"""``stopped``: the job's driver went away before the end (resume it by submitting again)."""
+JOB_STATES_FINAL = frozenset({"succeeded", "failed", "cancelled", "stopped", "incomplete"})
+"""``stopped``: the job's driver went away before the end (resume it by submitting again);
+``incomplete``: its driver ended with runs that never ran and none failed (``retry --failed``
+leaves them: ``retry --unfinished`` runs them). ``cancelling`` is not final: the driver is
+letting the runs on workers report."""
+DRIVEN_STATES = ("running", "cancelling")
+"""Job statuses that a live driver keeps writing."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,7 @@ class JobStatus:
 def driver_alive(record: JobRecord) -> bool:
     """Whether a job's driver may still be feeding it: the record says running and changed
     lately, and a driver on this very machine still has its process."""
-    if record.status != "running" or time.time() - record.updated_at >= STALE_DRIVER_S:
+    if record.status not in DRIVEN_STATES or time.time() - record.updated_at >= STALE_DRIVER_S:
         return False
     host, _, pid = record.driver.rpartition(":")
     if host == socket.gethostname() and pid.isdigit():
@@ -82,8 +89,8 @@ def driver_alive(record: JobRecord) -> bool:
     return True
 
 
-DRIVING: set[str] = set()
-"""Names of the jobs whose driver runs in this process now."""
+DRIVING: dict[str, Driver] = {}
+"""The jobs whose driver runs in this process now, by name."""
 
 
 def _driving_here(record: JobRecord) -> bool:
@@ -143,8 +150,9 @@ class Job:
         status, message = r.status, r.message
         if self._local is not None and self._local.alive:
             counts = self._local.driver.snapshot()
-        elif status == "running" and not driver_alive(r):
+        elif status in DRIVEN_STATES and not driver_alive(r):
             status = "stopped"
+            counts = dict(Counter(self.store.statuses().values()))  # the records are the truth
             message = (
                 f"its driver ({r.driver}) is gone; submit the job again (or `azm batch retry "
                 f"{self.name} --unfinished`) to resume it: finished runs are skipped"
@@ -163,11 +171,21 @@ class Job:
         )
 
     def runs(self, state: str | None = None) -> list[RunRecord]:
-        """The run records (every run that started), optionally only those in ``state``."""
+        """The run records (every run that started), optionally only those in ``state``;
+        ``pending``: the runs of the job's sweep that have no record yet."""
         if state is not None and state not in RUN_STATES:
             raise ConfigError(f"unknown run state {state!r}; use one of {', '.join(RUN_STATES)}.")
-        self.record()
-        return [r for r in self.store.runs() if state is None or r.status == state]
+        job = self.record()
+        every = list(self.store.runs())
+        records = [r for r in every if state is None or r.status == state]
+        if state != "pending":
+            return records
+        known = {r.run_id for r in every}
+        return records + [
+            RunRecord(self.name, spec.run_id, dict(spec.params), "pending", updated_at=0.0)
+            for spec in Sweep.from_dict(job.definition).runs()
+            if spec.run_id not in known
+        ]
 
     def run(self, run_id: str) -> RunRecord:
         record = self.store.read_run(run_id)
@@ -225,12 +243,20 @@ class Job:
                     + ", ".join(f"{k} {v}" for k, v in sorted(status.counts.items()))
                 )
 
-    def logs(self, run_id: str, stdio: str = "stdout", *, attempt: int | None = None) -> str:
-        """A run's stdout or stderr (of its last attempt unless ``attempt``), as text.
+    def logs(
+        self,
+        run_id: str,
+        stdio: str = "stdout",
+        *,
+        attempt: int | None = None,
+        member: str | None = None,
+    ) -> str:
+        """A run's stdout or stderr (of its last attempt unless ``attempt``), as text; with
+        ``member`` (``worker-0``, ``node-1``) that of a multi-node run's member instead.
 
         The whole log is read into memory: for big logs use ``log_file``.
         """
-        key = self._log_key(run_id, stdio, attempt)
+        key = self._log_key(run_id, stdio, attempt, member)
         try:
             return self.storage.get_bytes(key).decode(errors="replace")
         except StorageNotFoundError as exc:
@@ -239,10 +265,17 @@ class Job:
             ) from exc
 
     def log_file(
-        self, run_id: str, dest: str | Path, stdio: str = "stdout", *, attempt: int | None = None
+        self,
+        run_id: str,
+        dest: str | Path,
+        stdio: str = "stdout",
+        *,
+        attempt: int | None = None,
+        member: str | None = None,
     ) -> Path:
-        """Fetch a run's stdout or stderr into the file ``dest`` (verified); return its path."""
-        key = self._log_key(run_id, stdio, attempt)
+        """Fetch a run's (or its ``member``'s) stdout or stderr into the file ``dest``
+        (verified); return its path."""
+        key = self._log_key(run_id, stdio, attempt, member)
         try:
             self.storage.get_file(key, Path(dest))
         except StorageNotFoundError as exc:
@@ -251,10 +284,12 @@ class Job:
             ) from exc
         return Path(dest)
 
-    def _log_key(self, run_id: str, stdio: str, attempt: int | None) -> str:
+    def _log_key(self, run_id: str, stdio: str, attempt: int | None, member: str | None) -> str:
         if stdio not in ("stdout", "stderr"):
             raise ConfigError(f"stdio must be 'stdout' or 'stderr', not {stdio!r}.")
         record = self.run(run_id)
+        if member is not None:
+            return _member_key(record, stdio, member)
         attempts = [a for a in record.attempts if attempt is None or a.number == attempt]
         keys = [a.stdout_key if stdio == "stdout" else a.stderr_key for a in attempts]
         keys = [k for k in keys if k]
@@ -300,3 +335,20 @@ class Job:
         from azmanagers.batch.api import resubmit
 
         return resubmit(self, only_failed=failed, **submit_options)
+
+
+def member_label(attempt: Attempt) -> str:
+    """A multi-node run's member's label (``worker-0``, ``node-1``), from its logs' keys."""
+    key = attempt.stdout_key or attempt.stderr_key
+    return key.split("/members/", 1)[1].split("/", 1)[0] if "/members/" in key else "?"
+
+
+def _member_key(record: RunRecord, stdio: str, member: str) -> str:
+    for attempt in record.members:
+        key = attempt.stdout_key if stdio == "stdout" else attempt.stderr_key
+        if member_label(attempt) == member and key:
+            return key
+    known = ", ".join(member_label(a) for a in record.members) or "none (not a multi-node run)"
+    raise BatchJobNotFoundError(
+        f"run {record.run_id!r} has no {stdio} of a member {member!r}; its members: {known}."
+    )

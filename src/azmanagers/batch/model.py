@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 # the checks live in batch.checks; the names callers import from here are re-exported
 from azmanagers.batch.checks import RESERVED_PREFIXES as RESERVED_PREFIXES
 from azmanagers.batch.checks import URL_SCHEMES as URL_SCHEMES
-from azmanagers.batch.checks import canonical_json, check_text, check_variable, env_value
+from azmanagers.batch.checks import canonical_json, check_arg_size, check_text, checked_env
 from azmanagers.batch.checks import check_relative as check_relative
 from azmanagers.batch.checks import check_source as check_source
 from azmanagers.batch.checks import is_url as is_url
@@ -32,7 +32,7 @@ PACKAGE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _PACKAGE_PART = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _ARCHIVE_LIKE = re.compile(r"\.(?:gz|bz2|xz|zst|7z|rar|whl|egg|jar)$", re.IGNORECASE)
-_MODEL_KEYS = (
+MODEL_KEYS = (
     "name",
     "command",
     "inputs",
@@ -43,6 +43,7 @@ _MODEL_KEYS = (
     "retries",
     "timeout",
 )
+"""The keys of a model: in its dict form, at the top of a spec, or under ``master:``/``worker:``."""
 
 
 @dataclass(frozen=True)
@@ -183,10 +184,15 @@ class Model:
         if command is None or (isinstance(command, str) and not command.strip()):
             raise ConfigError(f"model {name!r} has no command; give the command line to run.")
         set_(self, "command", check_text(command, what=f"model {name!r} command"))
+        check_arg_size(
+            self.command,
+            what=f"model {name!r} command",
+            hint="put the script in an input file and run that",
+        )
         set_(self, "inputs", _sources(inputs, what="inputs"))
         set_(self, "shared", _sources(shared, what="shared"))
         set_(self, "packages", _packages(packages))
-        set_(self, "env", MappingProxyType(_env(env)))
+        set_(self, "env", MappingProxyType(checked_env(env)))
         set_(self, "outputs", _outputs(outputs))
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ConfigError(f"retries must be a whole number >= 0, got {retries!r}.")
@@ -247,12 +253,17 @@ class Model:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object]) -> Model:
-        """Rebuild a model from ``to_dict()``'s form (checked again)."""
+        """Rebuild a model from ``to_dict()``'s form (checked again); the form of an
+        ``MpiModel`` (key ``mpi``) or a ``MasterWorker`` (key ``worker``) gives one."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a model must be a mapping, got {type(data).__name__}.")
+        if "mpi" in data or "worker" in data:  # an MpiModel's or a MasterWorker's form
+            from azmanagers.batch.multinode import multinode_from_dict
+
+            return multinode_from_dict(data)
         for key in data:
-            if key not in _MODEL_KEYS:
-                unknown_key(key, _MODEL_KEYS, where="the model")
+            if key not in MODEL_KEYS:
+                unknown_key(key, MODEL_KEYS, where="the model")
         for key in ("name", "command"):
             if key not in data:
                 raise ConfigError(f"the model has no {key!r}; give one.")
@@ -361,18 +372,6 @@ def _packages(values: Iterable[Package]) -> tuple[Package, ...]:
         names.add(item.env_name)
         out.append(item)
     return tuple(out)
-
-
-def _env(env: Mapping[str, object] | None) -> dict[str, str]:
-    if env is None:
-        return {}
-    if not isinstance(env, Mapping):
-        raise ConfigError(f"model env must be a mapping of names to values, got {env!r}.")
-    out: dict[str, str] = {}
-    for key, value in env.items():
-        check_variable(key, what="env")
-        out[key] = env_value(value, what=f"env {key}")
-    return out
 
 
 def _outputs(values: Iterable[Output | str]) -> tuple[Output, ...]:

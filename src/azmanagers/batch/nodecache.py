@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import tarfile
+import time
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +26,10 @@ from azmanagers.storage.hashing import sha256_file
 
 MARKER = ".azm-complete"
 """Next to a package folder: it was unpacked completely, with the fingerprint it had then."""
+STAMP_SETTLE_S = 0.1
+"""A cached copy changed more recently than this when it is checked gets no stamp yet: file
+times advance in clock ticks (a few ms), and a change in the tick of the last one could leave
+size, times and inode as they were. Its next reuse hashes it again."""
 SEEN_MAX = 100_000
 """Hashes of copied inputs this process remembers having fetched (then forgets them all)."""
 _SEEN: set[str] = set()
@@ -80,6 +85,11 @@ class NodeCache:
         (or there is no stamp yet), the copy is hashed again, and fetched again unless it is
         still ``sha256``. The stamp is written at the first reuse, not at the fetch: most
         inputs are used once per node, and a missing stamp costs only that one hash.
+
+        The copy is stat'ed (lstat) before and after it is hashed: a copy changed or replaced
+        meanwhile is fetched again, and the stamp holds the identity the hash was taken of,
+        never a later one. A copy changed less than ``STAMP_SETTLE_S`` before it was checked
+        gets no stamp yet (a change in the same clock tick could keep every stat field).
         """
         path = self.root / "cache" / sha256[:2] / sha256
         stamp = path.with_name(f"{sha256}.stamp")
@@ -89,9 +99,11 @@ class NodeCache:
             if _stamp_matches(path, stamp):
                 return path
             stamp.unlink(missing_ok=True)
-            if path.is_file() and sha256_file(path) == sha256:
-                path.chmod(0o444)  # changed in mode or time only: the content is right
-                _write_stamp(path, stamp)
+            checked_at_ns = time.time_ns()
+            hashed = _verified(path, sha256)
+            if hashed is not None:  # changed in mode or time only: the content is right
+                if hashed.st_ctime_ns < checked_at_ns - int(STAMP_SETTLE_S * 1e9):
+                    _write_json(stamp, {"stat": _identity(hashed)})
                 return path
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = path.with_name(f".{sha256}.part")
@@ -208,8 +220,22 @@ def _identity(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode]
 
 
-def _write_stamp(path: Path, stamp: Path) -> None:
-    _write_json(stamp, {"stat": _identity(os.lstat(path))})
+def _verified(path: Path, sha256: str) -> os.stat_result | None:
+    """The lstat of ``path`` (read-only now) if it is a file whose content is ``sha256`` and
+    that was not changed or replaced while it was hashed; else None (fetch it again)."""
+    try:
+        first = os.lstat(path)
+        if not stat.S_ISREG(first.st_mode):
+            return None
+        if stat.S_IMODE(first.st_mode) != 0o444:
+            path.chmod(0o444)  # before the stats: a chmod changes the ctime
+        before = os.lstat(path)
+        digest = sha256_file(path)
+        after = os.lstat(path)
+    except OSError:
+        return None
+    same = _identity(after) == _identity(before)
+    return before if digest == sha256 and same and stat.S_ISREG(before.st_mode) else None
 
 
 def _stamp_matches(path: Path, stamp: Path) -> bool:

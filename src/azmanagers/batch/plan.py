@@ -27,6 +27,8 @@ class Plan:
     """The submission id made when the job was prepared ("" for a fresh one)."""
     root: str = ""
     """The storage URL the job was submitted to (what ``attach`` and ``--storage`` take)."""
+    companion: Plan | None = None
+    """A ``MasterWorker`` job's worker plan (its worker sweep; same job, prefix and session)."""
 
     def task(self, spec: RunSpec, attempt: int, grant: Grant, session: str) -> RunTask:
         model = self.sweep.model

@@ -8,12 +8,14 @@ import contextlib
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 
 from azmanagers.config.paths import active_runs_dir, eviction_flag
+from azmanagers.errors import BatchError
 
 KILL_GRACE_S = 5.0
 """Between SIGTERM to the run's process group and SIGKILL."""
@@ -23,6 +25,8 @@ EVICTION_HOLD_S = 45.0
 there, then goes back to the driver: it does not bounce between the driver and a node that is
 about to go (each bounce would spend one of its requeues)."""
 EVICTION_HOLD_STEP_S = 0.25
+PORT_PROBE_S = 0.2
+"""How often a master/worker run's worker tries the master's port while it waits for it."""
 
 
 class Active:
@@ -121,6 +125,20 @@ def exit_waiter(proc: subprocess.Popen[bytes]) -> ExitWaiter:
         return ExitWaiter(proc, -1)
 
 
+def task_cancelled() -> bool:
+    """Whether the Dask task running in this thread was cancelled or released: its caller
+    cancelled it, or its client (the job's driver) went away. Call it from the task's thread."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        key = worker.get_current_task()
+    except (ImportError, ValueError):
+        return False
+    task = worker.state.tasks.get(key)
+    return task is None or task.state in ("cancelled", "released", "forgotten")
+
+
 def worker_closing() -> bool:
     """Whether the Dask worker this runs in is closing (its close waits for our thread)."""
     try:
@@ -145,22 +163,79 @@ def kill_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         os.killpg(proc.pid, sig)
 
 
-def hold_while_evicting(session: str) -> str | None:
-    """Before a run starts: wait while this node has an eviction notice.
+def why_not_start(session: str) -> str | None:
+    """Before a run stages anything: whether it should start on this node at all.
 
-    Returns None when there is none (or it went away): start the run. Otherwise why not:
-    ``lost`` (the worker closed meanwhile: the run goes elsewhere), ``cancelled``, or
-    ``evicted`` (the notice outlived ``EVICTION_HOLD_S``).
+    Returns None to start it; otherwise why not: ``cancelled`` (its submission was cancelled),
+    ``lost`` (the worker is closing: the run goes elsewhere), or ``evicted``. A run that meets
+    an eviction notice waits up to ``EVICTION_HOLD_S`` for it to be withdrawn or for the worker
+    to close, holding the worker's thread so that no other run starts there.
     """
     flag = eviction_flag()
     deadline = time.monotonic() + EVICTION_HOLD_S
-    while flag.exists():
+    while True:
         with ACTIVE.lock:
             if session in ACTIVE.cancelled:
                 return "cancelled"
         if worker_closing():
             return "lost"
+        if not flag.exists():
+            return None
         if time.monotonic() >= deadline:
             return "evicted"
         time.sleep(EVICTION_HOLD_STEP_S)
-    return None
+
+
+def node_name() -> tuple[str, str]:
+    """This node's name (its Dask worker's name: the instance) and the address it listens on."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return socket.gethostname(), socket.gethostname()
+    host = str(worker.address).rsplit("://", 1)[-1].rsplit(":", 1)[0]
+    return str(worker.name), host
+
+
+def wait_for_port(host: str, port: int, seconds: float, *, session: str) -> None:
+    """Return once ``host:port`` accepts a connection; AzManagersError after ``seconds``, or
+    when the run is cancelled or its worker closes meanwhile."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=PORT_PROBE_S):
+                return
+        except OSError:
+            pass
+        with ACTIVE.lock:
+            if session in ACTIVE.cancelled:
+                raise BatchError("the run was cancelled while it waited for the master")
+        if worker_closing() or time.monotonic() >= deadline:
+            raise BatchError(
+                f"the master's port {host}:{port} did not accept connections within "
+                f"{seconds:g} s; look at the master's log, or raise port_wait"
+            )
+        time.sleep(PORT_PROBE_S)
+
+
+def announce_start(topic: str, gang: str, label: str, pid: int) -> None:
+    """Tell the driver (a Dask event on ``topic``: pushed, not polled) that a gang member's
+    command started, and where."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return
+    node, host = node_name()
+    message = {
+        "gang": gang,
+        "event": "started",
+        "label": label,
+        "node": node,
+        "host": host,
+        "pid": pid,
+        "time": time.time(),
+    }
+    worker.log_event(topic, message)

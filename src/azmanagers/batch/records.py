@@ -66,6 +66,12 @@ class RunRecord:
     outputs: tuple[OutputFile, ...] = ()
     error: str = ""
     updated_at: float = field(default_factory=time.time)
+    attempt: int = 0
+    """The number of the last attempt handed out (0: none yet): a driver that resumes the run
+    numbers its next attempt after it, also when the one in progress never reported."""
+    members: tuple[Attempt, ...] = ()
+    """A multi-node run's other members in its last attempt (master/worker: the workers; MPI:
+    the nodes but the primary), each with its node, outcome and logs."""
 
     @property
     def duration_s(self) -> float:
@@ -80,11 +86,12 @@ class RunRecord:
         data = _load(raw, where)
         try:
             data["attempts"] = tuple(Attempt(**a) for a in data.get("attempts", ()))
+            data["members"] = tuple(Attempt(**a) for a in data.get("members", ()))
             data["outputs"] = tuple(OutputFile(**o) for o in data.get("outputs", ()))
             data["params"] = dict(data.get("params", {}))
             record = cls(**data)
             _check_fields(record)
-            for item in (*record.attempts, *record.outputs):
+            for item in (*record.attempts, *record.members, *record.outputs):
                 _check_fields(item)
         except (TypeError, ValueError, AttributeError) as exc:
             raise BatchError(
@@ -210,13 +217,6 @@ class JobStore:
 
     def run_key(self, run_id: str) -> str:
         return f"{self.prefix}runs/{run_id}/run.json"
-
-    def log_key(self, run_id: str, attempt: int, stdio: str) -> str:
-        return f"{self.prefix}runs/{run_id}/attempt-{attempt}/{stdio}.txt"
-
-    def attempt_prefix(self, run_id: str, attempt: int) -> str:
-        """Where an attempt's logs and outputs go (``stdout.txt``, ``stderr.txt``, ``outputs/``)."""
-        return f"{self.prefix}runs/{run_id}/attempt-{attempt}/"
 
     # -- the job ------------------------------------------------------------------------
     def read_job(self) -> JobRecord | None:

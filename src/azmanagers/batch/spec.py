@@ -11,6 +11,7 @@ from typing import cast
 import yaml
 
 from azmanagers.batch.model import (
+    MODEL_KEYS,
     Model,
     Package,
     check_source,
@@ -18,6 +19,7 @@ from azmanagers.batch.model import (
     output_from,
     unknown_key,
 )
+from azmanagers.batch.multinode import DEFAULT_PORT_WAIT, MasterWorker, MpiModel
 from azmanagers.batch.sweep import Params, Sweep, listing, parse_axis, product, rows, zip
 from azmanagers.errors import ConfigError
 
@@ -35,7 +37,13 @@ KEYS = (
     "cluster",
     "workers",
     "storage",
+    "mpi",
+    "master",
+    "worker",
+    "port",
+    "port_wait",
 )
+MASTER_WORKER_KEYS = ("master", "worker", "port", "port_wait")
 SWEEP_KEYS = ("product", "zip", "rows", "list", "overlays")
 PACKAGE_KEYS = ("name", "version", "path")
 OUTPUT_KEYS = ("pattern", "when")
@@ -103,11 +111,37 @@ def _spec(data: Mapping[str, object], base: Path) -> JobSpec:
     for key in data:
         if key not in KEYS:
             unknown_key(key, KEYS, where="the spec")
-    for key in ("name", "command"):
-        if data.get(key) in (None, ""):
-            raise ConfigError(f"the spec has no {key!r}; give one.")
+    if data.get("name") in (None, ""):
+        raise ConfigError("the spec has no 'name'; give one.")
     name = _text(data["name"], "name")
-    model = Model(
+    params, overlays = _sweep(data.get("sweep"), base)
+    workers = data.get("workers")
+    model: Model
+    if any(key in data for key in MASTER_WORKER_KEYS):
+        model = _master_worker(data, name, base)
+        workers = None  # the worker runs' count; the cluster gets workers + 1 nodes
+    else:
+        model = _model(data, name, base, where="the spec")
+        if "mpi" in data:  # (an empty mpi: is a mistake, not a plain model)
+            model = _mpi(model, data["mpi"])
+    sweep = Sweep(model, params, overlays)
+    if isinstance(model, MasterWorker):
+        model.worker_sweep(sweep)  # the worker's {NAME}s are checked now, not at submit
+    return JobSpec(
+        name=name,
+        sweep=sweep,
+        cluster=_optional_text(data.get("cluster"), "cluster"),
+        workers=None if workers is None else _count(workers, "workers", minimum=1),
+        storage=_optional_text(data.get("storage"), "storage"),
+        base=base,
+    )
+
+
+def _model(data: Mapping[str, object], name: str, base: Path, *, where: str) -> Model:
+    """A plain model from a mapping's model keys (the spec's, or ``master:``/``worker:``)."""
+    if data.get("command") in (None, ""):
+        raise ConfigError(f"{where} has no 'command'; give one.")
+    return Model(
         name,
         command=_text(data["command"], "command"),
         inputs=[_path(p, base, "inputs") for p in _items(data.get("inputs"), "inputs")],
@@ -118,15 +152,58 @@ def _spec(data: Mapping[str, object], base: Path) -> JobSpec:
         retries=_count(data.get("retries", 0), "retries", minimum=0),
         timeout=_timeout(data.get("timeout")),
     )
-    params, overlays = _sweep(data.get("sweep"), base)
-    workers = data.get("workers")
-    return JobSpec(
-        name=name,
-        sweep=Sweep(model, params, overlays),
-        cluster=_optional_text(data.get("cluster"), "cluster"),
-        workers=None if workers is None else _count(workers, "workers", minimum=1),
-        storage=_optional_text(data.get("storage"), "storage"),
-        base=base,
+
+
+def _mpi(model: Model, value: object) -> MpiModel:
+    """``mpi: {nodes, ranks_per_node, coordination, library, oversubscribe, node_wait}``."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"mpi must be a mapping such as {{nodes: 4, ranks_per_node: 2}}, got {value!r}."
+        )
+    return MpiModel.from_dict({**model.to_dict(), "mpi": dict(value)})
+
+
+def _master_worker(data: Mapping[str, object], name: str, base: Path) -> MasterWorker:
+    """``master:``, ``worker:``, ``workers:``, ``port:``, ``port_wait:``; the name is the job's."""
+    stray = [k for k in (*MODEL_KEYS, "mpi") if k != "name" and k in data]
+    if stray:
+        raise ConfigError(
+            f"with master: and worker:, {', '.join(repr(k) for k in stray)} belong under "
+            "master: or worker: (the top-level name is the job's); move them there."
+        )
+    roles: dict[str, Model] = {}
+    for role in ("master", "worker"):
+        value = data.get(role)
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"{role}: must be a model mapping (command, inputs, ...), got {value!r}; a "
+                "master/worker spec gives both master: and worker:."
+            )
+        for key in value:
+            if key not in MODEL_KEYS:
+                unknown_key(key, MODEL_KEYS, where=f"{role}:")
+        own = value.get("name")
+        own_name = f"{name}-{role}" if own is None else _text(own, f"{role} name")
+        roles[role] = _model(value, own_name, base, where=f"{role}:")
+    if data.get("workers") is None:
+        raise ConfigError("a spec with master: needs workers: (how many worker runs); give one.")
+    port = data.get("port")
+    if port is None and data.get("port_wait") is not None:
+        raise ConfigError(
+            "port_wait: says how long workers wait for the master's port, but no port: is "
+            "given; give port: (the master's), or leave port_wait: out."
+        )
+    port_wait = data.get("port_wait", DEFAULT_PORT_WAIT)
+    if port_wait is not None and not isinstance(port_wait, (str, int, float)):
+        raise ConfigError(
+            f"port_wait must be seconds or a duration such as '2m', got {port_wait!r}."
+        )
+    return MasterWorker(
+        roles["master"],
+        roles["worker"],
+        workers=_count(data["workers"], "workers", minimum=1),
+        port=None if port is None else _count(port, "port", minimum=1),
+        port_wait=port_wait,
     )
 
 

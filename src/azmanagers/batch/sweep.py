@@ -9,7 +9,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from azmanagers.batch.checks import canonical_json, check_relative, check_source, unknown_key
+from azmanagers.batch.checks import (
+    canonical_json,
+    check_relative,
+    check_run_sizes,
+    check_source,
+    unknown_key,
+)
 from azmanagers.batch.model import Model, Output
 from azmanagers.batch.params import (
     MAX_AXIS_VALUES,
@@ -170,6 +176,12 @@ class Sweep:
                     params[OVERLAY] = overlay
                 yield self._compose(params, overlay)
 
+    def spec_for(self, params: Mapping[str, str]) -> RunSpec:
+        """The run of this sweep with these parameters (those of another sweep's run over the
+        same parameters: a master/worker run's worker part)."""
+        overlay = params.get(OVERLAY) if self.overlays else None
+        return self._compose(dict(params), None if overlay is None else str(overlay))
+
     def _compose(
         self, params: dict[str, str], overlay: str | None, *, checking: bool = False
     ) -> RunSpec:
@@ -188,10 +200,12 @@ class Sweep:
             if checking:
                 raise
             raise ConfigError(f"the run with parameters {params}: {exc}") from None
+        command = substitute(model.command, quoted, where="command")
+        check_run_sizes(run_id(params), command, env)
         return RunSpec(
             run_id=run_id(params),
             params=MappingProxyType(params),
-            command=substitute(model.command, quoted, where="command"),
+            command=command,
             env=MappingProxyType(env),
             inputs=tuple(substitute(s, env, where=f"input {s!r}") for s in model.inputs),
             outputs=outputs,

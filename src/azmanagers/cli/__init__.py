@@ -1,7 +1,8 @@
 """The ``azm`` command line: the app, ``main`` and its one-line error mapping.
 
 One module per command group lives here (manifest, template and template_add, vm, job, gc,
-emulator, batch and batch_output, demo), with the options they share in ``options``; this
+emulator, batch with batch_output, batch_options and batch_package, cluster with cluster_exec
+and cluster_output, demo), with the options they share in ``options``; this
 ``__init__`` only makes the app, registers the groups and maps errors to one ``Error: ...`` line
 (tracebacks with ``--debug``). cli/ may import the public API (``azmanagers``), the feature
 packages (cluster, detached, batch), config, ``providers.gc`` and the provider registry (never a
@@ -56,6 +57,7 @@ def _register() -> None:
     if _registered:
         return
     from azmanagers.cli.batch import batch_app
+    from azmanagers.cli.cluster import cluster_app
     from azmanagers.cli.demo import demo_command
     from azmanagers.cli.emulator import emulator_app
     from azmanagers.cli.gc import gc_command
@@ -72,6 +74,7 @@ def _register() -> None:
     app.add_typer(template_app, name="template")
     app.add_typer(emulator_app, name="emulator")
     app.add_typer(batch_app, name="batch")
+    app.add_typer(cluster_app, name="cluster")
     _registered = True
 
 

@@ -7,6 +7,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from azmanagers.cli.batch_options import (
+    ClusterOption,
+    NameArgument,
+    StorageOption,
+    WorkersOption,
+)
 from azmanagers.cli.batch_output import (
     finish,
     follow_logs,
@@ -16,8 +22,8 @@ from azmanagers.cli.batch_output import (
     print_runs,
     print_status,
     submit_and_wait,
-    when,
 )
+from azmanagers.cli.batch_package import package_app
 from azmanagers.cli.options import JsonOption, echo_json
 from azmanagers.errors import ConfigError
 
@@ -32,32 +38,10 @@ batch_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-package_app = typer.Typer(
-    name="package",
-    help="Application packages: archives or folders unpacked once per node for runs.",
-    no_args_is_help=True,
-    add_completion=False,
-)
 batch_app.add_typer(package_app, name="package")
 
-NameArgument = Annotated[str, typer.Argument(help="The job's name.", show_default=False)]
-StorageOption = Annotated[
-    str | None,
-    typer.Option(
-        "--storage",
-        help="file:///folder or az://container/prefix (default: a folder under AZMANAGERS_HOME).",
-        show_default=False,
-    ),
-]
-ClusterOption = Annotated[
-    str | None,
-    typer.Option("--cluster", help="A scale-set template (default: 'local').", show_default=False),
-]
-WorkersOption = Annotated[
-    int | None,
-    typer.Option("--workers", help="Workers to start for the job (default 2).", show_default=False),
-]
 Many = list[str] | None
+"""The values of an option given any number of times (None when not given)."""
 
 
 @batch_app.command("run")
@@ -267,17 +251,21 @@ def batch_logs(
     attempt: Annotated[
         int | None, typer.Option("--attempt", help="This attempt (default: the last).")
     ] = None,
+    member: Annotated[
+        str | None,
+        typer.Option("--member", help="A multi-node run's member (worker-0, node-1)."),
+    ] = None,
     storage: StorageOption = None,
 ) -> None:
     """Print a run's stdout (or stderr); logs are kept when each attempt ends."""
     job = _attach(name, storage)
     stdio = "stderr" if stderr else "stdout"
     if follow:
-        if attempt is not None:
-            raise ConfigError("--follow prints every attempt; leave --attempt out.")
+        if attempt is not None or member is not None:
+            raise ConfigError("--follow prints the run's attempts; leave --attempt/--member out.")
         follow_logs(job, run, stdio)
     else:
-        print_log(job, run, stdio, attempt)
+        print_log(job, run, stdio, attempt, member)
 
 
 @batch_app.command("download")
@@ -339,15 +327,20 @@ def batch_retry(
 
 
 @batch_app.command("cancel")
-def batch_cancel(name: NameArgument, storage: StorageOption = None) -> None:
+def batch_cancel(
+    name: NameArgument, storage: StorageOption = None, json_out: JsonOption = False
+) -> None:
     """Ask a job to stop: its driver kills every run in progress; the job ends cancelled."""
     job = _attach(name, storage)
     before = job.status()
-    if before.done:
+    if not before.done:
+        job.cancel()
+    if json_out:
+        echo_json({"job": name, "requested": not before.done, "status": before.status})
+    elif before.done:
         typer.echo(f"job {name} already ended: {before.status}")
-        return
-    job.cancel()
-    typer.echo(f"cancel requested for job {name}; its driver stops the runs within seconds")
+    else:
+        typer.echo(f"cancel requested for job {name}; its driver stops the runs within seconds")
 
 
 @batch_app.command("list")
@@ -362,52 +355,3 @@ def batch_list(storage: StorageOption = None, json_out: JsonOption = False) -> N
         typer.echo(f"no batch jobs in {storage or default_storage_url()}")
     else:
         print_jobs(found)
-
-
-@package_app.command("add")
-def package_add(
-    name: Annotated[str, typer.Argument(help="The package's name, e.g. dsm2.")],
-    version: Annotated[str, typer.Argument(help="Its version, e.g. 8.2.")],
-    path: Annotated[Path, typer.Argument(help="An archive (.tar.gz, .zip) or a folder.")],
-    storage: StorageOption = None,
-    json_out: JsonOption = False,
-) -> None:
-    """Register an application package in the storage (versions never change)."""
-    from azmanagers.batch.api import open_job_storage
-    from azmanagers.batch.packages import add_package
-
-    opened = open_job_storage(storage)
-    try:
-        info = add_package(opened, name, version, path)
-    finally:
-        opened.close()
-    if json_out:
-        echo_json(info)
-    else:
-        typer.echo(
-            f"package {info.name} {info.version} registered ({info.size} bytes, "
-            f"sha256 {info.sha256[:12]}); use it as --package {info.name}:{info.version}"
-        )
-
-
-@package_app.command("list")
-def package_list(storage: StorageOption = None, json_out: JsonOption = False) -> None:
-    """List the registered application packages."""
-    from azmanagers.batch.api import open_job_storage
-    from azmanagers.batch.packages import list_packages
-
-    opened = open_job_storage(storage)
-    try:
-        found = list_packages(opened)
-    finally:
-        opened.close()
-    if json_out:
-        echo_json(found)
-    elif not found:
-        typer.echo(f"no packages in {opened.url}")
-    else:
-        typer.echo(f"{'NAME':<20} {'VERSION':<12} {'SIZE':>10}  {'ADDED':<19}  SOURCE")
-        for p in found:
-            typer.echo(
-                f"{p.name:<20} {p.version:<12} {p.size:>10}  {when(p.created):<19}  {p.source}"
-            )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -186,10 +187,14 @@ def progress_display(title: str, *, quiet: bool) -> Iterator[ProgressDisplay]:
         yield display
 
 
-def print_log(job: Job, run_id: str, stdio: str, attempt: int | None) -> None:
-    """Print one attempt's log (the last unless ``attempt``), streamed from a verified copy."""
+def print_log(
+    job: Job, run_id: str, stdio: str, attempt: int | None, member: str | None = None
+) -> None:
+    """Print one attempt's log (the last unless ``attempt``; a multi-node run's ``member``'s),
+    streamed from a verified copy."""
     with tempfile.TemporaryDirectory(prefix="azm-log-") as tmp:
-        copy_to_stdout(job.log_file(run_id, Path(tmp) / "log", stdio, attempt=attempt))
+        path = job.log_file(run_id, Path(tmp) / "log", stdio, attempt=attempt, member=member)
+        copy_to_stdout(path)
 
 
 def copy_to_stdout(path: Path) -> None:
@@ -250,6 +255,10 @@ def job_has_run(job: Job, run_id: str) -> bool:
     return any(spec.run_id == run_id for spec in sweep.runs())
 
 
+INTERRUPTED_EXIT = 130
+"""The exit code after Ctrl-C (128 + SIGINT), as shells use."""
+
+
 def submit_and_wait(
     start: Callable[[OnProgress], Job], name: str, *, json_out: bool
 ) -> tuple[Job, JobStatus]:
@@ -257,17 +266,45 @@ def submit_and_wait(
 
     ``start(progress)`` submits the job, passing ``progress`` on as the driver's callback.
     """
-    with progress_display(f"batch {name}", quiet=json_out) as display:
-        job = start(display.counts)
+    with _terminate_as_interrupt(), progress_display(f"batch {name}", quiet=json_out) as display:
         try:
-            status = job.wait(progress=display.status)
+            job = start(display.counts)
         except KeyboardInterrupt:
-            display.note("interrupted: cancelling the job")
+            typer.echo(
+                f"interrupted before job {name} started: it is recorded stopped; submit it "
+                "again to run it",
+                err=True,
+            )
+            raise typer.Exit(INTERRUPTED_EXIT) from None
+        try:
+            return job, job.wait(progress=display.status)
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted: cancelling job {name}", err=True)
             job.cancel()
             with contextlib.suppress(AzManagersError, KeyboardInterrupt):
                 job.wait(CANCEL_GRACE_S)
-            raise
-    return job, status
+    with contextlib.suppress(typer.Exit, AzManagersError):  # what the cancel left, then 130
+        finish(job, job.status(), json_out=json_out)
+    raise typer.Exit(INTERRUPTED_EXIT)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While a job is driven from here, SIGTERM (``timeout``, systemd, ``kill``) is handled as
+    Ctrl-C: the job is cancelled and its local cluster removed, not left for ``azm gc``."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        before = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def finish(job: Job, status: JobStatus, *, json_out: bool) -> None:

@@ -2,7 +2,9 @@
 
 What lives here: ``core.py`` (AzCluster, a distributed ``Cluster``: scale, adapt, waits, logs,
 close), ``reconciler.py`` (the Reconciler: the loop and its bookkeeping, usable without an
-AzCluster, e.g. on a head node), ``pace.py`` (how often it lists the pool), ``policy.py``
+AzCluster, e.g. on a head node), ``failures.py`` (failed instances, the replacement budget,
+evictions and the errors they set), ``scaling.py`` (a new target checked against
+``max_instances`` and the quota), ``pace.py`` (how often it lists the pool), ``policy.py``
 (the pure ``decide``), ``gate.py`` (no provider call while throttled), ``deletes.py`` (instance
 deletes; a refused one is sent again), ``latch.py`` (the error waits raise), ``hooks.py``
 (the scheduler plugin: joins, departures, worker log records),

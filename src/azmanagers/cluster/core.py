@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -20,6 +19,7 @@ from azmanagers.agent.logforward import LogForwardPlugin
 from azmanagers.cluster import guard as scheduler_guard
 from azmanagers.cluster.hooks import ClusterHooks, SchedulerWorkers, emit_worker_log
 from azmanagers.cluster.reconciler import Reconciler
+from azmanagers.cluster.scaling import CheckedScaling
 from azmanagers.cluster.scheduler import dashboard_link, parse_dashboard_address, start_scheduler
 from azmanagers.cluster.spec import worker_pool_spec
 from azmanagers.cluster.teardown import LIVE_CLUSTERS, stop_and_delete
@@ -32,7 +32,7 @@ from azmanagers.cluster.waits import (
 from azmanagers.config.settings import ClusterSettings
 from azmanagers.errors import AzManagersError, ClusterClosedError, ConfigError
 from azmanagers.providers.base import Provider
-from azmanagers.tls import make_cluster_credentials
+from azmanagers.tls import ClusterCredentials, make_cluster_credentials
 
 logger = logging.getLogger("azmanagers.cluster")
 
@@ -59,6 +59,14 @@ class AzCluster(Cluster):
         A pip requirements text the workers install into a virtualenv before starting.
     env
         Environment variables set on every instance.
+    name
+        The cluster's (and its pool's) name; default the template's name and 6 hex digits.
+        A named cluster's head passes the name its record holds.
+    credentials
+        The cluster's TLS (CA and key pairs); default fresh ones. A named cluster's head
+        gets them from the caller, who keeps the client's pair to connect later.
+    setup
+        A bash script each instance runs before its worker joins (a named cluster's setup).
     """
 
     def __init__(
@@ -72,12 +80,15 @@ class AzCluster(Cluster):
         template: Mapping[str, Any] | None = None,
         asynchronous: bool = False,
         loop: Any = None,
+        name: str | None = None,
+        credentials: ClusterCredentials | None = None,
+        setup: str | None = None,
     ) -> None:
         self.dashboard_address = (
             parse_dashboard_address(settings.dashboard_address) if settings.dashboard else None
         )
         """Where the dashboard listens (checked before anything starts); None: no dashboard."""
-        name = f"{template_name}-{uuid.uuid4().hex[:6]}"
+        name = name or f"{template_name}-{uuid.uuid4().hex[:6]}"
         self.template = dict(template or {})
         super().__init__(asynchronous=asynchronous, loop=loop, name=name)
         self.template_name = template_name
@@ -85,12 +96,17 @@ class AzCluster(Cluster):
         self.settings = settings
         self.pool = name
         self.requirements = requirements
+        self.setup = setup
         self.env = dict(env or {})
-        self.join_timeout_s = settings.join_timeout_s + (
-            settings.env_build_timeout_s if requirements else 0.0
+        self.join_timeout_s = (
+            settings.join_timeout_s
+            + (settings.env_build_timeout_s if requirements else 0.0)
+            + (settings.setup_timeout_s if setup else 0.0)
         )
         """Seconds an instance has to join (longer when it builds a custom environment)."""
-        self.credentials = make_cluster_credentials(name, [settings.scheduler_host, "localhost"])
+        self.credentials = credentials or make_cluster_credentials(
+            name, [settings.scheduler_host, "localhost"]
+        )
         self.security = self.credentials.security()
         self.scheduler: Scheduler | None = None
         self.worker_log_records: collections.deque[Mapping[str, Any]] = collections.deque(
@@ -112,10 +128,11 @@ class AzCluster(Cluster):
         """Instances that disappeared without our asking (spot evictions), oldest first."""
         self.joined_at = self.reconciler.joined_at
         """When each instance's worker first joined (epoch seconds), by instance name."""
-        self._scale_lock = threading.Lock()
-        self._scale_seq = 0
+        self._scaling = CheckedScaling(
+            name, template_name, self.template, provider, settings, self.reconciler
+        )
+        """The target, checked against max_instances and the quota (off the loop on it)."""
         self._reconcile_task: asyncio.Task[None] | None = None
-        self._pending_checks: set[asyncio.Future[None]] = set()
         LIVE_CLUSTERS.add(self)
         if not self.called_from_running_loop:
             self._loop_runner.start()
@@ -158,6 +175,7 @@ class AzCluster(Cluster):
             template=self.template,
             env=self.env,
             requirements=self.requirements,
+            setup=self.setup,
         )
         await self.reconciler.gate.acall("creating the pool", self.provider.create_pool, spec)
         self.reconciler.changed()
@@ -197,61 +215,16 @@ class AzCluster(Cluster):
         del memory, cores
         check_count(n, allow_zero=True)
         self._check_open()
-        self._check_limit(n)
-        with self._scale_lock:
-            self._scale_seq += 1
-            seq = self._scale_seq
-        if _on_running_loop() and n > self.target:
-            # adapt() scales from the event loop: check the quota (ARM calls) in a thread,
-            # then record the target; the loop (heartbeats, tasks) never waits for Azure
-            task = asyncio.ensure_future(self._scale_after_check(n, seq))
-            self._pending_checks.add(task)
-            task.add_done_callback(self._pending_checks.discard)
-            return
-        self._check_capacity(n - self.target)
-        self.reconciler.set_target(n)
-
-    def _check_capacity(self, add: int) -> None:
-        """Ask the provider whether ``add`` more instances fit the quota (raises if not)."""
-        if add <= 0:
-            return
-        self.reconciler.gate.call(
-            "checking the quota",
-            self.provider.check_capacity,
-            self.template,
-            add,
-            current=self.target,
-            priority=self.settings.priority(),
-        )
-
-    async def _scale_after_check(self, n: int, seq: int) -> None:
-        """Check the quota for growing to ``n`` off the loop, then make ``n`` the target
-        (unless a newer ``scale`` came in meanwhile)."""
-        try:
-            await asyncio.to_thread(self._check_capacity, n - self.target)
-        except AzManagersError as exc:
-            logger.warning("cluster %s: not scaling to %d workers: %s", self.name, n, exc)
-            self.reconciler.errors.set(exc)
-            return
-        with self._scale_lock:
-            if seq != self._scale_seq:
-                return
-        self.reconciler.set_target(n)
+        self._scaling.check_limit(n)
+        self._scaling.scale_to(n)
 
     def grow(self, n: int) -> int:
         """Raise the target by ``n`` (atomically) and return the new target."""
         check_count(n)
         self._check_open()
-        self._check_limit(self.target + n)
-        self._check_capacity(n)
-        return self.reconciler.grow(n, self._check_limit)
-
-    def _check_limit(self, n: int) -> None:
-        if n > self.settings.max_instances:
-            raise ConfigError(
-                f"template {self.template_name!r} allows at most {self.settings.max_instances} "
-                f"instances (asked for {n}); raise max_instances in the template."
-            )
+        self._scaling.check_limit(self.target + n)
+        self._scaling.check_capacity(n)
+        return self.reconciler.grow(n, self._scaling.check_limit)
 
     def adapt(
         self,
@@ -396,12 +369,3 @@ class AzCluster(Cluster):
         for name, text in self.instance_logs().items():
             logs[f"boot:{name}"] = text
         return logs
-
-
-def _on_running_loop() -> bool:
-    """Tell whether the caller runs on an event loop (Dask's adaptive scaling does)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

@@ -14,6 +14,7 @@ or Event, need that).
 from __future__ import annotations
 
 import inspect
+import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -138,6 +139,31 @@ def _host(address: str) -> str:
     return str(get_address_host(address))
 
 
+DEFAULT_LOOPBACK_SOURCES = frozenset({"127.0.0.1", "::1"})
+"""Where the kernel's connections to any loopback address come from unless a process binds
+another source address."""
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def same_host(peer: str, target: str) -> bool:
+    """Whether a connection from ``peer`` may come from the host ``target`` is on.
+
+    Process-VMs on this machine listen on loopback addresses of their own (``127.N.x.y``),
+    but their connections come from ``127.0.0.1`` (the kernel's source for any loopback
+    destination): so a peer on the default loopback source is the same host as any loopback
+    target. A peer that bound another loopback address is only the host of that address.
+    """
+    if peer == target:
+        return True
+    return peer in DEFAULT_LOOPBACK_SOURCES and _is_loopback(target)
+
+
 class _OwnWorkerOnly:
     """A worker's certificate may register, unregister or retire only workers on its own host.
 
@@ -166,7 +192,7 @@ class _OwnWorkerOnly:
         if targets is None:
             return OTHERS_REFUSAL.format(op=self.op, detail="workers the scheduler would choose")
         peer = _host(comm.peer_address)
-        others = sorted(address for address in targets if _host(address) != peer)
+        others = sorted(address for address in targets if not same_host(peer, _host(address)))
         if others:
             return OTHERS_REFUSAL.format(op=self.op, detail=", ".join(others))
         return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import logging
@@ -13,13 +12,13 @@ from collections.abc import Callable, Set
 from typing import TYPE_CHECKING
 
 from azmanagers.cluster.deletes import Deletes
+from azmanagers.cluster.failures import Failures
 from azmanagers.cluster.gate import ThrottleGate
 from azmanagers.cluster.latch import ErrorLatch
 from azmanagers.cluster.pace import reconcile_pace
 from azmanagers.cluster.policy import Decision, decide
-from azmanagers.cluster.waits import indent
 from azmanagers.config.settings import ClusterSettings
-from azmanagers.errors import InstanceFailedError, ProviderError, ThrottledError
+from azmanagers.errors import ThrottledError
 from azmanagers.providers.base import Instance, InstanceState, Provider
 from azmanagers.providers.tags import owner_id, resource_tags
 
@@ -29,12 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("azmanagers.cluster")
 
 LOG_TAIL_BYTES = 4096
-FAILURE_RECORDS = 200
-FAILURE_WINDOW_S = 600.0
-"""Failures older than this no longer count against the replacement budget."""
 TAG_RENEW_MAX_INTERVAL_S = 3600.0
-PROVIDER_FAILED_CYCLES = 20
-"""Consecutive failed reconcile cycles after which waits raise the provider's error."""
 
 
 class Reconciler:
@@ -91,11 +85,11 @@ class Reconciler:
         self.deletes = Deletes(provider, pool, self.gate)
         self.errors = ErrorLatch()
         """The error waits raise: a spent replacement budget, or a failing provider."""
-        self.failures: collections.deque[tuple[str, str, str]] = collections.deque(
-            maxlen=FAILURE_RECORDS
-        )
+        self.failed = Failures(self.name, settings.max_replacements, self.errors)
+        """Failed instances (the replacement budget), evictions, failed cycles in a row."""
+        self.failures = self.failed.records
         """(instance, reason, boot-log tail) of the instances that failed, newest last."""
-        self.evicted: list[str] = []
+        self.evicted = self.failed.evicted
         """Instances that disappeared without our asking (spot evictions), oldest first."""
         self.joined_at: dict[str, float] = {}
         """When each instance's worker first joined (epoch seconds), by instance name."""
@@ -109,8 +103,6 @@ class Reconciler:
         self._removing: set[str] = set()
         self._created_at: dict[str, float] = {}
         self._seen: list[str] = []
-        self._failure_times: collections.deque[float] = collections.deque()
-        self._failed_cycles = 0
         self._changed_at = time.monotonic()
         self._tags_renewed = time.monotonic()
         self._stopping = False
@@ -245,14 +237,14 @@ class Reconciler:
                 continue
             try:
                 await self.step()
-                self._failed_cycles = 0
+                self.failed.cycle_succeeded()
                 self.cycles += 1
             except asyncio.CancelledError:
                 raise
             except ThrottledError:
                 continue  # logged once by call(); the loop waits out the Retry-After
             except Exception as exc:
-                self._on_failed_cycle(exc)
+                self.failed.cycle_failed(exc)
             if not self._stopping:
                 await self._sleep(self.interval_s())
 
@@ -266,23 +258,6 @@ class Reconciler:
         """Make ``run()`` return after its current step."""
         self._stopping = True
         self.wake()
-
-    def _on_failed_cycle(self, exc: Exception) -> None:
-        self._failed_cycles += 1
-        logger.warning(
-            "cluster %s: reconcile cycle failed (%d in a row): %s",
-            self.name,
-            self._failed_cycles,
-            exc,
-            exc_info=self._failed_cycles == 1,
-        )
-        if self._failed_cycles == PROVIDER_FAILED_CYCLES:
-            self.errors.set(
-                ProviderError(
-                    f"cluster {self.name}: the provider failed {PROVIDER_FAILED_CYCLES} "
-                    f"reconcile cycles in a row; the last error: {exc}"
-                )
-            )
 
     # -- one step ---------------------------------------------------------------------------
     async def step(self) -> None:
@@ -301,11 +276,7 @@ class Reconciler:
         now = time.time()
         for failure in decision.failures:
             tail = await asyncio.to_thread(self.instance_log, failure.instance)
-            self.failures.append((failure.instance, failure.reason, tail))
-            self._failure_times.append(now)
-            logger.warning(
-                "cluster %s: instance %s failed: %s", self.name, failure.instance, failure.reason
-            )
+            self.failed.instance_failed(failure.instance, failure.reason, tail, now)
         if decision.unreplaced:
             self._budget_spent(decision.unreplaced)
         retired: list[str] = []
@@ -344,8 +315,6 @@ class Reconciler:
             for gone in set(self._created_at) - listed:
                 self._created_at.pop(gone, None)
                 self._left_at.pop(gone, None)
-            while self._failure_times and now - self._failure_times[0] > FAILURE_WINDOW_S:
-                self._failure_times.popleft()
             decision = decide(
                 instances,
                 target=self._target,
@@ -354,7 +323,7 @@ class Reconciler:
                 removing=set(self._removing),
                 now=now,
                 join_timeout_s=self.join_timeout_s,
-                replacements_left=self.settings.max_replacements - len(self._failure_times),
+                replacements_left=self.failed.replacements_left(now),
                 left_at=dict(self._left_at),
             )
         return decision, vanished
@@ -362,15 +331,9 @@ class Reconciler:
     def _on_vanished(self, vanished: list[str], decision: Decision) -> Decision:
         if not vanished:
             return decision
-        self.evicted.extend(vanished)
-        self.changed()
         replace = self.settings.replace_evicted
-        logger.warning(
-            "cluster %s: %s vanished (evicted?); %s",
-            self.name,
-            ", ".join(vanished),
-            "replacing them" if replace else "not replacing them",
-        )
+        self.failed.vanished(vanished, replace=replace)
+        self.changed()
         if replace:
             return decision
         with self._lock:
@@ -378,20 +341,10 @@ class Reconciler:
         return dataclasses.replace(decision, create=max(0, decision.create - len(vanished)))
 
     def _budget_spent(self, unreplaced: int) -> None:
-        instance, reason, tail = self.failures[-1]
         with self._lock:
             self._target = max(0, self._target - unreplaced)
             aim = self._target
-        self.errors.set(
-            InstanceFailedError(
-                f"instance {instance} of cluster {self.name} failed ({reason}) and the "
-                f"replacement budget ({self.settings.max_replacements} per "
-                f"{FAILURE_WINDOW_S:.0f} s) is spent; the cluster now aims at {aim} "
-                f"workers. End of its boot log:\n{indent(tail)}",
-                instance=instance,
-                log_tail=tail,
-            )
-        )
+        self.failed.budget_spent(aim)
 
     def _choose_retirees(self, n: int) -> list[str]:
         if self._workers is not None:

@@ -20,11 +20,13 @@ def worker_pool_spec(
     template: Mapping[str, object],
     env: Mapping[str, str],
     requirements: str | None,
+    setup: str | None = None,
 ) -> PoolSpec:
     """Return the spec of a pool whose instances run a Dask worker joining ``scheduler``.
 
     The payload carries this cluster's CA and worker key pair only, never the caller's own
-    credentials; ``requirements`` (a custom environment) adds its build deadline. The boot
+    credentials; ``requirements`` (a custom environment) adds its build deadline; ``setup``
+    is a script each node runs before its worker joins (a failure fails the instance). The boot
     script is rendered here once, so one that would not fit Azure's customData (a huge
     ``env``) is a ``ConfigError`` before the pool is created, on every provider.
     """
@@ -38,6 +40,8 @@ def worker_pool_spec(
         "cluster": pool,
         "spot": settings.spot,
     }
+    if setup:
+        payload["setup"] = {"script": setup, "timeout_s": settings.setup_timeout_s}
     if requirements:
         payload["requirements"] = requirements
         payload["env_build_timeout_s"] = settings.env_build_timeout_s

@@ -34,6 +34,8 @@ class ClusterSettings:
     retire_timeout_s: float = 60.0
     ttl_s: float = 24 * 3600.0
     env_build_timeout_s: float = 900.0
+    setup_timeout_s: float = 900.0
+    """The longest a named cluster's setup script may run on a node (its join waits for it)."""
     spot: bool = False
     """Spot priority (evicted VMs are deleted; see replace_evicted)."""
     max_price: float = -1.0
@@ -91,6 +93,7 @@ _FROM_ENV = (
     "ttl_s",
     "join_timeout_s",
     "env_build_timeout_s",
+    "setup_timeout_s",
     "max_replacements",
     "death_timeout_s",
     "nthreads",

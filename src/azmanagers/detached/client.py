@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from azmanagers.detached import wire
-from azmanagers.errors import DetachedServiceError, JobNotFoundError
+from azmanagers.errors import DetachedServiceError, JobNotFoundError, ServiceRefusedError
 
 _T = TypeVar("_T")
 
@@ -45,8 +45,12 @@ class _PinMismatch(OSError):
 class ServiceClient:
     """Calls one detached service. Every failure raises a ``DetachedServiceError``."""
 
-    def __init__(self, address: ServiceAddress) -> None:
+    def __init__(self, address: ServiceAddress, what: str = "", hint: str = "") -> None:
         self.address = address
+        self.what = what or f"the detached service of VM {address.name}"
+        """How errors name the service (a head: "the head of cluster NAME")."""
+        self.hint = hint or "Is the VM running (azm vm list)?"
+        """What an error of reaching it suggests."""
         self._context = ssl.create_default_context(cadata=address.cert)
         self._context.check_hostname = False  # the pinned certificate names the VM, not its IP
         self._lock = threading.Lock()
@@ -93,7 +97,7 @@ class ServiceClient:
             headers["Content-Type"] = "application/json"
         # Resending is safe for all but a new job: only that is never sent twice.
         may_resend = not (method == "POST" and path == wire.JOBS.path())
-        where = f"the detached service of VM {self.address.name}"
+        where = self.what
         with self._lock:
             while True:
                 try:
@@ -102,7 +106,13 @@ class ServiceClient:
                         conn.request(method, url, body=data, headers=headers)
                         reply = conn.getresponse()
                         payload = reply.read()
-                    except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                    except (
+                        http.client.RemoteDisconnected,
+                        ConnectionResetError,
+                        BrokenPipeError,
+                        ssl.SSLEOFError,
+                        ssl.SSLZeroReturnError,
+                    ):
                         self.close()
                         if fresh or not may_resend:
                             raise
@@ -117,20 +127,22 @@ class ServiceClient:
                     self.close()
                     raise DetachedServiceError(
                         f"cannot reach {where} at {self.address.host}:{self.address.port}: "
-                        f"{exc}. Is the VM running (azm vm list)?"
+                        f"{exc}. {self.hint}"
                     ) from exc
                 break
             self._used_at = time.monotonic()
             if reply.will_close:
                 self.close()
         if reply.status >= 400:
+            if reply.status in (401, 405, 413):
+                self.close()  # refused before its body: the service closes the connection
             try:
                 message = json.loads(payload)["error"]
             except (ValueError, KeyError, TypeError):
                 message = payload[:200].decode(errors="replace")
             if reply.status == 404 and "/v1/jobs/" in path:
                 raise JobNotFoundError(f"{where}: {message}")
-            raise DetachedServiceError(f"{where} answered {reply.status}: {message}")
+            raise ServiceRefusedError(f"{where} answered {reply.status}: {message}", reply.status)
         if raw:
             return payload, {k.lower(): v for k, v in reply.getheaders()}
         return json.loads(payload) if payload else None

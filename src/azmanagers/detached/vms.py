@@ -15,15 +15,18 @@ from typing import Any
 
 from azmanagers.detached.client import ServiceAddress, ServiceClient
 from azmanagers.detached.wire import ServiceInfo
-from azmanagers.errors import ConfigError, DetachedServiceError, WaitTimeoutError
+from azmanagers.errors import ConfigError, DetachedServiceError, ProviderError, WaitTimeoutError
 from azmanagers.providers.base import BootSpec, InstanceState, Provider, VMSpec
 from azmanagers.providers.tags import DETACHED_OWNER, TAG_CLUSTER, TAG_EXPIRES, TAG_OWNER
 from azmanagers.state.records import RecordStore
 from azmanagers.state.vms import DETACHED_VMS, VMRecord
-from azmanagers.tls import fingerprint, make_self_signed
+from azmanagers.tls import KeyPair, fingerprint, make_self_signed
 
 AZURE_SERVICE_PORT = 8081
 """The detached service's port on an Azure VM (the original's)."""
+SERVICE_PORTS = (20000, 32768)
+"""Where a local process-VM's service port is drawn from: below the ephemeral range."""
+PORT_TRIES = 50
 LOCAL_READY_TIMEOUT_S = 60.0
 AZURE_READY_TIMEOUT_S = 900.0
 DETACHED_TTL_S = 30 * 24 * 3600.0
@@ -182,10 +185,37 @@ def provider_of(template: str) -> Provider:
     return get_provider(template_provider(tmpl), tmpl)
 
 
-def _free_local_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def service_payload(
+    name: str, local: bool, port: int, pair: KeyPair, token: str, self_delete: str
+) -> dict[str, Any]:
+    """The boot payload of a VM running the service (a detached VM, a head): its name, where
+    it listens, its key pair, the hash of its token and how it may delete itself."""
+    return {
+        "name": name,
+        "host": "127.0.0.1" if local else "",  # on a VM: its own address
+        "port": port,
+        "tls": {"cert": pair.cert, "key": pair.key},
+        "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
+        "self_delete": self_delete,
+    }
+
+
+def free_local_port() -> int:
+    """A free TCP port on loopback for a local process-VM's service, which binds it a moment
+    later: one below Linux's ephemeral range (32768 and up), so that no port 0 bind or
+    outgoing connection of another process can take it in between."""
+    for _ in range(PORT_TRIES):
+        port = secrets.randbelow(SERVICE_PORTS[1] - SERVICE_PORTS[0]) + SERVICE_PORTS[0]
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ProviderError(
+        f"no free port between {SERVICE_PORTS[0]} and {SERVICE_PORTS[1]} on 127.0.0.1 after "
+        f"{PORT_TRIES} tries; stop some local VMs"
+    )
 
 
 def create_vm(
@@ -214,19 +244,12 @@ def create_vm(
     local = provider_name == "local"
     nic: dict[str, Any] = {}
     if not local:
-        nic_name = nic_template or _first_nic_template()
+        nic_name = nic_template or first_nic_template()
         nic = load_template_nic(nic_name)
     pair = make_self_signed(f"azmanagers detached {name}")
     token = secrets.token_urlsafe(32)
-    port = _free_local_port() if local else AZURE_SERVICE_PORT
-    payload = {
-        "name": name,
-        "host": "127.0.0.1" if local else "",  # on a VM: its own address
-        "port": port,
-        "tls": {"cert": pair.cert, "key": pair.key},
-        "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
-        "self_delete": _self_delete_method(local, tmpl),
-    }
+    port = free_local_port() if local else AZURE_SERVICE_PORT
+    payload = service_payload(name, local, port, pair, token, self_delete_method(local, tmpl))
     tags = {
         TAG_CLUSTER: f"detached-{name}",
         TAG_OWNER: DETACHED_OWNER,
@@ -280,7 +303,7 @@ def create_vm(
     return save_vm(replace(vm, status="up"))
 
 
-def _self_delete_method(local: bool, template: Mapping[str, Any]) -> str:
+def self_delete_method(local: bool, template: Mapping[str, Any]) -> str:
     """How the VM can delete itself: a local process-VM always; an Azure VM through its
     managed identity (``build_vmtemplate(..., managed_identity=True)``); else not at all."""
     if local:
@@ -295,10 +318,10 @@ def can_delete_itself(template: str) -> bool:
     from azmanagers.config.templates import load_template_vm
 
     tmpl = load_template_vm(template)
-    return bool(_self_delete_method(template_provider(tmpl) == "local", tmpl))
+    return bool(self_delete_method(template_provider(tmpl) == "local", tmpl))
 
 
-def _first_nic_template() -> str:
+def first_nic_template() -> str:
     from azmanagers.config.templates import stored_template_names
 
     names = stored_template_names("nic")

@@ -46,6 +46,7 @@ class Emulator:
         if self.imds is not None:
             self.imds.stop()
         self.server.stop()
+        self.state.addresses.release()
         if self.owned_folder is not None:
             shutil.rmtree(self.owned_folder, ignore_errors=True)
 

@@ -6,6 +6,7 @@ import copy
 import hmac
 import re
 import secrets
+import time
 
 from azmanagers.emulator import flexible
 from azmanagers.emulator.catalog import SKUS, SKUS_BY_NAME, sku_document, usage_document
@@ -19,6 +20,7 @@ from azmanagers.emulator.scalesets import (
     vmss_view,
 )
 from azmanagers.emulator.server import ArmError, Request, Response, Router
+from azmanagers.emulator.views import provisioning_status, summary
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
 _RG = _SUB + r"/resourceGroups/(?P<rg>[^/]+)"
@@ -311,6 +313,37 @@ def build_router(state: ArmState) -> Router:
             value.append(usage_document(family, family, used.get(family, 0), family_limit))
         return Response(200, {"value": value})
 
+    def scaleset_instance_view(req: Request) -> Response:
+        with state.lock:
+            scaleset = state.scaleset(req.match["sub"], req.match["rg"], req.match["name"])
+            members = [vm_view(state, scaleset, vm, True) for vm in scaleset.vms.values()]
+            created = min((vm.created_at for vm in scaleset.vms.values()), default=time.time())
+        codes = [
+            status["code"]
+            for member in members
+            for status in member["properties"]["instanceView"]["statuses"]
+        ]
+        return Response(
+            200,
+            {
+                "virtualMachine": {"statusesSummary": summary(codes)},
+                "statuses": [provisioning_status("succeeded", created)],
+            },
+        )
+
+    def member_view(req: Request) -> Response:
+        with state.lock:
+            scaleset = state.scaleset(req.match["sub"], req.match["rg"], req.match["name"])
+            vm = scaleset.vms.get(req.match["iid"])
+            if vm is None:
+                raise ArmError(
+                    404,
+                    "NotFound",
+                    f"The instance {req.match['iid']} of {scaleset.name} was not found.",
+                )
+            view = vm_view(state, scaleset, vm, True)["properties"]["instanceView"]
+        return Response(200, {"computerName": vm.name, **view})
+
     router.add("GET", _SUB + r"/providers/Microsoft\.Compute/skus", list_skus)
     router.add(
         "GET", _SUB + r"/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/usages", list_usages
@@ -325,6 +358,8 @@ def build_router(state: ArmState) -> Router:
     router.add("GET", vmss, get_vmss)
     router.add("DELETE", vmss, delete_vmss)
     router.add("GET", vmss + r"/virtualMachines", list_vms)
+    router.add("GET", vmss + r"/instanceView", scaleset_instance_view)
+    router.add("GET", vmss + r"/virtualMachines/(?P<iid>[^/]+)/instanceView", member_view)
     router.add("POST", vmss + r"/delete", delete_instances)
     router.add(
         "POST",

@@ -39,6 +39,9 @@ class Faults:
     family_cores_limit, regional_cores_limit, spot_cores_limit
         The vCPU quota of every VM family, of the region, and of the region's spot VMs
         (``lowPriorityCores``: spot VMs count there only), that usages report.
+    idle_scaleset_instances
+        When not 0, scale-set instances are made but run nothing (stand-alone VMs still
+        run their custom data): ARM's calls at a size that would not boot on one machine.
     limits
         ARM's per-hour subscription limits; set them with ``reads_per_hour``,
         ``writes_per_hour`` and ``deletes_per_hour`` (a 429 once spent).
@@ -51,6 +54,7 @@ class Faults:
     never_join: int = 0
     slow_boot: int = 0
     slow_boot_s: float = 30.0
+    idle_scaleset_instances: int = 0
     family_cores_limit: int = 350
     regional_cores_limit: int = 1000
     spot_cores_limit: int = 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import threading
@@ -150,6 +151,16 @@ def _instance_document(identity: VMIdentity) -> dict[str, Any]:
     }
 
 
+def _own_loopback(address: str) -> str:
+    """The VM's address when it is a loopback one (VMs that run here), else ``127.0.0.1``."""
+    try:
+        if ipaddress.ip_address(address).is_loopback:
+            return address
+    except ValueError:
+        pass
+    return "127.0.0.1"
+
+
 class ProcessRunner:
     """Starts an emulated VM's custom data as a process-VM, and stops it when deleted."""
 
@@ -172,8 +183,9 @@ class ProcessRunner:
         endpoint = self.imds.register(identity)
         extra = {
             "AZMANAGERS_IMDS_ENDPOINT": endpoint,
-            # all emulated VMs share this machine: their workers listen on loopback
-            "AZMANAGERS_WORKER_HOST": "127.0.0.1",
+            # all emulated VMs share this machine: their workers listen on loopback, on the
+            # VM's own (loopback) address when it has one, as a VM listens on its NIC's
+            "AZMANAGERS_WORKER_HOST": _own_loopback(identity.address),
         }
         if identity.address:
             extra["AZMANAGERS_VM_ADDRESS"] = identity.address

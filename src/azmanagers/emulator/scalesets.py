@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from azmanagers.emulator import flexible
+from azmanagers.emulator.addresses import AddressPool
 from azmanagers.emulator.faults import NEVER_JOIN_SCRIPT, Faults
 from azmanagers.emulator.instances import ProcessRunner, VMIdentity, is_market_image
 from azmanagers.emulator.server import ArmError, Request
+from azmanagers.emulator.views import statuses
 
 COMPUTE = "Microsoft.Compute"
 
@@ -138,6 +140,8 @@ class ArmState:
         self.vms: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.nics: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.operations: dict[str, Operation] = {}
+        self.addresses = AddressPool(running=runner is not None)
+        """NIC addresses: loopback ones of this emulator's own when VMs run."""
 
     # -- helpers -------------------------------------------------------------------------
     def group(self, sub: str, rg: str) -> dict[str, Any]:
@@ -202,7 +206,7 @@ def scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
         if fault == "fail":
             vm.provisioning_state = "Failed"
             vm.power_state = "stopped"
-        elif state.runner is not None:
+        elif state.runner is not None and not state.faults.idle_scaleset_instances:
             script = NEVER_JOIN_SCRIPT if fault == "never_join" else custom_data(scaleset)
             if fault == "slow_boot":
                 script = state.faults.slowed(script)
@@ -216,6 +220,9 @@ def scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
                     location=str(scaleset.body.get("location", "")),
                     priority=vm.priority,
                     stock_image=is_market_image(profile),
+                    # an address of its own, as each instance's NIC has on Azure (its worker
+                    # listens there: MPI ranks on two instances are on two hosts)
+                    address=state.addresses.next(),
                 ),
                 script,
             )
@@ -263,10 +270,7 @@ def vm_view(state: ArmState, scaleset: ScaleSet, vm: ScaleSetVM, expand: bool) -
     }
     if expand:
         props["instanceView"] = {
-            "statuses": [
-                {"code": f"ProvisioningState/{vm.provisioning_state.lower()}"},
-                {"code": f"PowerState/{vm.power_state}"},
-            ]
+            "statuses": statuses(vm.provisioning_state, vm.power_state, vm.created_at)
         }
     if scaleset.flexible:
         props["priority"] = vm.priority

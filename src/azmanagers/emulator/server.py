@@ -31,6 +31,10 @@ class Call:
     method: str
     path: str
     status: int
+    query: str = ""
+    user_agent: str = ""
+    """The client's ``User-Agent``: azure-core appends ``AZURE_HTTP_USER_AGENT`` to it, so a
+    process can find its own calls among others'."""
 
 
 @dataclass
@@ -195,7 +199,9 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
             else:
                 payload = b"" if response.body is None else json.dumps(response.body).encode()
                 content_type = "application/json; charset=utf-8"
-            server.record(Call(self.command, parts.path, status))  # before the client can see it
+            agent = self.headers.get("User-Agent", "")
+            # logged before the client can see the answer
+            server.record(Call(self.command, parts.path, status, parts.query, agent))
             self.send_response(status)
             for key, value in response.headers.items():
                 self.send_header(key, value)

@@ -13,6 +13,7 @@ from azmanagers.emulator.arm import boot_log_links
 from azmanagers.emulator.instances import VMIdentity, is_market_image
 from azmanagers.emulator.scalesets import ArmState, ScaleSet, ScaleSetVM, vm_view
 from azmanagers.emulator.server import ArmError, Request, Response, Router
+from azmanagers.emulator.views import statuses
 
 _RG = r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
 _NIC = _RG + r"/providers/Microsoft\.Network/networkInterfaces/(?P<name>[^/]+)"
@@ -52,8 +53,7 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
             )
             # VMs that run as processes here get loopback addresses of their own, so that
             # their services (the detached one on its fixed port) are reachable and apart
-            net = "127.0" if state.runner is not None else "10.0"
-            address = f"{net}.{10 + len(state.nics) // 250}.{4 + len(state.nics) % 250}"
+            address = state.addresses.next()
             for config in nic["properties"]["ipConfigurations"]:
                 config.setdefault("properties", {})["privateIPAddress"] = address
             nic["properties"]["provisioningState"] = "Succeeded"
@@ -106,7 +106,7 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
             )
             view["properties"]["provisioningState"] = "Succeeded"
             view["properties"]["timeCreated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            state.vms[_key(req)] = {"body": view}
+            state.vms[_key(req)] = {"body": view, "created_at": time.time()}
             if not existed and state.runner is not None:
                 encoded = (props.get("osProfile") or {}).get("customData") or ""
                 nic = state.nics[(sub.lower(), rg.lower(), nic_name)]
@@ -138,15 +138,24 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
                 return Response(200, vm_view(state, scaleset, member, expand))
         view = copy.deepcopy(vm["body"])
         if expand:
-            runner = state.runner
-            power = "running" if runner is None else runner.power_state(req.match["name"])
-            view["properties"]["instanceView"] = {
-                "statuses": [
-                    {"code": "ProvisioningState/succeeded"},
-                    {"code": f"PowerState/{power}"},
-                ]
-            }
+            view["properties"]["instanceView"] = _instance_view(req.match["name"], vm)
         return Response(200, view)
+
+    def get_instance_view(req: Request) -> Response:
+        with state.lock:
+            vm = state.vms.get(_key(req))
+            if vm is None:
+                scaleset, member = _flexible_vm(state, req)
+                view = vm_view(state, scaleset, member, True)["properties"]["instanceView"]
+                return Response(200, {"computerName": member.name, **view})
+        return Response(
+            200, {"computerName": req.match["name"], **_instance_view(req.match["name"], vm)}
+        )
+
+    def _instance_view(name: str, vm: dict[str, Any]) -> dict[str, Any]:
+        runner = state.runner
+        power = "running" if runner is None else runner.power_state(name)
+        return {"statuses": statuses("succeeded", power, float(vm.get("created_at", time.time())))}
 
     def list_vms(req: Request) -> Response:
         sub, rg = req.match["sub"].lower(), req.match["rg"].lower()
@@ -213,6 +222,7 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
     router.add("GET", _VMS, list_vms)
     router.add("PUT", _VM, put_vm)
     router.add("GET", _VM, get_vm)
+    router.add("GET", _VM + r"/instanceView", get_instance_view)
     router.add("DELETE", _VM, delete_vm)
     router.add("POST", _VM + r"/retrieveBootDiagnosticsData", boot_diagnostics)
 

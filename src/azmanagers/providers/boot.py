@@ -13,7 +13,7 @@ from azmanagers.providers.base import BootSpec
 
 CUSTOM_DATA_MAX_BYTES = 65_535
 """Azure's limit on customData (the decoded bytes)."""
-ROLES = ("worker", "detached")
+ROLES = ("worker", "detached", "head")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PAYLOAD_MARKER = "AZM_PAYLOAD_EOF"
 

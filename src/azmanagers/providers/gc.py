@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 
 from azmanagers.errors import NotFoundError, ProviderError
 from azmanagers.providers.base import OwnedResource, Provider
-from azmanagers.providers.tags import DETACHED_OWNER, TAG_CLUSTER, TAG_OWNER, is_expired
+from azmanagers.providers.tags import (
+    DETACHED_OWNER,
+    NAMED_OWNER,
+    TAG_CLUSTER,
+    TAG_OWNER,
+    is_expired,
+)
 
 logger = logging.getLogger("azmanagers.gc")
 
@@ -61,7 +67,8 @@ class _Place:
 
 
 def _reason(resource: OwnedResource) -> str | None:
-    detached = resource.tags.get(TAG_OWNER) == DETACHED_OWNER  # meant to outlive its caller
+    # meant to outlive its caller
+    detached = resource.tags.get(TAG_OWNER) in (DETACHED_OWNER, NAMED_OWNER)
     if not resource.owner_alive and not detached:
         return "its owner process is gone"
     if is_expired(resource.tags):

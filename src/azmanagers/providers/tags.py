@@ -11,6 +11,9 @@ TAG_OWNER = "azmanagers-owner"
 TAG_EXPIRES = "azmanagers-expires"
 DETACHED_OWNER = "detached"
 """The owner tag of a detached VM: it outlives its caller by design (gc goes by its expiry)."""
+NAMED_OWNER = "named"
+"""The owner tag of a named cluster's head: it outlives its caller by design (gc goes by its
+expiry; its pool is owned by the head's process)."""
 
 
 def resource_tags(cluster: str, owner: str, ttl_s: float) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Caller-side state: typed records in versioned JSON (records.py) and their kinds (vms.py).
+"""Caller-side state: typed records in versioned JSON (records.py) and their kinds (vms.py,
+clusters.py).
 
 A record is a frozen dataclass with ``name``, ``status`` and ``updated_at``; a store keeps
 one kind of record in ``AZMANAGERS_HOME/state/<kind>/<name>.json``, adding ``kind`` and
@@ -11,8 +12,8 @@ copied it, or an old version wrote it) is made 0600 as it is read, with a warnin
 may hold a token, and refusing it would strand the VM it records. ``create`` reserves a name
 atomically (no two processes both create ``x``), and ``delete(name, only=...)`` lets a call
 clean up its own record only, never one another call wrote since. Detached VMs live
-here now (kind ``detached``); named clusters and sweeps are the next kinds. The cloud's tags
-are the truth: a record is a cache of them.
+here (kind ``detached``), and named clusters (kind ``clusters``, with the cluster name
+rule). The cloud's tags are the truth: a record is a cache of them.
 
 May import only ``azmanagers.config.paths`` and ``azmanagers.errors``: feature packages
 (detached/, cluster/, ...) import state/, never the other way round.

@@ -35,15 +35,15 @@ from azmanagers.storage.blob_account import (
     FILE_THREADS,
     Account,
     BlobLocation,
-    container_sas,
     make_session,
-    mapped_errors,
     parse_az_url,
     resolve_account,
     sas_container_client,
     service_client,
 )
+from azmanagers.storage.blob_errors import mapped_errors
 from azmanagers.storage.blob_listing import folder_names, head, list_common_folder, list_infos
+from azmanagers.storage.blob_sas import container_sas
 from azmanagers.storage.blob_transfer import (
     SHA_KEY,
     CommitLost,
@@ -122,7 +122,7 @@ class BlobStorage:
         return self._base + key
 
     def _where(self, key: str) -> Where:
-        return Where(key=key, url=self.url_for(key), endpoint=self.endpoint)
+        return Where(key=key, url=self.url_for(key), endpoint=self.endpoint, account=self.account)
 
     def _blocks_up(
         self, name: str, key: str, source: memoryview | int, size: int, digest: str | None
@@ -168,7 +168,7 @@ class BlobStorage:
     # -- the Storage calls -----------------------------------------------------------------
     def check(self) -> None:
         """Reach the account in one call; create the container when we hold the account."""
-        with mapped_errors(f"storage {self.url}", self.endpoint):
+        with mapped_errors(f"storage {self.url}", self.endpoint, account=self.account):
             if self.account is not None:
                 from azure.core.exceptions import ResourceExistsError
 
@@ -198,7 +198,7 @@ class BlobStorage:
         digest = hashlib.sha256(data).hexdigest()
         if len(data) > BLOCK_BYTES:
             return self._blocks_up(name, key, memoryview(data), len(data), digest)
-        with mapped_errors(self.url_for(key), self.endpoint):
+        with mapped_errors(self.url_for(key), self.endpoint, account=self.account):
             done = self._container.get_blob_client(name).upload_blob(
                 data, length=len(data), overwrite=True, metadata={SHA_KEY: digest}
             )
@@ -221,7 +221,7 @@ class BlobStorage:
         if size <= BLOCK_BYTES:
             data = Path(local).read_bytes()
             digest = sha256 or hashlib.sha256(data).hexdigest()
-            with mapped_errors(self.url_for(key), self.endpoint):
+            with mapped_errors(self.url_for(key), self.endpoint, account=self.account):
                 done = self._container.get_blob_client(name).upload_blob(
                     data, length=len(data), overwrite=True, metadata={SHA_KEY: digest}
                 )
@@ -292,17 +292,15 @@ class BlobStorage:
         """Yield the objects whose keys start with ``prefix``, in the service's (sorted) order."""
         check_prefix(prefix)
         self.access.check(prefix, write=False, url=self.url)
-        yield from list_infos(
-            self._container, self._base, prefix, f"{self.url}/{prefix}", self.endpoint
-        )
+        where = Where(prefix, f"{self.url}/{prefix}", self.endpoint, self.account)
+        yield from list_infos(self._container, self._base, prefix, where)
 
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         """Return the sorted names of the "folders" directly under ``prefix``."""
         folder = dir_prefix(prefix)
         self.access.check(folder, write=False, url=self.url)
-        return folder_names(
-            self._container, self._base, folder, f"{self.url}/{folder}", self.endpoint
-        )
+        where = Where(folder, f"{self.url}/{folder}", self.endpoint, self.account)
+        return folder_names(self._container, self._base, folder, where)
 
     def delete(self, key: str) -> None:
         """Delete the blob at ``key``; a missing blob is fine."""
@@ -310,7 +308,7 @@ class BlobStorage:
 
         name = self._name(key, write=True, delete=True)
         with (
-            mapped_errors(self.url_for(key), self.endpoint),
+            mapped_errors(self.url_for(key), self.endpoint, account=self.account),
             contextlib.suppress(ResourceNotFoundError),
         ):
             self._container.delete_blob(name)
@@ -325,7 +323,7 @@ class BlobStorage:
         scope = dir_prefix(prefix)
         self.access.check(scope, write=write, url=self.url)
         expiry = datetime.now(timezone.utc) + timedelta(seconds=check_ttl(ttl_s))
-        with mapped_errors(f"a grant for {self.url}/{scope}", self.endpoint):
+        with mapped_errors(f"a grant for {self.url}/{scope}", self.endpoint, account=self.account):
             token = container_sas(
                 self.account, self.service, self._location.container, expiry, write=write
             )

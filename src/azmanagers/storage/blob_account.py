@@ -1,42 +1,26 @@
-"""The Blob account behind az:// URLs: parsing, credentials, the HTTP pool, error mapping."""
+"""The Blob account behind az:// URLs: parsing, credentials, the HTTP pool and clients."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, NoReturn
+from typing import Any
 
 import requests
 from azure.core.credentials import TokenCredential
-from azure.core.exceptions import (
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import (
     BlobServiceClient,
     ContainerClient,
-    ContainerSasPermissions,
     ExponentialRetry,
-    generate_container_sas,
 )
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from azmanagers.errors import (
     ConfigError,
-    IntegrityError,
-    StorageAccessError,
-    StorageError,
-    StorageNotFoundError,
 )
 from azmanagers.storage.base import check_key, shown_url
 
@@ -254,85 +238,3 @@ def sas_container_client(
         credential=token,
         **_client_options(session),
     )
-
-
-def container_sas(
-    account: Account | None,
-    service: BlobServiceClient | None,
-    container: str,
-    expiry: datetime,
-    *,
-    write: bool,
-) -> str:
-    """Sign a container SAS: read+list, plus create+write+add when ``write``; never delete.
-
-    With an account key: an account-key SAS. With a signed-in identity: a user-delegation SAS
-    (the identity needs ``generateUserDelegationKey``). A SAS-opened storage cannot grant.
-    """
-    start = datetime.now(timezone.utc) - timedelta(seconds=SAS_SKEW_S)
-    permission = ContainerSasPermissions(read=True, list=True, write=write, create=write, add=write)
-    if account is not None and account.account_key:
-        return generate_container_sas(
-            account.account_name,
-            container,
-            account_key=account.account_key,
-            permission=permission,
-            expiry=expiry,
-            start=start,
-        )
-    if account is not None and service is not None:
-        delegation = service.get_user_delegation_key(start, expiry)
-        return generate_container_sas(
-            service.account_name or account.account_name,
-            container,
-            user_delegation_key=delegation,
-            permission=permission,
-            expiry=expiry,
-            start=start,
-        )
-    raise StorageAccessError(f"container {container}: this credential cannot grant access")
-
-
-def error_code(exc: HttpResponseError) -> str:
-    """The service's error code (e.g. "InvalidBlockList"), else the HTTP status."""
-    code = getattr(exc, "error_code", None)
-    return str(getattr(code, "value", code) or exc.status_code)
-
-
-@contextlib.contextmanager
-def mapped_errors(what: str, endpoint: str, passing: tuple[int, ...] = ()) -> Iterator[None]:
-    """Map azure.core exceptions to ours; no key or SAS ever goes into a message.
-
-    HTTP errors whose status is in ``passing`` are re-raised as they are, for the caller.
-    """
-    try:
-        yield
-    except (ConfigError, StorageError, IntegrityError):
-        raise
-    except HttpResponseError as exc:
-        if exc.status_code in passing:
-            raise
-        _map_http(what, exc)
-    except (ServiceRequestError, ServiceResponseError) as exc:
-        # Connection messages may quote the request URL, whose query holds a SAS: say less.
-        raise StorageError(
-            f"{what}: cannot reach the Blob endpoint {endpoint} ({type(exc).__name__}); "
-            "check the account, the network and that the service is up"
-        ) from None
-
-
-def _map_http(what: str, exc: HttpResponseError) -> NoReturn:
-    """Raise our error for an azure.core HTTP error (codes printed as the service sends them)."""
-    code = error_code(exc)
-    if isinstance(exc, ResourceNotFoundError) or exc.status_code == 404:
-        if code == "ContainerNotFound":
-            raise StorageNotFoundError(
-                f"{what}: the container does not exist; create it or call check() as its owner"
-            ) from exc
-        raise StorageNotFoundError(f"{what}: not found ({code})") from exc
-    if isinstance(exc, ClientAuthenticationError) or exc.status_code in (401, 403):
-        raise StorageAccessError(
-            f"{what}: refused ({code}); the SAS may have expired, or the credential (SAS or "
-            "account key) lacks this permission or is wrong"
-        ) from exc
-    raise StorageError(f"{what}: the service answered {exc.status_code} ({code})") from exc

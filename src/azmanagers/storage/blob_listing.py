@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from azure.storage.blob import BlobPrefix, ContainerClient
 
 from azmanagers.storage.base import ObjectInfo, is_key
-from azmanagers.storage.blob_account import mapped_errors
+from azmanagers.storage.blob_errors import mapped_errors
 from azmanagers.storage.blob_transfer import Where, blob_info
 
 
@@ -16,7 +16,7 @@ def head(container: ContainerClient, name: str, where: Where) -> ObjectInfo | No
     """Return the info of blob ``name`` (one HEAD), or None when there is none."""
     from azure.core.exceptions import ResourceNotFoundError
 
-    with mapped_errors(where.url, where.endpoint):
+    with mapped_errors(where.url, where.endpoint, account=where.account):
         try:
             props = container.get_blob_client(name).get_blob_properties()
         except ResourceNotFoundError:
@@ -25,23 +25,21 @@ def head(container: ContainerClient, name: str, where: Where) -> ObjectInfo | No
 
 
 def list_infos(
-    container: ContainerClient, base: str, prefix: str, what: str, endpoint: str
+    container: ContainerClient, base: str, prefix: str, where: Where
 ) -> Iterator[ObjectInfo]:
     """Yield the objects under ``base + prefix`` in the service's (sorted) order, keyed past
     ``base``; names no call accepts (a//b, .azm-x, c/) are skipped."""
     cut = len(base)
-    with mapped_errors(what, endpoint):
+    with mapped_errors(where.url, where.endpoint, account=where.account):
         for item in container.list_blobs(name_starts_with=base + prefix, include=["metadata"]):
             if is_key(item.name[cut:]):
                 yield blob_info(item.name[cut:], item.size, item.metadata, item.last_modified)
 
 
-def folder_names(
-    container: ContainerClient, base: str, folder: str, what: str, endpoint: str
-) -> list[str]:
+def folder_names(container: ContainerClient, base: str, folder: str, where: Where) -> list[str]:
     """Return the sorted names of the "folders" directly under ``base + folder``."""
     cut = len(base + folder)
-    with mapped_errors(what, endpoint):
+    with mapped_errors(where.url, where.endpoint, account=where.account):
         return sorted(
             item.name[cut:].rstrip("/")
             for item in container.walk_blobs(name_starts_with=base + folder, delimiter="/")

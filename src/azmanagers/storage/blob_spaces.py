@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from azmanagers.errors import StorageAccessError, StorageError
 from azmanagers.storage.blob import BlobStorage
-from azmanagers.storage.blob_account import BlobLocation, mapped_errors
+from azmanagers.storage.blob_account import Account, BlobLocation
+from azmanagers.storage.blob_errors import mapped_errors
 
 SPACE_PREFIX = "azm-"
 """Every job container's name starts with this (listings ask the service for these only)."""
@@ -38,7 +42,9 @@ def open_space(root: BlobStorage, name: str, *, create: bool) -> BlobStorage:
 
     With ``create`` the container is made (tagged with its kind, root and job in its metadata)
     or, when it exists, checked to be this job's. Needs the account (a key or a signed-in
-    identity allowed to create containers): a grant cannot open another container.
+    identity allowed to create containers): a grant cannot open another container. When the
+    credential may not create containers (a 403), a container that is already this job's is
+    used; otherwise ``StorageAccessError`` says which role or permission is missing.
     """
     if root.service is None:
         raise StorageAccessError(
@@ -47,10 +53,11 @@ def open_space(root: BlobStorage, name: str, *, create: bool) -> BlobStorage:
         )
     location = BlobLocation(container=space_container(root.url, name), prefix="")
     client = root.service.get_container_client(location.container)
+    where = _Where(root.url, name, location.url, root.endpoint, root.account)
     if create:
-        _make(client, root.url, name, location.url, root.endpoint)
+        _make(client, where)
     else:
-        _check_tags(client, root.url, name, location.url, root.endpoint)
+        _check_tags(client, where)
     return BlobStorage(
         location,
         client,  # shares root's HTTP pool: closing it leaves root's open
@@ -70,7 +77,7 @@ def space_names(root: BlobStorage) -> list[str]:
             "account's connection string or a signed-in identity"
         )
     names = []
-    with mapped_errors(f"listing the jobs of {root.url}", root.endpoint):
+    with mapped_errors(f"listing the jobs of {root.url}", root.endpoint, account=root.account):
         for item in service.list_containers(name_starts_with=SPACE_PREFIX, include_metadata=True):
             meta = item.metadata or {}
             job = meta.get(JOB_KEY, "")
@@ -78,7 +85,7 @@ def space_names(root: BlobStorage) -> list[str]:
                 meta.get(KIND_KEY) == SPACE_KIND
                 and unquote(meta.get(ROOT_KEY, "")) == root.url
                 and item.name == space_container(root.url, job)
-            ):
+            ):  # only our keys are read: keys others add to a container do not matter
                 names.append(job)
     return sorted(names)
 
@@ -87,26 +94,60 @@ def _tags(root_url: str, name: str) -> dict[str, str]:
     return {KIND_KEY: SPACE_KIND, ROOT_KEY: quote(root_url, safe=""), JOB_KEY: name}
 
 
-def _check_tags(client: ContainerClient, root_url: str, name: str, url: str, endpoint: str) -> None:
+def is_tagged(metadata: Mapping[str, str], root_url: str, name: str) -> bool:
+    """Whether container ``metadata`` marks job ``name`` of ``root_url``: each of our keys is
+    there with our value; keys others added (a tool, Azure Policy) do not matter."""
+    return all(metadata.get(key) == value for key, value in _tags(root_url, name).items())
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Which job container a call is about, for its checks and messages."""
+
+    root_url: str
+    name: str
+    url: str
+    endpoint: str
+    account: Account | None
+
+
+def _check_tags(client: ContainerClient, where: _Where) -> None:
     """A job container that exists must carry this job's tags (one HEAD); missing is fine."""
-    with mapped_errors(f"reading the job container {url}", endpoint):
+    with mapped_errors(
+        f"reading the job container {where.url}", where.endpoint, account=where.account
+    ):
         try:
             found = client.get_container_properties().metadata or {}
         except ResourceNotFoundError:
             return
-    if found != _tags(root_url, name):
+    if not is_tagged(found, where.root_url, where.name):
         raise StorageError(
-            f"{url} exists but is not the container of job {name!r} of {root_url} (its metadata "
-            "says otherwise); delete or rename that container, or use another job name."
+            f"{where.url} exists but is not the container of job {where.name!r} of "
+            f"{where.root_url} (its metadata says otherwise); delete or rename that container, "
+            "or use another job name."
         )
 
 
-def _make(client: ContainerClient, root_url: str, name: str, url: str, endpoint: str) -> None:
-    """Create the job's container, or check that the one there is this job's."""
-    with mapped_errors(f"making the job container {url}", endpoint):
-        try:
-            client.create_container(metadata=_tags(root_url, name))
-            return
-        except ResourceExistsError:
-            pass
-    _check_tags(client, root_url, name, url, endpoint)
+def _make(client: ContainerClient, where: _Where) -> None:
+    """Create the job's container, or check that the one there is this job's.
+
+    A credential that may not create containers (403) may still use this job's container
+    when it is there already; when it is not, the refusal to create it is raised.
+    """
+    what = f"making the job container {where.url}"
+    try:
+        with mapped_errors(what, where.endpoint, passing=(403,), account=where.account):
+            try:
+                client.create_container(metadata=_tags(where.root_url, where.name))
+                return
+            except ResourceExistsError:
+                pass
+    except HttpResponseError as refused:
+        with contextlib.suppress(StorageError):
+            with mapped_errors(what, where.endpoint, account=where.account):
+                found = client.get_container_properties().metadata or {}
+            if is_tagged(found, where.root_url, where.name):
+                return
+        with mapped_errors(what, where.endpoint, account=where.account):
+            raise refused from None
+    _check_tags(client, where)

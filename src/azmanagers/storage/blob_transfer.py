@@ -18,12 +18,8 @@ from azure.storage.blob import BlobBlock, BlobProperties, ContainerClient
 
 from azmanagers.errors import IntegrityError, StorageError
 from azmanagers.storage.base import ObjectInfo
-from azmanagers.storage.blob_account import (
-    BLOCK_BYTES,
-    BLOCK_THREADS,
-    error_code,
-    mapped_errors,
-)
+from azmanagers.storage.blob_account import BLOCK_BYTES, BLOCK_THREADS, Account
+from azmanagers.storage.blob_errors import error_code, mapped_errors
 from azmanagers.storage.hashing import MALFORMED, read_recorded
 
 SHA_KEY = "azm_sha256"
@@ -56,6 +52,8 @@ class Where:
     key: str
     url: str
     endpoint: str
+    account: Account | None = None
+    """The credential in use (what a refusal's message tells to do); None: a job's SAS."""
 
 
 def blob_info(
@@ -98,7 +96,7 @@ def put_blocks(
         blob.stage_block(block_id, data, length=len(data))
 
     pending: deque[Future[None]] = deque()
-    with mapped_errors(where.url, where.endpoint):
+    with mapped_errors(where.url, where.endpoint, account=where.account):
         try:
             for offset in range(0, size, BLOCK_BYTES):
                 length = min(BLOCK_BYTES, size - offset)
@@ -175,7 +173,7 @@ def _download(
     temp: str | None,
     verify: bool,
 ) -> tuple[bytes, ObjectInfo]:
-    with mapped_errors(where.url, where.endpoint, passing=(412,)):
+    with mapped_errors(where.url, where.endpoint, passing=(412,), account=where.account):
         first = container.download_blob(name)
         props: BlobProperties = first.properties
         size = first.size

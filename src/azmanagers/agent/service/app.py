@@ -9,6 +9,7 @@ import os
 import ssl
 import stat
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import tornado.netutil
 
 from azmanagers.agent.service.gate import ConnectionGate, GatedHTTPServer
 from azmanagers.agent.service.jobs import JobService, ServiceConfig
-from azmanagers.agent.service.routes import make_app
+from azmanagers.agent.service.routes import Handler, make_app
+from azmanagers.detached.wire import Route
 
 logger = logging.getLogger("azmanagers.detached")
 
@@ -28,9 +30,20 @@ IDLE_S = 120.0
 requests' headers may take (a new connection has ``gate.FIRST_REQUEST_S``)."""
 
 
-async def serve(config: ServiceConfig, ready: asyncio.Future[int] | None = None) -> None:
-    """Run the service until cancelled; ``ready`` gets the port once it listens."""
-    service = JobService(config)
+async def serve(
+    config: ServiceConfig,
+    ready: asyncio.Future[int] | None = None,
+    *,
+    extra_routes: Sequence[tuple[Route, type[Handler]]] = (),
+    settings: Mapping[str, Any] | None = None,
+    service: JobService | None = None,
+) -> None:
+    """Run the service until cancelled; ``ready`` gets the port once it listens.
+
+    ``extra_routes`` and ``settings`` go to ``make_app`` (a role's own routes, e.g. a head's);
+    ``service`` is the job service to serve (default: a new one for ``config``).
+    """
+    service = service if service is not None else JobService(config)
     loop = asyncio.get_running_loop()
     exited = asyncio.Event()
 
@@ -43,7 +56,7 @@ async def serve(config: ServiceConfig, ready: asyncio.Future[int] | None = None)
     context.load_cert_chain(str(config.cert_file), str(config.key_file))
     gate = ConnectionGate(config.max_connections, config.first_request_timeout_s)
     server = GatedHTTPServer(
-        make_app(service, changed, gate),
+        make_app(service, changed, gate, extra_routes=extra_routes, settings=settings),
         ssl_options=context,
         max_body_size=config.max_request_bytes,  # each request sets its own (prepare)
         max_header_size=MAX_HEADER_BYTES,
@@ -100,7 +113,7 @@ def config_from_payload(payload: dict[str, Any], state_dir: Path) -> ServiceConf
     )
 
 
-def _make_log_private() -> None:
+def make_log_private() -> None:
     """Make the file the service logs to (a process-VM's ``boot.log``) readable by its
     owner only: it names every request's path."""
     for fd in (sys.stdout.fileno(), sys.stderr.fileno()):
@@ -114,7 +127,7 @@ def main(payload_path: str) -> int:
     """Entry point of the detached role: serve until stopped."""
     from azmanagers.agent.worker import load_payload
 
-    _make_log_private()
+    make_log_private()
     logging.basicConfig(
         stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(name)s %(message)s"
     )

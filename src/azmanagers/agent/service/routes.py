@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -46,7 +47,7 @@ class _EveryMethod(tuple[str, ...]):
 
 
 @tornado.web.stream_request_body
-class _Handler(tornado.web.RequestHandler):
+class Handler(tornado.web.RequestHandler):
     """Checks the bearer token from the headers before any body is read (every route
     streams its body); answers errors as JSON ``{"error": message}``."""
 
@@ -54,6 +55,8 @@ class _Handler(tornado.web.RequestHandler):
     open_methods: tuple[str, ...] = ()
     """Methods that need no token (the schema's GET)."""
     takes_body = False
+    max_body_bytes: int | None = None
+    """A route's own body limit, below the service's (None: the service's)."""
 
     def initialize(self, service: JobService, methods: tuple[str, ...] | None = None) -> None:
         self.service = service
@@ -63,7 +66,10 @@ class _Handler(tornado.web.RequestHandler):
         self._size = 0
 
     def _body_limit(self) -> int:
-        return self.service.config.max_request_bytes if self.takes_body else NO_BODY_BYTES
+        if not self.takes_body:
+            return NO_BODY_BYTES
+        limit = self.service.config.max_request_bytes
+        return limit if self.max_body_bytes is None else min(limit, self.max_body_bytes)
 
     def _refuse(self, status: int, message: str, declared: int) -> BadRequest:
         """Refuse before the body: tornado then closes the connection without reading it."""
@@ -133,6 +139,13 @@ class _Handler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": message}))
 
+    def body(self) -> bytes:
+        """The request's body (a route that ``takes_body``); 413 when it was too large."""
+        limit = self._body_limit()
+        if self._size > limit:
+            raise BadRequest(413, _too_large(limit, self.takes_body))
+        return b"".join(self._chunks)
+
     def send_json(self, value: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
@@ -175,19 +188,19 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
     )
 
 
-class _Schema(_Handler):
+class _Schema(Handler):
     open_methods = ("GET",)
 
     def get(self) -> None:
         self.send_json(schema())
 
 
-class _Ping(_Handler):
+class _Ping(Handler):
     def get(self) -> None:
         self.send_json(asdict(Ping(ok=True, name=self.service.config.name)))
 
 
-class _VMInfo(_Handler):
+class _VMInfo(Handler):
     def get(self) -> None:
         info = ServiceInfo(
             name=self.service.config.name,
@@ -200,7 +213,7 @@ class _VMInfo(_Handler):
         self.send_json(info.to_json())
 
 
-class _Jobs(_Handler):
+class _Jobs(Handler):
     takes_body = True
 
     def get(self) -> None:
@@ -217,12 +230,12 @@ class _Jobs(_Handler):
         self.send_json(self.service.submit(request).public(), 201)
 
 
-class _Job(_Handler):
+class _Job(Handler):
     def get(self, job_id: str) -> None:
         self.send_json(self.service.record(job_id).public())
 
 
-class _Output(_Handler):
+class _Output(Handler):
     def get(self, job_id: str, stream: str) -> None:
         offset = int(self.number("offset", 0))
         limit = int(self.number("limit", MAX_READ_BYTES, least=1))
@@ -233,7 +246,7 @@ class _Output(_Handler):
         self.finish(data)
 
 
-class _Wait(_Handler):
+class _Wait(Handler):
     async def post(self, job_id: str) -> None:
         timeout = min(self.number("timeout", MAX_WAIT_S), MAX_WAIT_S)
         deadline = time.monotonic() + timeout
@@ -250,7 +263,7 @@ class _Wait(_Handler):
         self.send_json(record.public())
 
 
-class _Kill(_Handler):
+class _Kill(Handler):
     async def post(self, job_id: str) -> None:
         record = await asyncio.to_thread(self.service.kill, job_id)
         changed: asyncio.Condition = self.settings["changed"]
@@ -259,12 +272,12 @@ class _Kill(_Handler):
         self.send_json(record.public())
 
 
-class _Result(_Handler):
+class _Result(Handler):
     def get(self, job_id: str) -> None:
         self.send_json(self.service.result(job_id).to_json())
 
 
-class _NotFound(_Handler):
+class _NotFound(Handler):
     def prepare(self) -> None:
         super().prepare()
         raise BadRequest(404, f"no route {self.request.method} {self.request.path}")
@@ -274,16 +287,23 @@ def make_app(
     service: JobService,
     changed: asyncio.Condition | None = None,
     gate: ConnectionGate | None = None,
+    *,
+    extra_routes: Sequence[tuple[wire.Route, type[Handler]]] = (),
+    settings: Mapping[str, Any] | None = None,
 ) -> tornado.web.Application:
     """The service's routes over ``service``; ``changed`` is notified when jobs finish;
     ``gate`` (the server's) learns which connections sent a valid token.
+
+    ``extra_routes`` adds routes of a role of its own (a head node's), each handled by a
+    ``Handler`` subclass, so they get the same token-first checks; ``settings`` are what
+    those handlers find in ``self.settings`` (the head's cluster, say).
 
     Every request but the schema needs ``Authorization: Bearer <token>``, checked from the
     headers before any byte of a body is read; the VM keeps only the token's SHA-256. The
     server certificate is the VM's own; clients pin its fingerprint. Routes and records are
     those of ``azmanagers.detached.wire``; the OpenAPI document is ``schema.schema()``.
     """
-    routes: list[tuple[wire.Route, type[_Handler]]] = [
+    routes: list[tuple[wire.Route, type[Handler]]] = [
         (wire.SCHEMA, _Schema),
         (wire.PING, _Ping),
         (wire.VM, _VMInfo),
@@ -294,6 +314,15 @@ def make_app(
         (wire.JOB_KILL, _Kill),
         (wire.JOB_RESULT, _Result),
     ]
+    taken = {route.template for route, _ in routes}
+    for route, _handler in extra_routes:
+        if route.template in taken:
+            raise ValueError(f"route {route.template} is served twice")
+        taken.add(route.template)
+    routes += extra_routes
+    own = {"changed", "gate", "log_function", "default_handler_class", "default_handler_args"}
+    if own & set(settings or {}):
+        raise ValueError(f"settings may not replace {sorted(own & set(settings or {}))}")
     return tornado.web.Application(
         [
             (route.pattern, handler, {"service": service, "methods": route.methods})
@@ -304,4 +333,5 @@ def make_app(
         changed=changed or asyncio.Condition(),
         gate=gate,
         log_function=_log_request,
+        **dict(settings or {}),
     )

@@ -65,11 +65,18 @@ class ArmSettings:
         return cls(endpoint, ca_file, token, polling)
 
     def credential(self) -> Any:
-        """Return the credential: the static token if set, else DefaultAzureCredential."""
+        """Return the credential: the static token if set; on a VM whose IMDS is named by
+        ``AZMANAGERS_IMDS_ENDPOINT`` (one the emulator runs), its managed identity; else
+        DefaultAzureCredential."""
         if self.token is not None:
             from azmanagers.providers.azure._credential import StaticTokenCredential
 
             return StaticTokenCredential(self.token)
+        imds = os.environ.get("AZMANAGERS_IMDS_ENDPOINT")
+        if imds:
+            from azmanagers.providers.azure._credential import ImdsIdentityCredential
+
+            return ImdsIdentityCredential(imds)
         from azure.identity import DefaultAzureCredential
 
         return DefaultAzureCredential()

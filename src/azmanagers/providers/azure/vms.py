@@ -130,6 +130,7 @@ class AzureVMs:
         os_profile = props.setdefault("osProfile", {})
         os_profile["computerName"] = spec.name[:15]
         os_profile["customData"] = base64.b64encode(boot.render(spec.boot).encode()).decode()
+        _disks_go_with_the_vm(props)
         props["networkProfile"] = {  # the NIC goes with the VM, also when it deletes itself
             "networkInterfaces": [
                 {"id": nic.id, "properties": {"primary": True, "deleteOption": "Delete"}}
@@ -190,3 +191,17 @@ class AzureVMs:
             return ""
         url = result.serial_console_log_blob_uri
         return download_tail(str(url), tail_bytes, self._settings.ca_file) if url else ""
+
+
+def _disks_go_with_the_vm(props: dict[str, Any]) -> None:
+    """Have Azure delete the VM's OS and data disks with it (``deleteOption: Delete``), also
+    when it deletes itself; a template that asks otherwise keeps its choice."""
+    storage = props.get("storageProfile")
+    if not isinstance(storage, dict):
+        return
+    os_disk = storage.get("osDisk")
+    if isinstance(os_disk, dict):
+        os_disk.setdefault("deleteOption", "Delete")
+    for disk in storage.get("dataDisks") or []:
+        if isinstance(disk, dict):
+            disk.setdefault("deleteOption", "Delete")

@@ -7,6 +7,7 @@ boots exactly as an Azure VM does: by running its custom data as a script.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -39,6 +40,25 @@ class ProcessHandle:
 
     pid: int
     create_time: float
+
+
+LOOPBACK_NETS = 254
+"""Second octets ``127.1`` to ``127.254`` a pool's addresses may take (chosen by its name)."""
+LOOPBACK_PER_NET = 254 * 253
+"""Addresses of one pool's net (``127.N.0.2`` to ``127.N.253.254``), then they wrap around."""
+
+
+def loopback_address(pool: str, index: int) -> str:
+    """The loopback address of a pool's ``index``-th instance: one of its own on this machine.
+
+    Linux answers on all of ``127.0.0.0/8``, so each process-VM listens on an address of its
+    own, as a VM on its network does, and what it runs (MPI ranks, a worker's address) tells
+    instances apart. The second octet comes from the pool's name, so two pools (two clusters)
+    seldom share addresses; sharing one is harmless (every listener takes a free port).
+    """
+    net = 1 + int.from_bytes(hashlib.sha256(pool.encode()).digest()[:4], "big") % LOOPBACK_NETS
+    n = index % LOOPBACK_PER_NET
+    return f"127.{net}.{n // 253}.{2 + n % 253}"
 
 
 def package_root() -> str:

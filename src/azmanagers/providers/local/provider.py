@@ -124,12 +124,13 @@ class LocalProvider:
                 meta["next_index"] = index + 1
                 # Persist the index first: a failed start must not make the next try reuse it.
                 atomic_write_json(self._pool_dir(pool) / _records.POOL_FILE, meta)
-                self._start_instance(pool, f"{pool}-{index:04d}", custom_data, meta)
+                address = procvm.loopback_address(pool, index)
+                self._start_instance(pool, f"{pool}-{index:04d}", custom_data, meta, address)
                 meta["capacity"] = int(meta.get("capacity", 0)) + 1
                 atomic_write_json(self._pool_dir(pool) / _records.POOL_FILE, meta)
 
     def _start_instance(
-        self, pool: str, instance_id: str, custom_data: str, meta: dict[str, Any]
+        self, pool: str, instance_id: str, custom_data: str, meta: dict[str, Any], address: str
     ) -> None:
         instance_dir = self._instance_dir(pool, instance_id)
         try:
@@ -142,6 +143,8 @@ class LocalProvider:
                 "AZMANAGERS_INSTANCE_ID": instance_id,
                 "AZMANAGERS_POOL": pool,
                 "AZMANAGERS_AGENT_HOME": str(self.root / "agent"),
+                # its own loopback address: the worker listens there (agent.worker)
+                "AZMANAGERS_WORKER_HOST": address,
             },
         )
         try:
