@@ -139,6 +139,10 @@ class ArmState:
         self.scalesets: dict[tuple[str, str, str], ScaleSet] = {}
         self.vms: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.nics: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.others: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        """Every other resource (networks, NSGs, public IPs, disks), keyed by lower-case
+        (subscription, group, type such as ``microsoft.network/publicipaddresses``, name); each
+        body has Azure's ``id``, ``name``, ``type``, ``location`` and ``tags``."""
         self.operations: dict[str, Operation] = {}
         self.addresses = AddressPool(running=runner is not None)
         """NIC addresses: loopback ones of this emulator's own when VMs run."""
