@@ -541,7 +541,28 @@ def test_a_start_killed_part_way_is_finished_by_stop(azm_home: Path, when: str) 
 
 def _head_processes(home: Path, name: str) -> list[psutil.Process]:
     folder = str(home / "state" / "local" / "vms" / f"{name}-head")
-    return [p for p in processes_under(home) if p.environ()["AZMANAGERS_INSTANCE_DIR"] == folder]
+    found = []
+    for process in processes_under(home):
+        try:  # a process may end between the listing and the read
+            if process.environ().get("AZMANAGERS_INSTANCE_DIR") == folder:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _kill_groups(processes: list[psutil.Process]) -> None:
+    groups = set()
+    for process in processes:
+        try:
+            groups.add(os.getpgid(process.pid))
+        except ProcessLookupError:
+            continue
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
 
 
 def test_a_head_killed_by_hand_is_marked_stopped_by_refresh_and_stop_still_works(
@@ -553,8 +574,7 @@ def test_a_head_killed_by_hand_is_marked_stopped_by_refresh_and_stop_still_works
         cluster.close()
         heads = _head_processes(azm_home, name)
         assert heads
-        for pgid in {os.getpgid(p.pid) for p in heads}:
-            os.killpg(pgid, signal.SIGKILL)
+        _kill_groups(heads)
         provider = get_provider("local")
 
         def head_dead() -> bool:
@@ -581,8 +601,7 @@ def test_an_unreachable_head_gives_an_error_naming_the_cluster_and_stop(azm_home
     try:
         cluster = azmanagers.start_cluster(name, nodes=1)
         cluster.close()
-        for pgid in {os.getpgid(p.pid) for p in _head_processes(azm_home, name)}:
-            os.killpg(pgid, signal.SIGKILL)
+        _kill_groups(_head_processes(azm_home, name))
         eventually(lambda: not _head_processes(azm_home, name), "the head to end", timeout=15)
         with pytest.raises(DetachedServiceError) as caught:
             named_cluster(name).status()
