@@ -2,16 +2,19 @@
 
 Runs the real path (addprocs -> AzCluster -> azure provider -> official SDK) against the
 emulator in counting mode (its VMs start no process), for N = 1, 10, 100, 1000, and counts
-the requests the emulator answered. The baseline in the same run is the per-instance cost
-the peers pay (notes: one VM per worker costs dask-cloudprovider 5 to 7 calls per worker):
-5 calls x N.
+the requests the emulator answered. The baseline in the same run is what a peer pays: the
+calls dask-cloudprovider's AzureVMCluster makes from create to close (a scheduler VM and one VM
+per worker, their VMs run through the emulator: its create waits for its scheduler) for 1, 2
+and 4 workers, in the venv ``.ci/install-dask-cloudprovider`` makes (PyPI the first time); its
+cost per added worker times N is the baseline. Both per-worker costs are printed.
 
 Then one real worker on a steady cluster (nothing changes: the reconciler lists the pool at the
 provider's steady pace, joins come from the scheduler): its ARM reads over a minute, scaled to
 an hour (goal: at most 400; listing twice a second made about 7,600). Last, the hour's reads
 are spent: ARM answers 429 with a Retry-After of about an hour, and no call may follow.
 
-Last lines: ``figure: arm_calls_at_10 VALUE calls``, ``figure: arm_calls_at_1000 VALUE calls``
+Last lines: ``figure: dask_cloudprovider_calls_per_worker VALUE calls``,
+``figure: arm_calls_at_10 VALUE calls``, ``figure: arm_calls_at_1000 VALUE calls``
 (goal: the same count for every N, at most 60 in all) and
 ``figure: arm_reads_per_idle_hour VALUE calls``.
 """
@@ -25,9 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
 SIZES = (1, 10, 100, 1000)
 CYCLES = 10
-PER_WORKER_PEER_CALLS = 5
+PEER_WORKERS = (1, 2, 4)
+"""Workers of the dask-cloudprovider clusters counted (each worker is a VM there)."""
 SUB = "00000000-0000-0000-0000-00000000bead"
 RG = "azm-bench"
 DEADLINE_S = 120.0
@@ -73,6 +81,29 @@ def count_calls(n: int) -> int:
         return len(emu.server.calls) - start
     finally:
         emu.stop()
+
+
+def count_peer_calls(n: int, python: str) -> int:
+    """ARM calls dask-cloudprovider's AzureVMCluster makes for n workers, create to close."""
+    from tests.emulator.azure_vm_cluster import prepare_network, run_cluster
+
+    from azmanagers.emulator import start_emulator
+
+    folder = tempfile.mkdtemp(prefix="azm-bench-dcp-")
+    emu = start_emulator(run_instances=True, folder=Path(folder))
+    try:
+        prepare_network(emu)  # what it expects to exist: setup, not counted
+        start = len(emu.server.calls)
+        result = run_cluster(emu, python, n)
+        if result["workers"] != n:
+            raise RuntimeError(f"dask-cloudprovider's cluster had {result['workers']} workers")
+        failed = [c for c in emu.server.calls[start:] if c.status >= 400]
+        if failed:
+            raise RuntimeError(f"dask-cloudprovider's calls failed: {failed[:3]}")
+        return len(emu.server.calls) - start
+    finally:
+        emu.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _reads(emu: object) -> int:
@@ -131,14 +162,31 @@ def main() -> int:
     os.environ["AZMANAGERS_HOME"] = home
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     try:
+        from tests.emulator.azure_vm_cluster import venv_python
+
+        python = venv_python()
+        peer_counts = {n: count_peer_calls(n, python) for n in PEER_WORKERS}
         counts = {n: count_calls(n) for n in SIZES}
         per_hour, retry_after_s, during = idle_reads_and_throttle()
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    print(f"{'N':>5} {'ARM calls':>10} {'per-worker peers (5 x N)':>25} {'ratio':>8}")
+    few, many = PEER_WORKERS[0], PEER_WORKERS[-1]
+    peer_per_worker = (peer_counts[many] - peer_counts[few]) / (many - few)
+    print("dask-cloudprovider AzureVMCluster, create to close (a scheduler VM + a VM per worker):")
+    print(f"{'workers':>8} {'ARM calls':>10} {'per worker':>11}")
+    for n, calls in peer_counts.items():
+        print(f"{n:>8} {calls:>10} {calls / n:>11.1f}")
+    label = f"per-worker peers ({peer_per_worker:g} x N)"
+    print(f"{'N':>5} {'ARM calls':>10} {label:>30} {'ratio':>8}")
     for n, calls in counts.items():
-        peer = PER_WORKER_PEER_CALLS * n
-        print(f"{n:>5} {calls:>10} {peer:>25} {calls / peer:>8.3f}")
+        peer = peer_per_worker * n
+        print(f"{n:>5} {calls:>10} {peer:>30.0f} {calls / peer:>8.3f}")
+    ours_per_worker = (counts[SIZES[-1]] - counts[SIZES[0]]) / (SIZES[-1] - SIZES[0])
+    print(
+        f"per added worker: ours {ours_per_worker:.3f} ARM calls ({counts[SIZES[-1]]} for "
+        f"{SIZES[-1]} workers, {counts[SIZES[-1]] / SIZES[-1]:.3f} each), dask-cloudprovider "
+        f"{peer_per_worker:g} ({peer_counts[many]} for {many} workers)"
+    )
     print(
         f"steady cluster: {per_hour:.0f} ARM reads an hour (measured over {IDLE_WINDOW_S:g} s; "
         "listing twice a second would make about 7,200)"
@@ -149,6 +197,7 @@ def main() -> int:
     )
     if during:
         raise SystemExit("the cluster kept calling ARM during a Retry-After")
+    print(f"figure: dask_cloudprovider_calls_per_worker {peer_per_worker:g} calls")
     print(f"figure: arm_calls_at_10 {counts[10]} calls")
     print(f"figure: arm_calls_at_1000 {counts[1000]} calls")
     print(f"figure: arm_reads_per_idle_hour {per_hour:.0f} calls")

@@ -73,6 +73,9 @@ def test_a_vm_with_its_nic_boots_and_is_deleted_with_it(emulator: Emulator, tmp_
     recorder.chmod(0o755)
     provider = AzureProvider(SUB, RG)
     info = provider.create_vm(vm_spec("detached1", recorder))
+    # the VM made its OS disk, a managed disk it holds
+    ((disk_key, disk),) = emulator.state.others.items()
+    assert disk_key[2] == "microsoft.compute/disks" and disk["managedBy"].endswith("/detached1")
     assert info.name == "detached1" and info.state is InstanceState.RUNNING
     assert info.address.startswith("127.") and ".10." in info.address  # a process-VM: loopback
     log = tmp_path / "emulator" / "vms" / "detached1" / "boot.log"
@@ -103,6 +106,7 @@ def test_a_vm_with_its_nic_boots_and_is_deleted_with_it(emulator: Emulator, tmp_
     provider.delete_vm("detached1")
     assert provider.get_vm("detached1") is None
     assert emulator.state.vms == {} and emulator.state.nics == {}
+    assert emulator.state.others == {}  # its OS disk (deleteOption Delete) went with it
     provider.delete_vm("detached1")  # repeating is safe
 
 

@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from azmanagers.emulator.arm import build_admin_router, build_router
+from azmanagers.emulator.disks import add_disk_routes
+from azmanagers.emulator.identity import ServicePrincipal
 from azmanagers.emulator.instances import ImdsServer, ProcessRunner
+from azmanagers.emulator.network import add_network_routes
 from azmanagers.emulator.scalesets import ArmState
 from azmanagers.emulator.server import EmulatorServer
+from azmanagers.emulator.subscriptions import add_subscription_routes
 from azmanagers.emulator.vms import add_vm_routes
 
 
@@ -29,6 +33,12 @@ class Emulator:
     state: ArmState
     imds: ImdsServer | None = None
     owned_folder: Path | None = None
+
+    @property
+    def service_principal(self) -> ServicePrincipal:
+        """The app that signs in here (``az login --service-principal``, azure-identity's
+        ``ClientSecretCredential`` with ``authority=server.base_url``)."""
+        return self.server.sign_in.service_principal
 
     def environment(self) -> dict[str, str]:
         """The variables that point the azure provider at this emulator."""
@@ -94,7 +104,8 @@ def start_emulator(
         Run each VM's custom data as a process-VM (with an IMDS of its own); otherwise VMs
         are records only (for counting calls at scale).
     token, folder
-        The bearer token (random by default) and where to keep the CA and VM folders.
+        The bearer token (a JWT of the emulator's service principal by default) and where
+        to keep the CA and VM folders.
     """
     owned = None if folder is not None else Path(tempfile.mkdtemp(prefix="azm-emulator-"))
     folder = folder if folder is not None else Path(str(owned))
@@ -104,6 +115,8 @@ def start_emulator(
     state = ArmState(runner)
     router = build_router(state)
     add_vm_routes(router, state)
+    add_network_routes(router, state)
+    add_disk_routes(router, state)
     server = EmulatorServer(
         router,
         token=token,
@@ -111,8 +124,11 @@ def start_emulator(
         before_route=state.faults.maybe_fail_request,
         admin=build_admin_router(state),
     ).start()
+    add_subscription_routes(router, server.sign_in, state)  # before anyone knows the port
+    state.call_log = server.calls_matching  # the admin route /azmanagers-admin/calls
+    state.tenant_id = server.sign_in.tenant_id  # shown on managed identities
     if imds is not None and runner is not None:
-        imds.arm_token = server.token
+        imds.issue_token = server.sign_in.managed_identity_token
         runner.arm_environment = {
             "AZMANAGERS_ARM_ENDPOINT": server.base_url,
             "AZMANAGERS_ARM_CA": str(server.ca_file),

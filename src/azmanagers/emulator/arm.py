@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
-import copy
 import hmac
 import re
 import secrets
 import time
 
 from azmanagers.emulator import flexible
-from azmanagers.emulator.catalog import SKUS, SKUS_BY_NAME, sku_document, usage_document
+from azmanagers.emulator.catalog import (
+    LOCATIONS,
+    SKUS,
+    SKUS_BY_NAME,
+    sku_document,
+    usage_document,
+)
+from azmanagers.emulator.groups import add_group_routes
 from azmanagers.emulator.scalesets import (
     ArmState,
     ScaleSet,
     capacity_of,
+    host_name,
     remove_instance,
     scale_to,
     vm_view,
     vmss_view,
 )
 from azmanagers.emulator.server import ArmError, Request, Response, Router
-from azmanagers.emulator.views import provisioning_status, summary
+from azmanagers.emulator.shapes import deep_merge
+from azmanagers.emulator.views import iso, provisioning_status, summary
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
 _RG = _SUB + r"/resourceGroups/(?P<rg>[^/]+)"
 _VMSS = _RG + r"/providers/Microsoft\.Compute/virtualMachineScaleSets"
+_ANY_VMSS = _SUB + r"(?:/resourceGroups/(?P<rg>[^/]+))?/providers/Microsoft\.Compute"
+_ANY_VMSS += r"/virtualMachineScaleSets"
 
 
 def _uniform_only(scaleset: ScaleSet, what: str) -> None:
@@ -38,13 +48,9 @@ def _uniform_only(scaleset: ScaleSet, what: str) -> None:
         )
 
 
-_FILTER = re.compile(
-    r"^\s*tagName eq '(?P<name>[^']*)'(?:\s+and\s+tagValue eq '(?P<value>[^']*)')?\s*$",
-    re.IGNORECASE,
-)
-
-
 BOOT_LOG_MAX_BYTES = 1 << 20
+_SIGNATURE = re.compile(r"((?:^|&)sig=)[^&]*")
+"""A blob URL's signature (a credential, like a SAS): kept out of the call log's answers."""
 
 
 def _blob_signature(state: ArmState, name: str) -> str:
@@ -56,16 +62,6 @@ def _location_filter(text: str) -> str | None:
     return match["loc"] if match else None
 
 
-def _tag_filter(text: str) -> tuple[str | None, str | None]:
-    """Parse ARM's ``tagName eq 'n' [and tagValue eq 'v']`` filter (the one form we use)."""
-    if not text:
-        return None, None
-    match = _FILTER.match(text)
-    if match is None:
-        raise ArmError(400, "InvalidFilterInQueryString", f"Unsupported $filter: {text!r}.")
-    return match["name"], match["value"]
-
-
 def boot_log_links(state: ArmState, req: Request, vm_name: str) -> Response:
     """The answer to retrieveBootDiagnosticsData: a signed (SAS-style) serial log URL."""
     url = f"{req.base_url}/azmanagers-blob/serial/{vm_name}?sig={_blob_signature(state, vm_name)}"
@@ -73,7 +69,7 @@ def boot_log_links(state: ArmState, req: Request, vm_name: str) -> Response:
 
 
 def build_admin_router(state: ArmState) -> Router:
-    """Return the emulator's own routes: read and set faults."""
+    """Return the emulator's own routes: faults, evictions, the call log, boot-log blobs."""
     router = Router()
 
     def get_faults(req: Request) -> Response:
@@ -105,6 +101,31 @@ def build_admin_router(state: ArmState) -> Router:
             )
         return Response(200, state.runner.boot_log(name, BOOT_LOG_MAX_BYTES))
 
+    def get_calls(req: Request) -> Response:
+        if state.call_log is None:
+            raise ArmError(
+                404,
+                "NotFound",
+                "This emulator's server does not share its call log with ARM's state.",
+            )
+        since = req.query.get("since", "0")
+        if not since.isdigit():
+            raise ArmError(400, "InvalidParameter", f"since must be a call index, got {since!r}.")
+        calls = state.call_log()
+        value = [
+            {
+                "index": index,
+                "method": call.method,
+                "path": call.path,
+                "query": _SIGNATURE.sub(r"\1<redacted>", call.query),
+                "status": call.status,
+                "user_agent": call.user_agent,
+            }
+            for index, call in enumerate(calls[int(since) :], start=int(since))
+        ]
+        return Response(200, {"value": value, "next": len(calls)})
+
+    router.add("GET", r"/azmanagers-admin/calls", get_calls)
     router.add("GET", r"/azmanagers-blob/serial/(?P<vm>[^/]+)", serial_log)
     router.add("POST", r"/azmanagers-admin/evict", evict)
     router.add("GET", r"/azmanagers-admin/faults", get_faults)
@@ -116,46 +137,30 @@ def build_router(state: ArmState) -> Router:
     """Return the ARM routes over ``state``."""
     router = Router()
 
-    def put_group(req: Request) -> Response:
-        sub, rg = req.match["sub"], req.match["rg"]
-        if not isinstance(req.body, dict) or not req.body.get("location"):
-            raise ArmError(400, "LocationRequired", "The location property is required.")
-        with state.lock:
-            existed = (sub.lower(), rg.lower()) in state.groups
-            group = {
-                "id": f"/subscriptions/{sub}/resourceGroups/{rg}",
-                "name": rg,
-                "type": "Microsoft.Resources/resourceGroups",
-                "location": req.body["location"],
-                "tags": req.body.get("tags", {}),
-                "properties": {"provisioningState": "Succeeded"},
-            }
-            state.groups[(sub.lower(), rg.lower())] = group
-        return Response(200 if existed else 201, group)
-
-    def get_group(req: Request) -> Response:
-        with state.lock:
-            return Response(200, state.group(req.match["sub"], req.match["rg"]))
-
     def put_vmss(req: Request) -> Response:
         sub, rg, name = req.match["sub"], req.match["rg"], req.match["name"]
         body = req.body
         if not isinstance(body, dict) or not body.get("location"):
             raise ArmError(400, "LocationRequired", "The location property is required.")
-        capacity = capacity_of(body)
-        flexible.validate(body)
         with state.lock:
             state.group(sub, rg)
             key = (sub.lower(), rg.lower(), name.lower())
             existing = state.scalesets.get(key)
-            if existing is not None and existing.flexible != flexible.is_flexible(body):
+            # on an existing scale set ARM keeps what the body leaves out (`az vmss scale`
+            # sends only location and sku): objects merge, lists replace
+            model = deep_merge(existing.body, body) if existing is not None else body
+            capacity = capacity_of(model)
+            flexible.validate(model)
+            if existing is not None and existing.flexible != flexible.is_flexible(model):
                 raise ArmError(
                     409,
                     "PropertyChangeNotAllowed",
                     "Changing property 'orchestrationMode' is not allowed.",
                 )
             scaleset = existing or ScaleSet(sub, rg, name, {})
-            scaleset.body = copy.deepcopy(body)
+            scaleset.body = deep_merge({}, model)
+            if existing is not None:
+                scaleset.generation += 1
             scale_to(state, scaleset, capacity)
             state.scalesets[key] = scaleset
             headers = state.operation(req, sub, body["location"])
@@ -173,6 +178,7 @@ def build_router(state: ArmState) -> Router:
                 )
             if "tags" in body:
                 scaleset.body["tags"] = dict(body["tags"] or {})
+            scaleset.generation += 1
             headers = state.operation(req, sub, scaleset.body["location"])
             return Response(200, vmss_view(scaleset, "Updating"), headers)
 
@@ -184,13 +190,14 @@ def build_router(state: ArmState) -> Router:
             )
 
     def list_vmss(req: Request) -> Response:
-        sub, rg = req.match["sub"], req.match["rg"]
+        sub, rg = req.match["sub"], req.match.groupdict().get("rg")
         with state.lock:
-            state.group(sub, rg)
+            if rg is not None:
+                state.group(sub, rg)
             value = [
                 vmss_view(s)
                 for (s_sub, s_rg, _), s in sorted(state.scalesets.items())
-                if (s_sub, s_rg) == (sub.lower(), rg.lower())
+                if s_sub == sub.lower() and (rg is None or s_rg == rg.lower())
             ]
         return Response(200, {"value": value})
 
@@ -227,6 +234,7 @@ def build_router(state: ArmState) -> Router:
             for iid in ids:
                 remove_instance(state, scaleset, iid)
             scaleset.body["sku"]["capacity"] = len(scaleset.vms)
+            scaleset.generation += 1
             return Response(
                 202, None, state.operation(req, req.match["sub"], scaleset.body["location"])
             )
@@ -245,45 +253,19 @@ def build_router(state: ArmState) -> Router:
             op = state.operations.get(req.match["op"])
         if op is None:
             raise ArmError(404, "NotFound", f"Operation {req.match['op']} not found.")
-        return Response(200, {"name": op.id, "status": op.status, "startTime": op.started})
-
-    def list_resources(req: Request) -> Response:
-        sub, rg = req.match["sub"], req.match["rg"]
-        name, value = _tag_filter(req.query.get("$filter", ""))
-        with state.lock:
-            state.group(sub, rg)
-            found = []
-            for (s_sub, s_rg, _), scaleset in sorted(state.scalesets.items()):
-                if (s_sub, s_rg) != (sub.lower(), rg.lower()):
-                    continue
-                tags = scaleset.body.get("tags") or {}
-                if name is not None and name not in tags:
-                    continue
-                if value is not None and tags.get(name) != value:
-                    continue
-                view = vmss_view(scaleset)
-                found.append(
-                    {k: view[k] for k in ("id", "name", "type", "location") if k in view}
-                    | {"tags": dict(tags)}
-                )
-            for (s_sub, s_rg, _), entry in sorted(
-                list(state.vms.items()) + [(k, {"body": v}) for k, v in state.nics.items()]
-            ):
-                body = entry["body"]
-                tags = body.get("tags") or {}
-                if (s_sub, s_rg) != (sub.lower(), rg.lower()) or (
-                    name is not None
-                    and (name not in tags or (value is not None and tags[name] != value))
-                ):
-                    continue
-                found.append(
-                    {k: body[k] for k in ("id", "name", "type", "location")} | {"tags": dict(tags)}
-                )
-        return Response(200, {"value": found})
+        if req.match["kind"].lower() == "operationresults" or req.query.get("monitor") == "true":
+            # a Location to poll: its GET is the operation's result (none here) once done
+            return Response(200 if op.status == "Succeeded" else 202)
+        moment = iso(op.started)
+        return Response(
+            200, {"name": op.id, "status": op.status, "startTime": moment, "endTime": moment}
+        )
 
     def list_skus(req: Request) -> Response:
-        location = _location_filter(req.query.get("$filter", ""))
-        return Response(200, {"value": [sku_document(s, location or "any") for s in SKUS]})
+        # one entry per size and location, as ARM lists them; a filter keeps one location
+        wanted = _location_filter(req.query.get("$filter", ""))
+        places = [p for p in LOCATIONS if wanted is None or p.lower() == wanted.lower()]
+        return Response(200, {"value": [sku_document(s, p) for p in places for s in SKUS]})
 
     def list_usages(req: Request) -> Response:
         sub, location = req.match["sub"].lower(), req.match["loc"].lower()
@@ -342,16 +324,14 @@ def build_router(state: ArmState) -> Router:
                     f"The instance {req.match['iid']} of {scaleset.name} was not found.",
                 )
             view = vm_view(state, scaleset, vm, True)["properties"]["instanceView"]
-        return Response(200, {"computerName": vm.name, **view})
+        return Response(200, {"computerName": host_name(scaleset, vm), **view})
 
     router.add("GET", _SUB + r"/providers/Microsoft\.Compute/skus", list_skus)
     router.add(
         "GET", _SUB + r"/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/usages", list_usages
     )
-    router.add("GET", _RG + r"/resources", list_resources)
-    router.add("PUT", _RG, put_group)
-    router.add("GET", _RG, get_group)
-    router.add("GET", _VMSS, list_vmss)
+    add_group_routes(router, state)
+    router.add("GET", _ANY_VMSS, list_vmss)
     vmss = _VMSS + r"/(?P<name>[^/]+)"
     router.add("PUT", vmss, put_vmss)
     router.add("PATCH", vmss, patch_vmss)
@@ -368,7 +348,8 @@ def build_router(state: ArmState) -> Router:
     )
     router.add(
         "GET",
-        _SUB + r"/providers/Microsoft\.Compute/locations/(?P<loc>[^/]+)/operations/(?P<op>[^/]+)",
+        _SUB + r"/providers/Microsoft\.(?:Compute|Network)/locations/(?P<loc>[^/]+)"
+        r"/(?P<kind>operations|operationResults)/(?P<op>[^/]+)",
         get_operation,
     )
     return router

@@ -23,12 +23,34 @@ SKUS = (
     Sku("Standard_NC6s_v3", "standardNCSv3Family", 6),
 )
 SKUS_BY_NAME = {s.name.lower(): s for s in SKUS}
+LOCATIONS = (
+    "australiaeast",
+    "centralus",
+    "eastus",
+    "eastus2",
+    "japaneast",
+    "northcentralus",
+    "northeurope",
+    "southcentralus",
+    "southeastasia",
+    "swedencentral",
+    "uksouth",
+    "westeurope",
+    "westus",
+    "westus2",
+    "westus3",
+)
+"""The Azure regions the emulator serves (public-cloud names, as ``az account list-locations``
+gives them); each size is offered in each."""
+UNZONED = frozenset({"northcentralus", "westus"})
+"""Of those, the regions without availability zones."""
 DEFAULT_FAMILY_LIMIT = 350
 DEFAULT_REGIONAL_LIMIT = 1000
 
 
 def sku_document(sku: Sku, location: str) -> dict[str, Any]:
-    """The ARM shape of a resource SKU entry."""
+    """The ARM shape of a resource SKU entry: one size in one location, with its zones."""
+    zones = [] if location in UNZONED else ["1", "2", "3"]
     return {
         "resourceType": "virtualMachines",
         "name": sku.name,
@@ -36,6 +58,7 @@ def sku_document(sku: Sku, location: str) -> dict[str, Any]:
         "size": sku.name.removeprefix("Standard_"),
         "family": sku.family,
         "locations": [location],
+        "locationInfo": [{"location": location, "zones": zones, "zoneDetails": []}],
         "capabilities": [
             {"name": "vCPUs", "value": str(sku.vcpus)},
             {"name": "LowPriorityCapable", "value": "True"},

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from azmanagers.emulator import stock_image
+from azmanagers.emulator import cloudinit, guest_image, stock_image
+from azmanagers.emulator.guest_commands import POWERED_OFF
 from azmanagers.providers import ProcessVM, process_vm_runtime
 
 
@@ -51,8 +54,9 @@ class ImdsServer:
     """
 
     def __init__(self) -> None:
-        self.arm_token = ""
-        """The token IMDS gives a VM with a managed identity (set once ARM listens)."""
+        self.issue_token: Callable[[VMIdentity, str], dict[str, Any]] | None = None
+        """IMDS's token answer for a VM's managed identity and a resource (set once ARM
+        listens: ``SignIn.managed_identity_token``)."""
         self.vms: dict[str, VMIdentity] = {}
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _imds_handler(self))
@@ -100,24 +104,21 @@ def _imds_handler(server: ImdsServer) -> type[BaseHTTPRequestHandler]:
             elif segments[2:] == ["metadata", "instance"]:
                 self._reply(200, _instance_document(identity))
             elif segments[2:] == ["metadata", "identity", "oauth2", "token"]:
-                if not identity.managed_identity or not server.arm_token:
+                resource = parse_qs(parts.query).get("resource", [""])[0]
+                if not identity.managed_identity or server.issue_token is None:
+                    self._reply(
+                        400, {"error": "invalid_request", "error_description": "Identity not found"}
+                    )
+                elif not resource:
                     self._reply(
                         400,
                         {
                             "error": "invalid_request",
-                            "error_description": "Identity not found",
+                            "error_description": "Required query variable 'resource' is missing",
                         },
                     )
                 else:
-                    self._reply(
-                        200,
-                        {
-                            "access_token": server.arm_token,
-                            "expires_in": "3600",
-                            "token_type": "Bearer",
-                            "resource": parse_qs(parts.query).get("resource", [""])[0],
-                        },
-                    )
+                    self._reply(200, server.issue_token(identity, resource))
             elif segments[2:] == ["metadata", "scheduledevents"]:
                 self._reply(
                     200, {"DocumentIncarnation": len(identity.events), "Events": identity.events}
@@ -190,9 +191,15 @@ class ProcessRunner:
         if identity.address:
             extra["AZMANAGERS_VM_ADDRESS"] = identity.address
         extra.update(self.arm_environment)
-        if identity.stock_image:
-            with self._lock:
+        with self._lock:
+            if identity.stock_image:
                 extra.update(stock_image.prepare(self.folder / "stock-image").environment())
+            # the image's docker and shutdown (the VM's own, never this machine's) come first
+            image_bin = guest_image.prepare(self.folder / "image")
+        extra["PATH"] = f"{image_bin}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
+        if cloudinit.is_cloud_config(custom_data):
+            custom_data = cloudinit.boot_script(custom_data, identity.vm_id)
+        (instance_dir / POWERED_OFF).unlink(missing_ok=True)  # a reused name: a new VM
         vm = self._runtime.boot(instance_dir, custom_data, extra)
         with self._lock:
             self._running[identity.name] = (vm, endpoint)
@@ -216,11 +223,14 @@ class ProcessRunner:
             self._stoppers.append(thread)
 
     def power_state(self, name: str) -> str:
-        """Return a VM's power state: "stopped" once its boot script failed, else "running".
+        """Return a VM's power state: "stopped" once its boot script failed or its guest
+        powered it off (``shutdown``), else "running".
 
         On a real VM a failed boot script powers the VM off (so the cluster sees it in its
         one list call); here the script's non-zero exit status stands for that.
         """
+        if (self.folder / name / POWERED_OFF).exists():  # its guest ran shutdown
+            return "stopped"
         status = self._runtime.exit_status(self.folder / name)
         return "stopped" if status not in (None, 0) else "running"
 

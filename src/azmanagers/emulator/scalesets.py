@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 import copy
-import datetime
 import email.utils
 import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +17,17 @@ from azmanagers.emulator import flexible
 from azmanagers.emulator.addresses import AddressPool
 from azmanagers.emulator.faults import NEVER_JOIN_SCRIPT, Faults
 from azmanagers.emulator.instances import ProcessRunner, VMIdentity, is_market_image
-from azmanagers.emulator.server import ArmError, Request
-from azmanagers.emulator.views import statuses
+from azmanagers.emulator.server import ArmError, Call, Request
+from azmanagers.emulator.shapes import (
+    computer_name,
+    member_profiles,
+    new_uuid,
+    public_os_profile,
+)
+from azmanagers.emulator.views import iso, statuses
 
 COMPUTE = "Microsoft.Compute"
+NETWORK = "Microsoft.Network"
 
 
 @dataclass
@@ -35,6 +42,10 @@ class ScaleSetVM:
     priority: str = "Regular"
     seq: int = 0
     """Creation order: shrinking by capacity removes the newest first."""
+    vm_id: str = field(default_factory=new_uuid)
+    """Azure's ``vmId``, also what the VM's IMDS answers."""
+    address: str = ""
+    """Its NIC's private address."""
 
 
 @dataclass
@@ -48,6 +59,10 @@ class ScaleSet:
     vms: dict[str, ScaleSetVM] = field(default_factory=dict)
     """By instance id: a number in Uniform mode, the VM's name in Flexible mode."""
     next_instance: int = 0
+    unique_id: str = field(default_factory=new_uuid)
+    created_at: float = field(default_factory=time.time)
+    generation: int = 1
+    """Bumped at each change of the model: the scale set's etag."""
 
     @property
     def flexible(self) -> bool:
@@ -144,6 +159,10 @@ class ArmState:
         (subscription, group, type such as ``microsoft.network/publicipaddresses``, name); each
         body has Azure's ``id``, ``name``, ``type``, ``location`` and ``tags``."""
         self.operations: dict[str, Operation] = {}
+        self.call_log: Callable[[], list[Call]] | None = None
+        """The server's call log (set by whoever builds the server), served to admins."""
+        self.tenant_id: str | None = None
+        """The tenant the emulator's identities belong to (set with the server's sign-in)."""
         self.addresses = AddressPool(running=runner is not None)
         """NIC addresses: loopback ones of this emulator's own when VMs run."""
 
@@ -171,15 +190,26 @@ class ArmState:
         return found
 
     def operation(self, req: Request, sub: str, location: str) -> dict[str, str]:
-        """Start an operation; return the headers that point the SDK's poller at it."""
+        """Start an operation; return the headers that point a poller at it, under the
+        request's own resource provider (Microsoft.Network for a NIC)."""
         op = Operation(id=str(uuid.uuid4()))
         self.operations[op.id] = op
         api = req.query["api-version"]
-        url = (
-            f"{req.base_url}/subscriptions/{sub}/providers/{COMPUTE}/locations/{location}"
-            f"/operations/{op.id}?api-version={api}"
-        )
-        return {"Azure-AsyncOperation": url, "Location": url, "Retry-After": "0"}
+        provider = NETWORK if f"/providers/{NETWORK}/".lower() in req.path.lower() else COMPUTE
+        base = f"{req.base_url}/subscriptions/{sub}/providers/{provider}/locations/{location}"
+        headers = {
+            "Azure-AsyncOperation": f"{base}/operations/{op.id}?api-version={api}",
+            "Retry-After": "0",
+        }
+        # as ARM: a PUT or PATCH names its status only (the poller then GETs the resource);
+        # a DELETE or POST also a Location, whose GET answers 202, then 200 with the result
+        if req.method in ("DELETE", "POST"):
+            headers["Location"] = (
+                f"{base}/operationResults/{op.id}?api-version={api}"
+                if provider == NETWORK
+                else f"{base}/operations/{op.id}?monitor=true&api-version={api}"
+            )
+        return headers
 
 
 def custom_data(scaleset: ScaleSet) -> str:
@@ -205,6 +235,9 @@ def scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
             spot = str(profile.get("priority", "Regular")).lower() == "spot"
             priority = "Spot" if spot else "Regular"
         vm = ScaleSetVM(iid, name, time.time(), priority=priority, seq=index)
+        # an address of its own, as each instance's NIC has on Azure (its worker listens
+        # there: MPI ranks on two instances are on two hosts)
+        vm.address = state.addresses.next()
         scaleset.vms[iid] = vm
         fault = state.faults.take_vm_fault()
         if fault == "fail":
@@ -217,16 +250,14 @@ def scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
             state.runner.start(
                 VMIdentity(
                     name=vm.name,
-                    vm_id=str(uuid.uuid4()),
+                    vm_id=vm.vm_id,
                     subscription=scaleset.sub,
                     resource_group=scaleset.rg,
                     scaleset=scaleset.name,
                     location=str(scaleset.body.get("location", "")),
                     priority=vm.priority,
                     stock_image=is_market_image(profile),
-                    # an address of its own, as each instance's NIC has on Azure (its worker
-                    # listens there: MPI ranks on two instances are on two hosts)
-                    address=state.addresses.next(),
+                    address=vm.address,
                 ),
                 script,
             )
@@ -253,24 +284,81 @@ def capacity_of(body: Any) -> int:
 
 
 def vmss_view(scaleset: ScaleSet, state: str = "Succeeded") -> dict[str, Any]:
+    """A scale set as ARM returns it: its model with the fields Azure adds, no passwords."""
     body = copy.deepcopy(scaleset.body)
     body["id"] = scaleset.id
     body["name"] = scaleset.name
     body["type"] = f"{COMPUTE}/virtualMachineScaleSets"
-    body.setdefault("properties", {})["provisioningState"] = state
+    body["etag"] = f'"{scaleset.generation}"'
+    props = body.setdefault("properties", {})
+    props["provisioningState"] = state
+    props["uniqueId"] = scaleset.unique_id
+    props["timeCreated"] = iso(scaleset.created_at)
+    props.setdefault("orchestrationMode", "Flexible" if scaleset.flexible else "Uniform")
+    if scaleset.flexible:
+        props["singlePlacementGroup"] = False
+    else:
+        props.setdefault("singlePlacementGroup", True)
+    model = props.get("virtualMachineProfile")
+    if isinstance(model, dict) and isinstance(model.get("osProfile"), dict):
+        model["osProfile"] = public_os_profile(model["osProfile"])
     return body
+
+
+def host_name(scaleset: ScaleSet, vm: ScaleSetVM) -> str:
+    """A scale set's VM's computer name: the prefix and the index in Uniform mode (Azure's
+    ``computerNamePrefix`` + 6 base-36 digits), the VM's name in Flexible mode."""
+    if scaleset.flexible:
+        return vm.name
+    profile = scaleset.body.get("properties", {}).get("virtualMachineProfile") or {}
+    prefix = (profile.get("osProfile") or {}).get("computerNamePrefix") or scaleset.name
+    return computer_name(str(prefix), vm.seq)
+
+
+def _member_properties(scaleset: ScaleSet, vm: ScaleSetVM, vm_id: str) -> dict[str, Any]:
+    """A scale set's VM's profiles, from the scale set's model."""
+    profile = scaleset.body.get("properties", {}).get("virtualMachineProfile") or {}
+    computer = host_name(scaleset, vm)
+    if scaleset.flexible:
+        disk = f"{vm.name}_OsDisk_1_{vm.vm_id.replace('-', '')}"
+    else:
+        disk = f"{scaleset.name}_{scaleset.name}_{vm.instance_id}_OsDisk_1_" + vm.vm_id.replace(
+            "-", ""
+        )
+    disk_id = (
+        f"/subscriptions/{scaleset.sub}/resourceGroups/{scaleset.rg}/providers/{COMPUTE}/disks/"
+        f"{disk}"
+    )
+    size = str(scaleset.body.get("sku", {}).get("name", ""))
+    props = {"vmId": vm.vm_id, **member_profiles(profile, size, computer, disk, disk_id)}
+    if not scaleset.flexible:
+        configs = (profile.get("networkProfile") or {}).get("networkInterfaceConfigurations") or []
+        props["networkProfile"] = {
+            "networkInterfaces": [{"id": f"{vm_id}/networkInterfaces/{c['name']}"} for c in configs]
+        }
+        props["networkProfileConfiguration"] = {
+            "networkInterfaceConfigurations": copy.deepcopy(configs)
+        }
+        props["modelDefinitionApplied"] = "VirtualMachineScaleSet"
+    return props
 
 
 def vm_view(state: ArmState, scaleset: ScaleSet, vm: ScaleSetVM, expand: bool) -> dict[str, Any]:
     """A scale set's VM as ARM shows it: a scale-set VM (Uniform) or a VM (Flexible)."""
     if expand and state.runner is not None and vm.power_state == "running":
         vm.power_state = state.runner.power_state(vm.name)
+    if scaleset.flexible:
+        vm_id = (
+            f"/subscriptions/{scaleset.sub}/resourceGroups/{scaleset.rg}/providers/"
+            f"{COMPUTE}/virtualMachines/{vm.name}"
+        )
+    else:
+        vm_id = f"{scaleset.id}/virtualMachines/{vm.instance_id}"
     props: dict[str, Any] = {
         "provisioningState": vm.provisioning_state,
         "latestModelApplied": True,
-        "timeCreated": datetime.datetime.fromtimestamp(vm.created_at, datetime.timezone.utc)
-        .isoformat()
-        .replace("+00:00", "Z"),
+        "timeCreated": iso(vm.created_at),
+        **_member_properties(scaleset, vm, vm_id),
     }
     if expand:
         props["instanceView"] = {
@@ -280,19 +368,21 @@ def vm_view(state: ArmState, scaleset: ScaleSet, vm: ScaleSetVM, expand: bool) -
         props["priority"] = vm.priority
         props["virtualMachineScaleSet"] = {"id": scaleset.id}
         return {
-            "id": f"/subscriptions/{scaleset.sub}/resourceGroups/{scaleset.rg}/providers/"
-            f"{COMPUTE}/virtualMachines/{vm.name}",
+            "id": vm_id,
             "name": vm.name,
             "type": f"{COMPUTE}/virtualMachines",
             "location": scaleset.body.get("location", ""),
             "properties": props,
         }
+    sku = scaleset.body.get("sku", {})
     return {
-        "id": f"{scaleset.id}/virtualMachines/{vm.instance_id}",
+        "id": vm_id,
         "name": vm.name,
         "instanceId": vm.instance_id,
         "type": f"{COMPUTE}/virtualMachineScaleSets/virtualMachines",
         "location": scaleset.body.get("location", ""),
-        "tags": scaleset.body.get("tags", {}),
+        "tags": copy.deepcopy(scaleset.body.get("tags") or {}),
+        "sku": {"name": sku.get("name", ""), "tier": sku.get("tier", "Standard")},
+        "etag": f'"{scaleset.generation}"',
         "properties": props,
     }

@@ -18,6 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 from azmanagers.tls import make_cluster_credentials
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_FORM_BYTES = 64 * 1024
+"""Bodies of the routes served without a token (the token endpoint's form)."""
 ADMIN_PREFIX = "/azmanagers-admin/"
 BLOB_PREFIX = "/azmanagers-blob/"
 """Blob downloads (boot logs): authorised by the URL's signature, like a SAS, not a token."""
@@ -105,7 +107,8 @@ class EmulatorServer:
     router
         The routes it serves.
     token
-        The bearer token requests must carry (random when not given).
+        A bearer token requests may carry (when not given: a JWT of the emulator's service
+        principal, valid a year); tokens from the emulator's token endpoint and IMDS work too.
     folder
         Where the CA certificate is written (a temporary folder when not given).
     """
@@ -122,7 +125,6 @@ class EmulatorServer:
         self.router = router
         self.admin = admin
         self.before_route = before_route
-        self.token = token or secrets.token_urlsafe(24)
         self.calls: list[Call] = []
         self._calls_lock = threading.Lock()
         self._tmp = None if folder is not None else tempfile.TemporaryDirectory(prefix="azm-emu-")
@@ -140,6 +142,16 @@ class EmulatorServer:
         self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
         self.port = self._httpd.server_address[1]
         self.base_url = f"https://127.0.0.1:{self.port}"
+        # identity imports this module's types: imported here, once they exist
+        from azmanagers.emulator.identity import SignIn, add_sign_in_routes
+        from azmanagers.emulator.tokens import FIXED_TOKEN_LIFETIME_S
+
+        self.sign_in = SignIn(self.base_url)
+        """The emulator's Entra ID tenant: its service principal, and the tokens it accepts."""
+        self.public = Router()
+        """What Azure serves without a token: metadata, tenant discovery, the token endpoint."""
+        add_sign_in_routes(self.public, self.sign_in)
+        self.token = token or self.sign_in.app_token(f"{self.base_url}/", FIXED_TOKEN_LIFETIME_S)[0]
         self._thread: threading.Thread | None = None
 
     def start(self) -> EmulatorServer:
@@ -183,8 +195,10 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self) -> None:
             parts = urlsplit(self.path)
+            # HEAD (``az group exists``) is GET without the body: 204 when the resource exists
+            method = "GET" if self.command == "HEAD" else self.command
             try:
-                response = self._dispatch(parts.path, parts.query)
+                response = self._dispatch(method, parts.path, parts.query)
             except ArmError as err:
                 response = Response(
                     err.status, {"error": {"code": err.code, "message": str(err)}}, err.headers
@@ -194,6 +208,8 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
                     500, {"error": {"code": "InternalServerError", "message": repr(exc)}}
                 )
             status = response.status
+            if self.command == "HEAD":
+                response.body, status = None, 204 if status == 200 else status
             if isinstance(response.body, str):
                 payload, content_type = response.body.encode(), "text/plain; charset=utf-8"
             else:
@@ -213,26 +229,34 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
             if payload:
                 self.wfile.write(payload)
 
-        def _dispatch(self, path: str, query_text: str) -> Response:
+        def _read_body(self, limit: int) -> bytes:
             length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY_BYTES:
+            if length > limit:
+                self.close_connection = True  # the body stays unread
                 raise ArmError(413, "RequestEntityTooLarge", "The request body is too large.")
-            raw = self.rfile.read(length) if length else b""
-            if path.startswith(BLOB_PREFIX) and server.admin is not None and self.command == "GET":
-                query = {k: v[-1] for k, v in parse_qs(query_text).items()}
+            return self.rfile.read(length) if length else b""
+
+        def _dispatch(self, method: str, path: str, query_text: str) -> Response:
+            query = {k: v[-1] for k, v in parse_qs(query_text).items()}
+            if path.startswith(BLOB_PREFIX) and server.admin is not None and method == "GET":
                 found = server.admin.find("GET", path)
                 if found is None:
                     raise ArmError(404, "BlobNotFound", "The specified blob does not exist.")
                 handler, match = found
                 return handler(Request("GET", path, query, None, match, server.base_url))
-            auth = self.headers.get("Authorization", "")
-            if auth != f"Bearer {server.token}":
-                raise ArmError(
-                    401,
-                    "AuthenticationFailed",
-                    "Authentication failed. The 'Authorization' header is missing or invalid.",
-                )
-            query = {k: v[-1] for k, v in parse_qs(query_text).items()}
+            public = server.public.find(method, path)
+            if public is not None:  # Entra ID's forms: the last value of each field
+                form = parse_qs(self._read_body(MAX_FORM_BYTES).decode("utf-8", "replace"))
+                fields = {k: v[-1] for k, v in form.items()}
+                handler, match = public
+                return handler(Request(method, path, query, fields, match, server.base_url))
+            try:
+                server.sign_in.authenticate(self.headers.get("Authorization", ""), server.token)
+            except ArmError:
+                if self.headers.get("Content-Length", "0") != "0":
+                    self.close_connection = True  # refused before its body is read
+                raise
+            raw = self._read_body(MAX_BODY_BYTES)
             try:
                 body = json.loads(raw) if raw else None
             except json.JSONDecodeError as exc:
@@ -240,11 +264,11 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
                     400, "InvalidRequestContent", f"The body is not JSON: {exc}"
                 ) from exc
             if path.startswith(ADMIN_PREFIX) and server.admin is not None:
-                found = server.admin.find(self.command, path)
+                found = server.admin.find(method, path)
                 if found is None:
                     raise ArmError(404, "NotFound", f"No admin route {path}.")
                 handler, match = found
-                return handler(Request(self.command, path, query, body, match, server.base_url))
+                return handler(Request(method, path, query, body, match, server.base_url))
             if "api-version" not in query:
                 raise ArmError(
                     400,
@@ -254,19 +278,19 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
             extra: dict[str, str] = {}
             if server.before_route is not None:
                 # rate limits and fault injection: headers to add, or a 429/503 raised
-                extra = server.before_route(self.command)
-            found = server.router.find(self.command, path)
+                extra = server.before_route(method)
+            found = server.router.find(method, path)
             if found is None:
                 raise ArmError(404, "InvalidResourceType", f"No route for {path}.", extra)
             handler, match = found
             try:
-                response = handler(Request(self.command, path, query, body, match, server.base_url))
+                response = handler(Request(method, path, query, body, match, server.base_url))
             except ArmError as err:
                 err.headers = {**extra, **err.headers}
                 raise
             response.headers = {**extra, **response.headers}
             return response
 
-        do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = _serve
+        do_GET = do_HEAD = do_PUT = do_PATCH = do_POST = do_DELETE = _serve
 
     return _Handler

@@ -5,19 +5,32 @@ from __future__ import annotations
 import base64
 import copy
 import time
-import uuid
 from typing import Any
 
 from azmanagers.emulator import flexible
 from azmanagers.emulator.arm import boot_log_links
 from azmanagers.emulator.instances import VMIdentity, is_market_image
+from azmanagers.emulator.network import link_nic
+from azmanagers.emulator.removal import DISKS, key_of, remove_vm
 from azmanagers.emulator.scalesets import ArmState, ScaleSet, ScaleSetVM, vm_view
 from azmanagers.emulator.server import ArmError, Request, Response, Router
-from azmanagers.emulator.views import statuses
+from azmanagers.emulator.shapes import (
+    attach_nic,
+    fill_nic,
+    fill_storage_profile,
+    new_uuid,
+    os_disk_name,
+    os_disk_record,
+    public_os_profile,
+)
+from azmanagers.emulator.tokens import managed_identity_ids
+from azmanagers.emulator.views import iso, statuses
 
-_RG = r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)"
+_SUB = r"/subscriptions/(?P<sub>[^/]+)"
+_RG = _SUB + r"/resourceGroups/(?P<rg>[^/]+)"
 _NIC = _RG + r"/providers/Microsoft\.Network/networkInterfaces/(?P<name>[^/]+)"
 _VMS = _RG + r"/providers/Microsoft\.Compute/virtualMachines"
+_ALL_VMS = _SUB + r"/providers/Microsoft\.Compute/virtualMachines"
 _VM = _VMS + r"/(?P<name>[^/]+)"
 
 
@@ -44,19 +57,28 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
             raise ArmError(400, "InvalidRequestFormat", "ipConfigurations are required.")
         with state.lock:
             state.group(req.match["sub"], req.match["rg"])
-            existed = _key(req) in state.nics
+            old = state.nics.get(_key(req))
             nic = copy.deepcopy(body)
             nic.update(
                 id=_rid(req, "Microsoft.Network/networkInterfaces"),
                 name=req.match["name"],
                 type="Microsoft.Network/networkInterfaces",
             )
+            kept = (old or {}).get("properties") or {}
+            for field in ("resourceGuid", "macAddress", "virtualMachine", "primary"):
+                if field in kept:
+                    nic["properties"][field] = kept[field]
             # VMs that run as processes here get loopback addresses of their own, so that
-            # their services (the detached one on its fixed port) are reachable and apart
-            address = state.addresses.next()
-            for config in nic["properties"]["ipConfigurations"]:
-                config.setdefault("properties", {})["privateIPAddress"] = address
-            nic["properties"]["provisioningState"] = "Succeeded"
+            # their services (the detached one on its fixed port) are reachable and apart;
+            # a dynamic address stays the NIC's while it exists
+            address = (
+                str(kept["ipConfigurations"][0]["properties"]["privateIPAddress"])
+                if old is not None
+                else state.addresses.next()
+            )
+            fill_nic(nic, address)
+            link_nic(state, nic)  # its subnet, NSG and public IP (network.py)
+            existed = old is not None
             state.nics[_key(req)] = nic
             headers = state.operation(req, req.match["sub"], body["location"])
         return Response(200 if existed else 201, nic, headers)
@@ -87,34 +109,33 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
         nics = (props.get("networkProfile") or {}).get("networkInterfaces") or []
         if not nics:
             raise ArmError(400, "InvalidParameter", "networkProfile.networkInterfaces is required.")
-        nic_name = str(nics[0].get("id", "")).rsplit("/", 1)[-1].lower()
         sub, rg = req.match["sub"], req.match["rg"]
         with state.lock:
             state.group(sub, rg)
-            if (sub.lower(), rg.lower(), nic_name) not in state.nics:
-                raise ArmError(
-                    400,
-                    "InvalidResourceReference",
-                    f"Resource {nics[0].get('id')} referenced by the VM was not found.",
-                )
-            existed = _key(req) in state.vms
-            view = copy.deepcopy(body)
-            view.update(
-                id=_rid(req, "Microsoft.Compute/virtualMachines"),
-                name=req.match["name"],
-                type="Microsoft.Compute/virtualMachines",
-            )
-            view["properties"]["provisioningState"] = "Succeeded"
-            view["properties"]["timeCreated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            state.vms[_key(req)] = {"body": view, "created_at": time.time()}
+            for ref in nics:
+                if key_of(str(ref.get("id", ""))) not in state.nics:
+                    raise ArmError(
+                        400,
+                        "InvalidResourceReference",
+                        f"Resource {ref.get('id')} referenced by the VM was not found.",
+                    )
+            old = state.vms.get(_key(req))
+            existed = old is not None
+            view = _stored_vm(req, body, old, state.tenant_id)
+            created_at = float(old["created_at"]) if old is not None else time.time()
+            state.vms[_key(req)] = {"body": view, "created_at": created_at}
+            for ref in nics:
+                attach_nic(state.nics[key_of(str(ref["id"]))], view["id"])
+            if not existed:
+                _add_os_disk(state, view, created_at)
             if not existed and state.runner is not None:
                 encoded = (props.get("osProfile") or {}).get("customData") or ""
-                nic = state.nics[(sub.lower(), rg.lower(), nic_name)]
+                nic = state.nics[key_of(str(nics[0]["id"]))]
                 configs = nic["properties"]["ipConfigurations"]
                 state.runner.start(
                     VMIdentity(
                         name=req.match["name"],
-                        vm_id=str(uuid.uuid4()),
+                        vm_id=str(view["properties"]["vmId"]),
                         subscription=sub,
                         resource_group=rg,
                         scaleset="",
@@ -136,7 +157,7 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
             if vm is None:
                 scaleset, member = _flexible_vm(state, req)
                 return Response(200, vm_view(state, scaleset, member, expand))
-        view = copy.deepcopy(vm["body"])
+        view = _public_vm(vm["body"])
         if expand:
             view["properties"]["instanceView"] = _instance_view(req.match["name"], vm)
         return Response(200, view)
@@ -158,7 +179,7 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
         return {"statuses": statuses("succeeded", power, float(vm.get("created_at", time.time())))}
 
     def list_vms(req: Request) -> Response:
-        sub, rg = req.match["sub"].lower(), req.match["rg"].lower()
+        sub, rg = req.match["sub"].lower(), (req.match.groupdict().get("rg") or "").lower()
         expand = req.query.get("$expand", "").lower() == "instanceview"
         text = req.query.get("$filter", "")
         if expand and not text:
@@ -168,7 +189,8 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
                 "$expand=instanceView needs a $filter on virtualMachineScaleSet/id.",
             )
         with state.lock:
-            state.group(req.match["sub"], req.match["rg"])
+            if rg:
+                state.group(req.match["sub"], req.match["rg"])
             if text:
                 wanted = flexible.parse_filter(text).lower()
                 members = [
@@ -180,7 +202,9 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
                 value = [vm_view(state, ss, vm, expand) for ss, vm in members]
             else:
                 value = [
-                    v["body"] for (s, r, _), v in sorted(state.vms.items()) if (s, r) == (sub, rg)
+                    _public_vm(v["body"])
+                    for (s, r, _), v in sorted(state.vms.items())
+                    if s == sub and (not rg or r == rg)
                 ]
                 for scaleset in _flexible_sets(state, sub, rg):
                     value += [vm_view(state, scaleset, vm, False) for vm in scaleset.vms.values()]
@@ -194,12 +218,7 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
 
     def delete_vm(req: Request) -> Response:
         with state.lock:
-            vm = state.vms.pop(_key(req), None)
-            if vm is not None:  # NICs attached with deleteOption Delete go with their VM
-                for ref in vm["body"]["properties"]["networkProfile"]["networkInterfaces"]:
-                    if (ref.get("properties") or {}).get("deleteOption") == "Delete":
-                        nic_name = str(ref.get("id", "")).rsplit("/", 1)[-1].lower()
-                        state.nics.pop((_key(req)[0], _key(req)[1], nic_name), None)
+            vm = remove_vm(state, _key(req))
             if vm is None:
                 try:
                     scaleset, member = _flexible_vm(state, req)
@@ -212,14 +231,13 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
                     state.runner.stop(member.name)
                 location = scaleset.body["location"]
                 return Response(202, None, state.operation(req, req.match["sub"], location))
-        if state.runner is not None:
-            state.runner.stop(req.match["name"])
         return Response(202, None, state.operation(req, req.match["sub"], vm["body"]["location"]))
 
     router.add("PUT", _NIC, put_nic)
     router.add("GET", _NIC, get_nic)
     router.add("DELETE", _NIC, delete_nic)
     router.add("GET", _VMS, list_vms)
+    router.add("GET", _ALL_VMS, list_vms)
     router.add("PUT", _VM, put_vm)
     router.add("GET", _VM, get_vm)
     router.add("GET", _VM + r"/instanceView", get_instance_view)
@@ -228,12 +246,70 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
 
 
 def _flexible_sets(state: ArmState, sub: str, rg: str) -> list[ScaleSet]:
-    """The Flexible scale sets of a resource group (lower-case ``sub`` and ``rg``)."""
+    """The Flexible scale sets of a resource group (lower-case ``sub`` and ``rg``; every group
+    of the subscription when ``rg`` is empty)."""
     return [
         scaleset
         for (s_sub, s_rg, _), scaleset in sorted(state.scalesets.items())
-        if (s_sub, s_rg) == (sub, rg) and scaleset.flexible
+        if s_sub == sub and (not rg or s_rg == rg) and scaleset.flexible
     ]
+
+
+def _stored_vm(
+    req: Request, body: dict[str, Any], old: dict[str, Any] | None, tenant_id: str | None
+) -> dict[str, Any]:
+    """A VM as stored: the request's body with what Azure adds (ids, vmId, OS disk's name,
+    type and managed-disk id, empty lists); what Azure made at creation stays."""
+    view = copy.deepcopy(body)
+    view.update(
+        id=_rid(req, "Microsoft.Compute/virtualMachines"),
+        name=req.match["name"],
+        type="Microsoft.Compute/virtualMachines",
+    )
+    props = view.setdefault("properties", {})
+    before = ((old or {}).get("body") or {}).get("properties") or {}
+    props["provisioningState"] = "Succeeded"
+    props["vmId"] = before.get("vmId") or new_uuid()
+    props["timeCreated"] = before.get("timeCreated") or iso(time.time())
+    storage = props.setdefault("storageProfile", {})
+    disk_name = (
+        (storage.get("osDisk") or {}).get("name")
+        or ((before.get("storageProfile") or {}).get("osDisk") or {}).get("name")
+        or os_disk_name(req.match["name"])
+    )
+    disk_id = _rid(req, "Microsoft.Compute/disks").rsplit("/", 1)[0] + f"/{disk_name}"
+    fill_storage_profile(storage, disk_name, disk_id)
+    os_profile = props.setdefault("osProfile", {})
+    os_profile.setdefault("computerName", req.match["name"])
+    os_profile.setdefault("secrets", [])
+    identity = view.get("identity")
+    if isinstance(identity, dict) and "systemassigned" in str(identity.get("type", "")).lower():
+        # the identity's service principal, the one its IMDS tokens name (``oid``)
+        identity["principalId"] = managed_identity_ids(props["vmId"])[0]
+        if tenant_id:
+            identity["tenantId"] = tenant_id
+    return view
+
+
+def _add_os_disk(state: ArmState, vm: dict[str, Any], created_at: float) -> None:
+    """Make the managed disk a new VM's OS disk is (unless it is an unmanaged VHD)."""
+    storage = vm["properties"]["storageProfile"]
+    disk_id = str((storage["osDisk"].get("managedDisk") or {}).get("id", ""))
+    if disk_id:
+        sub, rg, name = key_of(disk_id)
+        image = storage.get("imageReference") or {}
+        state.others.setdefault(
+            (sub, rg, DISKS, name), os_disk_record(disk_id, vm, image, created_at)
+        )
+
+
+def _public_vm(body: dict[str, Any]) -> dict[str, Any]:
+    """A stored VM as ARM returns it: without its password."""
+    view = copy.deepcopy(body)
+    props = view.get("properties") or {}
+    if isinstance(props.get("osProfile"), dict):
+        props["osProfile"] = public_os_profile(props["osProfile"])
+    return view
 
 
 def _flexible_vm(state: ArmState, req: Request) -> tuple[ScaleSet, ScaleSetVM]:
