@@ -88,7 +88,9 @@ def run_cluster(emu: Emulator, python: str, n_workers: int) -> dict[str, Any]:
         **os.environ,
         "AZM_EMU_ENDPOINT": emu.server.base_url,
         "AZM_EMU_CA": str(emu.server.ca_file),
-        "AZM_EMU_TOKEN": emu.server.token,
+        "AZM_EMU_TENANT": emu.service_principal.tenant_id,
+        "AZM_EMU_CLIENT_ID": emu.service_principal.client_id,
+        "AZM_EMU_CLIENT_SECRET": emu.service_principal.client_secret,
     }
     done = subprocess.run(
         [python, str(DRIVER), json.dumps(arguments)],

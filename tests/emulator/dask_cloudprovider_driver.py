@@ -2,9 +2,11 @@
 
 Run by the python of ``.ci/install-dask-cloudprovider``'s venv (the Azure SDKs dask-cloudprovider
 works with): ``python dask_cloudprovider_driver.py '<json arguments>'`` with the emulator's
-endpoint, CA file and token in ``AZM_EMU_ENDPOINT``, ``AZM_EMU_CA`` and ``AZM_EMU_TOKEN``.
-dask-cloudprovider makes its SDK clients itself (``DefaultAzureCredential``, Azure's endpoint):
-the script points them at the emulator, as a user would, by replacing the names it imported.
+endpoint and CA file in ``AZM_EMU_ENDPOINT`` and ``AZM_EMU_CA``, and its service principal in
+``AZM_EMU_TENANT``, ``AZM_EMU_CLIENT_ID`` and ``AZM_EMU_CLIENT_SECRET``. dask-cloudprovider
+makes its SDK clients itself (``DefaultAzureCredential``, Azure's endpoint): the script points
+them at the emulator, as a user would, by replacing the names it imported, and signs in with
+the service principal through the emulator's token endpoint.
 It prints ``RESULT <json>`` last: the workers seen, a computed value, the scheduler's address.
 """
 
@@ -13,18 +15,21 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from typing import Any
 
-from azure.core.credentials import AccessToken
 
+def emulator_credential() -> Any:
+    """The emulator's service principal, signing in there (for ``DefaultAzureCredential``)."""
+    from azure.identity import ClientSecretCredential
 
-class EmulatorCredential:
-    """The emulator's token, as a credential (it stands for ``DefaultAzureCredential``)."""
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        del scopes, kwargs
-        return AccessToken(os.environ["AZM_EMU_TOKEN"], int(time.time()) + 3600)
+    return ClientSecretCredential(
+        os.environ["AZM_EMU_TENANT"],
+        os.environ["AZM_EMU_CLIENT_ID"],
+        os.environ["AZM_EMU_CLIENT_SECRET"],
+        authority=os.environ["AZM_EMU_ENDPOINT"],
+        disable_instance_discovery=True,
+        connection_verify=os.environ["AZM_EMU_CA"],
+    )
 
 
 def point_at_the_emulator() -> None:
@@ -45,7 +50,7 @@ def point_at_the_emulator() -> None:
     def network(credential: Any, subscription: str) -> Any:
         return NetworkManagementClient(credential, subscription, **options)
 
-    azurevm.DefaultAzureCredential = EmulatorCredential  # type: ignore[misc,assignment]
+    azurevm.DefaultAzureCredential = emulator_credential  # type: ignore[misc,assignment]
     azurevm.ComputeManagementClient = compute  # type: ignore[misc,assignment]
     azurevm.NetworkManagementClient = network  # type: ignore[misc,assignment]
 

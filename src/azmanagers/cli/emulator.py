@@ -7,11 +7,14 @@ import shlex
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from azmanagers.errors import ConfigError
+
+if TYPE_CHECKING:
+    from azmanagers.emulator import Emulator
 
 emulator_app = typer.Typer(
     help="The ARM/IMDS emulator: the azure provider's real SDK path, offline.",
@@ -48,8 +51,11 @@ def emulator_serve(
     emu = start_emulator(run_instances=run_instances, folder=where)
     env_file = where / "emulator.env"
     atomic_write_text(env_file, env_script(emu.environment()))  # 0600: it holds the token
+    az_file = where / "az-login.sh"
+    atomic_write_text(az_file, az_login_script(emu, where / "azure"))  # 0600: a secret
     typer.echo(f"ARM emulator at {emu.server.base_url} (CA {emu.server.ca_file})")
     typer.echo(f"to use it: source {env_file}")
+    typer.echo(f"to use the az CLI with it: source {az_file}")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -58,6 +64,29 @@ def emulator_serve(
     finally:
         emu.stop()
         typer.echo("emulator stopped")
+
+
+def az_login_script(emu: Emulator, config_dir: Path) -> str:
+    """Return a script to ``source``: the az CLI, in a config folder of its own (never the
+    user's ~/.azure), trusts the emulator's CA, registers it as a cloud and signs in as its
+    service principal."""
+    sp = emu.service_principal
+    variables = {
+        "AZURE_CONFIG_DIR": str(config_dir),
+        "REQUESTS_CA_BUNDLE": str(emu.server.ca_file),
+        "AZURE_CORE_INSTANCE_DISCOVERY": "false",
+        "AZURE_CORE_COLLECT_TELEMETRY": "false",
+    }
+    q = shlex.quote
+    return (
+        "# the az CLI against the azmanagers emulator (AZ=/path/to/az to choose which az)\n"
+        + env_script(variables)
+        + f'"${{AZ:-az}}" cloud register -n AzmEmulator --endpoint-resource-manager '
+        f"{q(emu.server.base_url)} >/dev/null 2>&1 || true\n"
+        + '"${AZ:-az}" cloud set -n AzmEmulator\n'
+        + f'"${{AZ:-az}}" login --service-principal -u {q(sp.client_id)} '
+        f"-p {q(sp.client_secret)} -t {q(sp.tenant_id)} --output none\n"
+    )
 
 
 def env_script(variables: Mapping[str, str]) -> str:
