@@ -313,8 +313,10 @@ def test_vmss_scale_keeps_tags_and_the_vm_profile(world: World) -> None:
     assert scaled["sku"]["capacity"] == 4 and scaled["tags"] == {"keep": "me"}
     shown = world.az("vmss", "show", "-g", RG, "-n", "pool-scale")
     assert shown["tags"] == {"keep": "me"}
-    profile = world.compute.virtual_machine_scale_sets.get(RG, "pool-scale").virtual_machine_profile
-    assert profile.os_profile.custom_data == CUSTOM_DATA  # az sent location and sku only
+    with world.emu.state.lock:  # Azure never gives custom data back: the stored model
+        [kept] = [s for s in world.emu.state.scalesets.values() if s.name == "pool-scale"]
+        profile = kept.body["properties"]["virtualMachineProfile"]
+    assert profile["osProfile"]["customData"] == CUSTOM_DATA  # az sent location and sku only
     instances = world.az("vmss", "list-instances", "-g", RG, "-n", "pool-scale")
     assert len(instances) == 4
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from azmanagers.emulator import sample_scaleset_template, start_emulator
+from azmanagers.emulator import Emulator, sample_scaleset_template, start_emulator
 from azmanagers.emulator.server import EmulatorServer
 from azmanagers.errors import ConfigError, NotAuthorisedError, NotFoundError, ProviderError
 from azmanagers.providers.azure._clients import ArmSettings, resource_client
@@ -22,7 +22,7 @@ RG = "azm-rg"
 
 
 @pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
+def emulated(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
     emu = start_emulator()
     server = emu.server
     monkeypatch.setenv("AZMANAGERS_ARM_ENDPOINT", server.base_url)
@@ -32,8 +32,13 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorServer]:
     resource_client(ArmSettings.from_environment(), SUB).resource_groups.create_or_update(
         RG, {"location": "southcentralus"}
     )
-    yield server
+    yield emu
     emu.stop()
+
+
+@pytest.fixture
+def emulator(emulated: Emulator) -> EmulatorServer:
+    return emulated.server
 
 
 def template() -> dict[str, object]:
@@ -75,12 +80,15 @@ def test_pool_lifecycle_uses_few_calls(emulator: EmulatorServer) -> None:
     provider.delete_pool("pool", wait=True)  # repeating is safe
 
 
-def test_the_boot_script_travels_as_custom_data_with_our_tags(emulator: EmulatorServer) -> None:
-    del emulator
+def test_the_boot_script_travels_as_custom_data_with_our_tags(emulated: Emulator) -> None:
     provider = AzureProvider(SUB, RG)
     provider.create_pool(spec("tagged", cluster="c-1"))
     body = provider._compute.virtual_machine_scale_sets.get(RG, "tagged").as_dict()
-    custom = body["properties"]["virtualMachineProfile"]["osProfile"]["customData"]
+    # Azure never gives custom data back: read the model the emulator stored
+    with emulated.state.lock:
+        [stored] = [s.body for s in emulated.state.scalesets.values() if s.name == "tagged"]
+    custom = stored["properties"]["virtualMachineProfile"]["osProfile"]["customData"]
+    assert "customData" not in body["properties"]["virtualMachineProfile"]["osProfile"]
     script = base64.b64decode(custom).decode()
     assert script.startswith("#!/bin/bash") and "azmanagers.agent worker" in script
     assert body["sku"]["capacity"] == 0

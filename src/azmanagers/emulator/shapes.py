@@ -9,8 +9,9 @@ from typing import Any
 
 from azmanagers.emulator.views import iso
 
-SECRET_OS_FIELDS = ("adminPassword",)
-"""osProfile fields Azure takes and never gives back."""
+SECRET_OS_FIELDS = ("adminPassword", "customData")
+"""osProfile fields Azure takes and never gives back (custom data is write-only, unlike
+``userData``, which ``$expand=userData`` returns)."""
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
