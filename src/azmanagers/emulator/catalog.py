@@ -25,24 +25,60 @@ SKUS = (
 SKUS_BY_NAME = {s.name.lower(): s for s in SKUS}
 LOCATIONS = (
     "australiaeast",
+    "australiasoutheast",
+    "brazilsouth",
+    "canadacentral",
+    "canadaeast",
+    "centralindia",
     "centralus",
+    "eastasia",
     "eastus",
     "eastus2",
+    "francecentral",
+    "germanywestcentral",
+    "israelcentral",
+    "italynorth",
     "japaneast",
+    "japanwest",
+    "koreacentral",
+    "mexicocentral",
     "northcentralus",
     "northeurope",
+    "norwayeast",
+    "polandcentral",
+    "qatarcentral",
+    "southafricanorth",
     "southcentralus",
     "southeastasia",
+    "southindia",
+    "spaincentral",
     "swedencentral",
+    "switzerlandnorth",
+    "uaenorth",
     "uksouth",
+    "ukwest",
+    "westcentralus",
     "westeurope",
+    "westindia",
     "westus",
     "westus2",
     "westus3",
 )
 """The Azure regions the emulator serves (public-cloud names, as ``az account list-locations``
 gives them); each size is offered in each."""
-UNZONED = frozenset({"northcentralus", "westus"})
+UNZONED = frozenset(
+    {
+        "australiasoutheast",
+        "canadaeast",
+        "japanwest",
+        "northcentralus",
+        "southindia",
+        "ukwest",
+        "westcentralus",
+        "westindia",
+        "westus",
+    }
+)
 """Of those, the regions without availability zones."""
 DEFAULT_FAMILY_LIMIT = 350
 DEFAULT_REGIONAL_LIMIT = 1000
