@@ -19,6 +19,10 @@ from azmanagers.tls import make_cluster_credentials
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_FORM_BYTES = 64 * 1024
+HANDSHAKE_TIMEOUT_S = 10.0
+MAX_CALLS = 100_000
+IDLE_TIMEOUT_S = 60.0
+"""A connection that sends nothing for this long is closed (clients reconnect)."""
 """Bodies of the routes served without a token (the token endpoint's form)."""
 ADMIN_PREFIX = "/azmanagers-admin/"
 BLOB_PREFIX = "/azmanagers-blob/"
@@ -126,6 +130,9 @@ class EmulatorServer:
         self.admin = admin
         self.before_route = before_route
         self.calls: list[Call] = []
+        self.calls_dropped = 0
+        """How many of the oldest calls were dropped from ``calls`` (it holds at most
+        ``MAX_CALLS``, so a long-lived emulator's memory stays bounded)."""
         self._calls_lock = threading.Lock()
         self._tmp = None if folder is not None else tempfile.TemporaryDirectory(prefix="azm-emu-")
         self.folder = folder if folder is not None else Path(self._tmp.name)  # type: ignore[union-attr]
@@ -137,9 +144,7 @@ class EmulatorServer:
         cert_file.chmod(0o600)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert_file)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._httpd.daemon_threads = True
-        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self._httpd = _TlsServer(("127.0.0.1", 0), _make_handler(self), context)
         self.port = self._httpd.server_address[1]
         self.base_url = f"https://127.0.0.1:{self.port}"
         # identity imports this module's types: imported here, once they exist
@@ -172,9 +177,20 @@ class EmulatorServer:
             self._tmp.cleanup()
 
     def record(self, call: Call) -> None:
-        """Append a call to the log."""
+        """Append a call to the log; past ``MAX_CALLS`` the oldest quarter is dropped."""
         with self._calls_lock:
             self.calls.append(call)
+            if len(self.calls) > MAX_CALLS:
+                dropped = MAX_CALLS // 4
+                del self.calls[:dropped]
+                self.calls_dropped += dropped
+
+    def calls_since(self, index: int) -> tuple[int, list[Call]]:
+        """Return the index of the first call still held from ``index`` on, and those calls
+        (indexes count every call since the start, dropped ones too)."""
+        with self._calls_lock:
+            first = max(index, self.calls_dropped)
+            return first, self.calls[first - self.calls_dropped :]
 
     def calls_matching(self, method: str | None = None, contains: str = "") -> list[Call]:
         """Return logged calls with this method whose path contains ``contains``."""
@@ -184,6 +200,34 @@ class EmulatorServer:
                 for c in self.calls
                 if (method is None or c.method == method) and contains.lower() in c.path.lower()
             ]
+
+
+class _TlsServer(ThreadingHTTPServer):
+    """Each connection's TLS handshake happens in its own thread, bounded: a client that
+    connects and says nothing never holds up the accept loop."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        context: ssl.SSLContext,
+    ) -> None:
+        self.context = context
+        super().__init__(address, handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(HANDSHAKE_TIMEOUT_S)
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError):
+            return  # the plain socket is closed by shutdown_request
+        try:
+            tls.settimeout(IDLE_TIMEOUT_S)
+            self.RequestHandlerClass(tls, client_address, self)  # type: ignore[arg-type]
+        finally:
+            tls.close()
 
 
 def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
@@ -230,7 +274,14 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(payload)
 
         def _read_body(self, limit: int) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
+            if self.headers.get("Transfer-Encoding"):
+                self.close_connection = True  # the body stays unread
+                raise ArmError(411, "LengthRequired", "Send the body with a Content-Length.")
+            text = (self.headers.get("Content-Length") or "0").strip()
+            if not (text.isascii() and text.isdigit() and len(text) <= 12):
+                self.close_connection = True
+                raise ArmError(400, "InvalidHeader", f"Content-Length {text[:20]!r} is invalid.")
+            length = int(text)
             if length > limit:
                 self.close_connection = True  # the body stays unread
                 raise ArmError(413, "RequestEntityTooLarge", "The request body is too large.")
@@ -259,9 +310,9 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
             raw = self._read_body(MAX_BODY_BYTES)
             try:
                 body = json.loads(raw) if raw else None
-            except json.JSONDecodeError as exc:
+            except (ValueError, RecursionError) as exc:  # bad JSON, bad UTF-8, too deep
                 raise ArmError(
-                    400, "InvalidRequestContent", f"The body is not JSON: {exc}"
+                    400, "InvalidRequestContent", f"The body is not JSON: {exc}"[:300]
                 ) from exc
             if path.startswith(ADMIN_PREFIX) and server.admin is not None:
                 found = server.admin.find(method, path)
