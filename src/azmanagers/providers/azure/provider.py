@@ -323,16 +323,16 @@ class AzureProvider:
 
     # -- ownership -----------------------------------------------------------------------
     def list_owned_resources(self, *, cluster: str | None = None) -> list[OwnedResource]:
-        """Return our scale sets, found by the exact ``azmanagers-cluster`` tag."""
+        """Return our scale sets and VMs, found by the exact ``azmanagers-cluster`` tag.
+
+        One unfiltered list of the resource group, matched here: ARM leaves the tags out of
+        the answer when it filters by tag name and value, and a tag filter cannot be combined
+        with a type filter, so a server-side filter would hide the tags we match on.
+        """
         if self._resources is None:
             self._resources = resource_client(self.settings, self.subscription)
-        query = f"tagName eq '{TAG_CLUSTER}'"
-        if cluster is not None:
-            query += f" and tagValue eq '{cluster}'"
         with mapped(f"listing resources tagged {TAG_CLUSTER}"):
-            found = list(
-                self._resources.resources.list_by_resource_group(self.resource_group, filter=query)
-            )
+            found = list(self._resources.resources.list_by_resource_group(self.resource_group))
         out = []
         for res in found:
             tags = dict(res.tags or {})
