@@ -7,6 +7,7 @@ machine's Python.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,14 @@ from tests.emulator.azure_vm_cluster import prepare_network, run_cluster, venv_p
 
 @pytest.fixture(scope="module")
 def python() -> str:
-    """The python of dask-cloudprovider's venv (installed from PyPI the first time)."""
-    return venv_python()
+    """The python of dask-cloudprovider's venv (installed from PyPI the first time: .ci/run
+    does it); without it, skipped, unless CI is set (then failed)."""
+    try:
+        return venv_python()
+    except RuntimeError as exc:
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(f"{exc} (CI is set: this test must run there)")
+        pytest.skip(f"dask-cloudprovider's venv is not there and could not be made: {exc}")
 
 
 def everything(emu: Emulator) -> list[dict[str, Any]]:
