@@ -67,24 +67,30 @@ def emulator_serve(
 
 
 def az_login_script(emu: Emulator, config_dir: Path) -> str:
-    """Return a script to ``source``: the az CLI, in a config folder of its own (never the
-    user's ~/.azure), trusts the emulator's CA, registers it as a cloud and signs in as its
-    service principal."""
+    """Return a script to ``source``: it defines an ``az`` shell function that runs the az CLI
+    in a config folder of its own (never the user's ~/.azure), trusting the emulator's CA,
+    then registers the emulator as a cloud and signs in as its service principal. Nothing is
+    exported into the shell, so other tools keep the system's CA bundle."""
     sp = emu.service_principal
-    variables = {
-        "AZURE_CONFIG_DIR": str(config_dir),
-        "REQUESTS_CA_BUNDLE": str(emu.server.ca_file),
-        "AZURE_CORE_INSTANCE_DISCOVERY": "false",
-        "AZURE_CORE_COLLECT_TELEMETRY": "false",
-    }
     q = shlex.quote
+    settings = " ".join(
+        f"{name}={q(value)}"
+        for name, value in {
+            "AZURE_CONFIG_DIR": str(config_dir),
+            "REQUESTS_CA_BUNDLE": str(emu.server.ca_file),
+            "AZURE_CORE_INSTANCE_DISCOVERY": "false",
+            "AZURE_CORE_COLLECT_TELEMETRY": "false",
+        }.items()
+    )
     return (
-        "# the az CLI against the azmanagers emulator (AZ=/path/to/az to choose which az)\n"
-        + env_script(variables)
-        + f'"${{AZ:-az}}" cloud register -n AzmEmulator --endpoint-resource-manager '
+        "# the az CLI against the azmanagers emulator (AZ=/path/to/az to choose which az).\n"
+        "# az login takes the emulator's client secret on its command line, so other local\n"
+        "# users can see it in the process list while it runs: it opens only this emulator.\n"
+        f'az() {{ {settings} command "${{AZ:-az}}" "$@"; }}\n'
+        f"az cloud register -n AzmEmulator --endpoint-resource-manager "
         f"{q(emu.server.base_url)} >/dev/null 2>&1 || true\n"
-        + '"${AZ:-az}" cloud set -n AzmEmulator\n'
-        + f'"${{AZ:-az}}" login --service-principal -u {q(sp.client_id)} '
+        "az cloud set -n AzmEmulator\n"
+        f"az login --service-principal -u {q(sp.client_id)} "
         f"-p {q(sp.client_secret)} -t {q(sp.tenant_id)} --output none\n"
     )
 
