@@ -371,7 +371,7 @@ az={az}
 $az cloud register -n Emulator --endpoint-resource-manager "$AZMANAGERS_ARM_ENDPOINT" &&
 $az cloud set -n Emulator && $az login --identity -o json > "$HOME/login.json" &&
 $az account get-access-token --query accessToken -o tsv > "$HOME/token.txt"
-echo $? > "$HOME/done.txt"
+echo $? > "$HOME/done.tmp" && mv "$HOME/done.tmp" "$HOME/done.txt"  # whole, or not there
 """
 
 
@@ -392,7 +392,7 @@ def test_a_vm_logs_in_with_its_managed_identity(tmp_path: Path) -> None:
         subnet = make_subnet(network, RG)
         script = IDENTITY_SCRIPT.format(az=exe)
         make_vm(compute, network, "idvm", subnet, boot_script=script, identity=True)
-        home = tmp_path / "emulator" / "vms" / "idvm"
+        (home,) = (tmp_path / "emulator" / "vms").glob("idvm-*")  # its name and its vmId
         status = wait_for(home / "done.txt").strip()
         assert status == "0", (home / "boot.log").read_text()[-3000:]
         [account] = json.loads((home / "login.json").read_text())

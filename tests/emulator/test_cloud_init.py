@@ -220,7 +220,7 @@ runcmd:
   - shutdown -h now
 """
     boot_vm("ci1", config)
-    folder = tmp_path / "emulator" / "vms" / "ci1"
+    (folder,) = (tmp_path / "emulator" / "vms").glob("ci1-*")  # its name and its vmId
     eventually(lambda: power_state("ci1") == "PowerState/stopped", "the VM to power off", 30)
     assert (folder / "root" / "seen").read_text() == "hello from cloud-init"
     log = (folder / "boot.log").read_text()

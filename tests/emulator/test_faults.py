@@ -229,7 +229,10 @@ def test_slow_boots_join_late_or_are_replaced_past_their_deadline(
     assert cluster.nworkers() == 2 and not cluster.failures  # late, within its deadline
     assert faults.injected["slow_boot"] == 1
     slow = f"{cluster.pool}_0"
-    assert "a slow boot (2 s)" in emulated_azure.state.runner.boot_log(slow, 4096)  # type: ignore[union-attr]
+    runner = emulated_azure.state.runner
+    assert runner is not None
+    (vm_id,) = [k for k, vm in runner.identities.items() if vm.name == slow]
+    assert "a slow boot (2 s)" in runner.boot_log(vm_id, 4096)
 
     faults.update({"slow_boot": 1, "slow_boot_s": 120})
     cluster = azmanagers.addprocs("myscaleset", 1, waitfor=True, timeout=DEADLINE_S)

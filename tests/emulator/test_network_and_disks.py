@@ -143,7 +143,7 @@ def test_a_security_group_keeps_its_rules_and_has_azures_defaults(network: Any) 
 
 
 def test_a_nic_uses_a_public_ip_and_a_security_group_which_stay_while_it_does(
-    network: Any,
+    network: Any, emulator: Emulator
 ) -> None:
     subnet_id = make_vnet(network).subnets[0].id
     nsg = network.network_security_groups.begin_create_or_update(
@@ -188,6 +188,10 @@ def test_a_nic_uses_a_public_ip_and_a_security_group_which_stay_while_it_does(
 
     network.network_interfaces.begin_delete(RG, "nic").result()
     network.public_ip_addresses.begin_delete(RG, "pip").result()
+    # both addresses are back in the pool: the public IP's, and the one the NIC was given
+    # before it took the public IP's
+    returned = list(emulator.state.addresses._returned)
+    assert public_ip.ip_address in returned and len(returned) == 2
     network.network_security_groups.begin_delete(RG, "nsg").result()
     network.virtual_networks.begin_delete(RG, "vnet").result()
     assert list(network.public_ip_addresses.list(RG)) == []

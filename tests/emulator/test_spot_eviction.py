@@ -41,7 +41,8 @@ def test_an_evicted_spot_worker_retires_gracefully_and_is_replaced(
     victim = sorted(azmanagers.workers())[0]
     emulated_azure.state.evict([victim], notice_s=6)
     assert client.gather(futures) == [i * i for i in range(30)]  # complete and correct
-    boot_log = tmp_path / "emulator" / "vms" / victim / "boot.log"
+    (vm_folder,) = (tmp_path / "emulator" / "vms").glob(f"{victim}-*")  # its name, its vmId
+    boot_log = vm_folder / "boot.log"
     eventually(lambda: "retired gracefully" in boot_log.read_text(), "a graceful retirement")
     eventually(lambda: victim not in {vm.name for vm in scaleset.vms.values()}, "the eviction")
     eventually(

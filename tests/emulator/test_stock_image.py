@@ -58,7 +58,10 @@ def test_a_stock_image_installs_azmanagers_then_joins(
     assert f"venv-{azmanagers.__version__}" in python, "the agent did not run from the virtualenv"
     assert python != sys.executable
     assert sum(client.gather(client.map(abs, [-1, -2, 3]))) == 6
-    log = emulated_azure.state.runner.boot_log(f"{cluster.pool}_0", 20_000)  # type: ignore[union-attr]
+    runner = emulated_azure.state.runner
+    assert runner is not None
+    (vm_id,) = [k for k, vm in runner.identities.items() if vm.name == f"{cluster.pool}_0"]
+    log = runner.boot_log(vm_id, 20_000)
     assert f"lacks azmanagers {azmanagers.__version__}; installing it" in log
 
 

@@ -78,7 +78,8 @@ def test_a_vm_with_its_nic_boots_and_is_deleted_with_it(emulator: Emulator, tmp_
     assert disk_key[2] == "microsoft.compute/disks" and disk["managedBy"].endswith("/detached1")
     assert info.name == "detached1" and info.state is InstanceState.RUNNING
     assert info.address.startswith("127.") and ".10." in info.address  # a process-VM: loopback
-    log = tmp_path / "emulator" / "vms" / "detached1" / "boot.log"
+    (vm_folder,) = (tmp_path / "emulator" / "vms").glob("detached1-*")  # its name, its vmId
+    log = vm_folder / "boot.log"
     deadline = time.monotonic() + 20
     while "booted as detached1 with -m azmanagers.agent detached" not in (
         log.read_text() if log.exists() else ""

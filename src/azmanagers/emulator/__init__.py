@@ -125,7 +125,7 @@ def start_emulator(
         admin=build_admin_router(state),
     ).start()
     add_subscription_routes(router, server.sign_in, state)  # before anyone knows the port
-    state.call_log = server.calls_matching  # the admin route /azmanagers-admin/calls
+    state.call_log = server.calls_since  # the admin route /azmanagers-admin/calls
     state.tenant_id = server.sign_in.tenant_id  # shown on managed identities
     if imds is not None and runner is not None:
         imds.issue_token = server.sign_in.managed_identity_token

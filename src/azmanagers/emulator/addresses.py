@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import itertools
@@ -17,16 +18,21 @@ PER_NET = 245 * 250
 
 
 class AddressPool:
-    """Hands out NIC addresses that are never reused while the emulator runs.
+    """Hands out NIC addresses; one given back is handed out again once the fresh ones are
+    all taken (oldest given back first).
 
     When VMs run as processes, their services listen on these addresses (on fixed ports), so
     two emulators on one machine (two test processes) must not share any: each takes a
-    ``127.N.0.0/16`` of its own, held by a lock file until ``release``.
+    ``127.N.0.0/16`` of its own, held by a lock file until ``release``. Fresh addresses go
+    first so that a stopped VM's sockets are long closed before its address serves again.
     """
 
     def __init__(self, running: bool) -> None:
         self._lock = threading.Lock()
         self._next = itertools.count()
+        self._fresh_left = True
+        self._returned: collections.OrderedDict[str, None] = collections.OrderedDict()
+        """Addresses given back, oldest first (a set in order: each at most once)."""
         self._held: int | None = None
         self.prefix = self._reserve() if running else "10.0"
 
@@ -47,12 +53,24 @@ class AddressPool:
         raise RuntimeError("every 127.N.0.0/16 is taken by another emulator on this machine")
 
     def next(self) -> str:
-        """A new address (never one handed out before by this pool)."""
+        """An address no one holds: a fresh one, else the one given back longest ago."""
         with self._lock:
-            n = next(self._next)
-        if n >= PER_NET:
-            raise RuntimeError(f"the emulator has handed out {PER_NET} addresses")
-        return f"{self.prefix}.{10 + n // 250}.{4 + n % 250}"
+            if self._fresh_left:
+                n = next(self._next)
+                if n < PER_NET:
+                    return f"{self.prefix}.{10 + n // 250}.{4 + n % 250}"
+                self._fresh_left = False
+            if not self._returned:
+                raise RuntimeError(f"all {PER_NET} addresses of the emulator are in use")
+            address, _ = self._returned.popitem(last=False)
+            return address
+
+    def give_back(self, address: str) -> None:
+        """Return an address (its NIC is gone) to be handed out again; others are ignored."""
+        if not address.startswith(self.prefix + "."):
+            return
+        with self._lock:
+            self._returned[address] = None
 
     def release(self) -> None:
         """Let another emulator take this pool's addresses."""

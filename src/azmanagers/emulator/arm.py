@@ -7,7 +7,6 @@ import re
 import secrets
 import time
 
-from azmanagers.emulator import flexible
 from azmanagers.emulator.catalog import (
     LOCATIONS,
     SKUS,
@@ -16,18 +15,17 @@ from azmanagers.emulator.catalog import (
     usage_document,
 )
 from azmanagers.emulator.groups import add_group_routes
+from azmanagers.emulator.scaleset_updates import patch_scaleset, put_scaleset
 from azmanagers.emulator.scalesets import (
     ArmState,
     ScaleSet,
-    capacity_of,
     host_name,
     remove_instance,
-    scale_to,
     vm_view,
     vmss_view,
 )
 from azmanagers.emulator.server import ArmError, Request, Response, Router
-from azmanagers.emulator.shapes import deep_merge
+from azmanagers.emulator.validation import check_instance_ids, count_parameter
 from azmanagers.emulator.views import iso, provisioning_status, summary
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
@@ -49,7 +47,10 @@ def _uniform_only(scaleset: ScaleSet, what: str) -> None:
 
 
 BOOT_LOG_MAX_BYTES = 1 << 20
-_SIGNATURE = re.compile(r"((?:^|&)sig=)[^&]*")
+_SECRETS = re.compile(
+    r"((?:^|&)(?:sig|client_secret|access_token|password|code|assertion)=)[^&]*", re.IGNORECASE
+)
+"""Query values the call log never shows: SAS signatures, secrets and tokens."""
 """A blob URL's signature (a credential, like a SAS): kept out of the call log's answers."""
 
 
@@ -108,22 +109,21 @@ def build_admin_router(state: ArmState) -> Router:
                 "NotFound",
                 "This emulator's server does not share its call log with ARM's state.",
             )
-        since = req.query.get("since", "0")
-        if not since.isdigit():
-            raise ArmError(400, "InvalidParameter", f"since must be a call index, got {since!r}.")
-        calls = state.call_log()
+        since = count_parameter(req.query.get("since", "0"), "since")
+        first, calls = state.call_log(since)
         value = [
             {
                 "index": index,
                 "method": call.method,
                 "path": call.path,
-                "query": _SIGNATURE.sub(r"\1<redacted>", call.query),
+                "query": _SECRETS.sub(r"\1<redacted>", call.query),
                 "status": call.status,
                 "user_agent": call.user_agent,
             }
-            for index, call in enumerate(calls[int(since) :], start=int(since))
+            for index, call in enumerate(calls, start=first)
         ]
-        return Response(200, {"value": value, "next": len(calls)})
+        # "first": the oldest index still held (the log keeps the newest calls only)
+        return Response(200, {"value": value, "first": first, "next": first + len(calls)})
 
     router.add("GET", r"/azmanagers-admin/calls", get_calls)
     router.add("GET", r"/azmanagers-blob/serial/(?P<vm>[^/]+)", serial_log)
@@ -139,46 +139,17 @@ def build_router(state: ArmState) -> Router:
 
     def put_vmss(req: Request) -> Response:
         sub, rg, name = req.match["sub"], req.match["rg"], req.match["name"]
-        body = req.body
-        if not isinstance(body, dict) or not body.get("location"):
-            raise ArmError(400, "LocationRequired", "The location property is required.")
         with state.lock:
-            state.group(sub, rg)
-            key = (sub.lower(), rg.lower(), name.lower())
-            existing = state.scalesets.get(key)
-            # on an existing scale set ARM keeps what the body leaves out (`az vmss scale`
-            # sends only location and sku): objects merge, lists replace
-            model = deep_merge(existing.body, body) if existing is not None else body
-            capacity = capacity_of(model)
-            flexible.validate(model)
-            if existing is not None and existing.flexible != flexible.is_flexible(model):
-                raise ArmError(
-                    409,
-                    "PropertyChangeNotAllowed",
-                    "Changing property 'orchestrationMode' is not allowed.",
-                )
-            scaleset = existing or ScaleSet(sub, rg, name, {})
-            scaleset.body = deep_merge({}, model)
-            if existing is not None:
-                scaleset.generation += 1
-            scale_to(state, scaleset, capacity)
-            state.scalesets[key] = scaleset
-            headers = state.operation(req, sub, body["location"])
-            view = vmss_view(scaleset, "Updating" if existing else "Creating")
-        return Response(200 if existing else 201, view, headers)
+            scaleset, existed = put_scaleset(state, sub, rg, name, req.body)
+            headers = state.operation(req, sub, str(scaleset.body["location"]))
+            view = vmss_view(scaleset, "Updating" if existed else "Creating")
+        return Response(200 if existed else 201, view, headers)
 
     def patch_vmss(req: Request) -> Response:
         sub, rg, name = req.match["sub"], req.match["rg"], req.match["name"]
-        body = req.body if isinstance(req.body, dict) else {}
         with state.lock:
             scaleset = state.scaleset(sub, rg, name)
-            if "sku" in body:
-                scale_to(
-                    state, scaleset, capacity_of({"sku": {**scaleset.body["sku"], **body["sku"]}})
-                )
-            if "tags" in body:
-                scaleset.body["tags"] = dict(body["tags"] or {})
-            scaleset.generation += 1
+            patch_scaleset(state, scaleset, req.body)
             headers = state.operation(req, sub, scaleset.body["location"])
             return Response(200, vmss_view(scaleset, "Updating"), headers)
 
@@ -221,9 +192,7 @@ def build_router(state: ArmState) -> Router:
         return Response(200, {"value": value})
 
     def delete_instances(req: Request) -> Response:
-        ids = (req.body or {}).get("instanceIds") if isinstance(req.body, dict) else None
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ArmError(400, "InvalidParameter", "instanceIds must be a list of strings.")
+        ids = check_instance_ids(req.body)
         with state.lock:
             scaleset = state.scaleset(req.match["sub"], req.match["rg"], req.match["name"])
             unknown = [i for i in ids if i not in scaleset.vms]
@@ -246,7 +215,7 @@ def build_router(state: ArmState) -> Router:
             vm = scaleset.vms.get(req.match["iid"])
             if vm is None:
                 raise ArmError(404, "NotFound", f"Instance {req.match['iid']} not found.")
-        return boot_log_links(state, req, vm.name)
+        return boot_log_links(state, req, vm.vm_id)  # the runner knows a VM by its vmId
 
     def get_operation(req: Request) -> Response:
         with state.lock:

@@ -10,6 +10,15 @@ from typing import Any
 from azmanagers.emulator.removal import remove_group
 from azmanagers.emulator.scalesets import ArmState, Operation, vm_view, vmss_view
 from azmanagers.emulator.server import ArmError, Request, Response, Router
+from azmanagers.emulator.validation import (
+    check_location,
+    check_tags,
+    count_parameter,
+    location_name,
+    same_location,
+    unreadable,
+    without_nulls,
+)
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
 _RG = _SUB + r"/resourceGroups/(?P<rg>[^/]+)"
@@ -118,9 +127,7 @@ def _top(req: Request, value: list[Any]) -> list[Any]:
     text = req.query.get("$top", "")
     if not text:
         return value
-    if not text.isdigit():
-        raise ArmError(400, "InvalidParameter", f"$top must be a positive number, got {text!r}.")
-    return value[: int(text)]
+    return value[: count_parameter(text, "$top")]
 
 
 def add_group_routes(router: Router, state: ArmState) -> None:
@@ -128,20 +135,32 @@ def add_group_routes(router: Router, state: ArmState) -> None:
 
     def put_group(req: Request) -> Response:
         sub, rg = req.match["sub"], req.match["rg"]
-        if not isinstance(req.body, dict) or not req.body.get("location"):
+        if not isinstance(req.body, dict):
             raise ArmError(400, "LocationRequired", "The location property is required.")
+        body = without_nulls(req.body)
+        location = check_location(body)
+        tags = check_tags(body.get("tags", {}))
+        if not isinstance(body.get("managedBy", ""), str):
+            raise unreadable("managedBy", "a string", body["managedBy"])
         with state.lock:
             existing = state.groups.get((sub.lower(), rg.lower()))
+            if existing is not None and not same_location(existing["location"], location):
+                raise ArmError(
+                    409,
+                    "InvalidResourceGroupLocation",
+                    f"Invalid resource group location '{location}'. The Resource group already "
+                    f"exists in location '{existing['location']}'.",
+                )
             group = {
                 "id": f"/subscriptions/{sub}/resourceGroups/{existing['name'] if existing else rg}",
                 "name": existing["name"] if existing else rg,
                 "type": "Microsoft.Resources/resourceGroups",
-                "location": req.body["location"],
-                "tags": req.body.get("tags") or {},
+                "location": existing["location"] if existing else location_name(location),
+                "tags": copy.deepcopy(tags),
                 "properties": {"provisioningState": "Succeeded"},
             }
-            if req.body.get("managedBy"):
-                group["managedBy"] = req.body["managedBy"]
+            if body.get("managedBy"):
+                group["managedBy"] = body["managedBy"]
             state.groups[(sub.lower(), rg.lower())] = group
         return Response(200 if existing else 201, group)
 
@@ -193,6 +212,9 @@ def add_group_routes(router: Router, state: ArmState) -> None:
                 for group, body in resources(state, sub, rg)
                 if matches(body, group, terms)
             ]
+        if {"tagname", "tagvalue"} <= {field for field, _, _ in terms}:
+            for entry in value:  # ARM: filtered by tag name and value, tags are not returned
+                entry.pop("tags", None)
         return Response(200, {"value": _top(req, value)})
 
     router.add("GET", _SUB + r"/resourcegroups", list_groups)

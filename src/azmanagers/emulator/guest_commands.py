@@ -1,24 +1,12 @@
-"""Commands of the emulated VM image: ``docker`` (run, pull, version) and ``shutdown``.
-
-Run as a script (``python -S guest_commands.py IMAGE_DIR COMMAND ARGS...``) by the shims
-``guest_image`` puts first on every emulated VM's ``PATH``; only the standard library is used.
-
-``docker run``: the image is this machine's Python environment, whatever its name, and the
-container is the command given after it, run in the VM with host networking (a Python
-listener on every interface listens on the VM's address: ``guest_network``). Its environment
-is a container's (``-e``/``--env-file`` plus the basics), with ``python``, ``dask`` and the
-image's tools on its ``PATH``. Volumes, GPUs and images without a command are refused, as
-docker on such a VM would fail; ``-d`` runs it in the background.
-
-``shutdown``/``poweroff``/``halt``: power the emulated VM off: every process of the VM is
-stopped and the VM's power state becomes ``stopped`` (a VM whose boot ends in ``shutdown``,
-as dask-cloudprovider's do, is stopped, not deleted). Never this machine's shutdown.
-"""
+"""Commands of the emulated VM image: docker, shutdown and the confined write of files."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
+import posixpath
 import secrets
 import signal
 import subprocess
@@ -45,6 +33,61 @@ FLAG_OPTIONS = frozenset({
     "--rm", "-d", "--detach", "-i", "--interactive", "-t", "--tty", "--privileged", "--init",
     "--read-only",
 })  # fmt: skip
+
+
+def inside_root(root: Path, path: str, cwd: str = "") -> Path:
+    """Where the VM's ``path`` lands on this machine: under the VM's ``root``, symlinks followed.
+
+    An absolute path is the VM's (``/etc/x`` is ``root/etc/x``; ``/..`` is ``/``); a relative
+    one is taken from ``cwd`` when that lies in the root, else from the root (where
+    cloud-init runs its commands). Raise ValueError when the path, once every symlink made so
+    far is followed (``ln -s /outside "$AZM_VM_ROOT/etc"``), leaves the root, or the root is
+    itself a symlink: the VM's files stay under its own folder.
+    """
+    real_root = Path(os.path.realpath(root.parent)) / root.name
+    if real_root.is_symlink():
+        raise ValueError(f"the VM's root {root} is a symlink")
+    base = real_root
+    if cwd and not path.startswith("/"):
+        real_cwd = Path(os.path.realpath(cwd))
+        if real_cwd == real_root or real_cwd.is_relative_to(real_root):
+            base = real_cwd
+    relative = posixpath.normpath("/" + str(base.relative_to(real_root)) + "/" + path)
+    resolved = Path(os.path.realpath(real_root / relative.lstrip("/")))
+    if resolved != real_root and not resolved.is_relative_to(real_root):
+        raise ValueError(f"{path} resolves to {resolved}, outside the VM's root")
+    return resolved
+
+
+def write_files(root: Path, entries: list[dict[str, object]]) -> int:
+    """Write cloud-init's ``write_files`` entries (and its command scripts) under ``root``.
+
+    Each entry holds ``path`` (the VM's), ``data`` (base64), ``mode``, ``append`` and
+    ``quiet``; ``cloudinit`` made them. A path that leaves the root (``inside_root``) is
+    refused and reported as cloud-init reports a failed file; the others are written all
+    the same. Return 1 when any was refused, else 0.
+    """
+    refused = 0
+    for entry in entries:
+        path = str(entry["path"])
+        mode = int(str(entry["mode"])) & 0o777  # never setuid, setgid or sticky
+        try:
+            target = inside_root(root, path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+            flags |= os.O_APPEND if entry.get("append") else os.O_TRUNC
+            fd = os.open(target, flags, mode)
+            with os.fdopen(fd, "wb") as out:
+                out.write(base64.b64decode(str(entry["data"])))
+                os.fchmod(out.fileno(), mode)
+        except (ValueError, OSError) as exc:
+            refused = 1
+            print(f"cloud-init: cc_write_files.py[WARNING]: {path}: not written: {exc}")
+            continue
+        if not entry.get("quiet"):
+            print(f"cloud-init: write_files: {path} (under the VM's root)")
+    sys.stdout.flush()
+    return refused
 
 
 def fail(message: str, status: int = 125) -> int:
@@ -79,14 +122,26 @@ def parse_run(args: list[str]) -> tuple[list[tuple[str, str]], list[str], str, l
     return options, flags, args[index], args[index + 1 :]
 
 
+def vm_root() -> Path:
+    """The VM's root (its ``/``): ``root`` in the VM's folder."""
+    return Path(os.environ.get(MARKER) or ".") / "root"
+
+
 def container_environment(image_dir: Path, options: list[tuple[str, str]]) -> dict[str, str]:
+    """A container's environment: the basics of the VM's, ``-e`` and ``--env-file``'s."""
     env = {key: os.environ[key] for key in KEPT if key in os.environ}
     env["PATH"] = f"{image_dir / 'container-bin'}:{CONTAINER_PATH}"
     env["PYTHONPATH"] = str(image_dir / "container-site")
     for name, value in options:
         lines = [value]
-        if name == "--env-file":
-            lines = Path(value).read_text().splitlines()
+        if name == "--env-file":  # the VM's file, read by the client as docker does
+            try:
+                lines = inside_root(vm_root(), value, os.getcwd()).read_text().splitlines()
+            except (ValueError, OSError) as exc:
+                reason = str(exc)
+                if isinstance(exc, OSError) and exc.strerror:
+                    reason = exc.strerror.lower()  # as Go words it: no such file or directory
+                raise ValueError(f"open {value}: {reason}") from exc
         elif name not in ("-e", "--env"):
             continue
         for line in lines:
@@ -101,7 +156,19 @@ def container_environment(image_dir: Path, options: list[tuple[str, str]]) -> di
 
 
 def docker(image_dir: Path, args: list[str]) -> int:
-    """The emulated image's ``docker``: run, pull and version (see the module)."""
+    """The emulated image's ``docker``: ``run``, ``pull`` and ``version``.
+
+    ``docker run``: the image is this machine's Python environment, whatever its name, and
+    the container is the command given after it, run in the VM with host networking (a
+    Python listener on every interface listens on the VM's address: ``guest_network``).
+    Its environment is a container's (``-e``/``--env-file`` plus the basics), with
+    ``python``, ``dask`` and the image's tools on its ``PATH``. ``-w`` and ``--env-file``
+    are the VM's paths, under its root (``inside_root``): one that leaves it is refused.
+    ``-p`` is accepted (the network is the VM's anyway), and so is ``--privileged``: it
+    grants nothing, the container being a process of the VM with the VM's rights already.
+    Volumes, GPUs and images without a command are refused, as docker on such a VM would
+    fail; ``-d`` runs it in the background.
+    """
     if not args or args[0] not in ("run", "pull", "version"):
         return fail("the emulated image's docker serves run, pull and version only", 1)
     if args[0] == "version":
@@ -123,11 +190,22 @@ def docker(image_dir: Path, args: list[str]) -> int:
     command = entrypoint[-1:] + command
     if not command:
         return fail(f"{image}: the emulated image runs the command given after it; none was")
-    env = container_environment(image_dir, options)
+    try:
+        env = container_environment(image_dir, options)
+    except ValueError as exc:
+        return fail(str(exc))
     for name, value in options:
         if name in ("-w", "--workdir"):
-            workdir = Path(os.environ.get(MARKER, ".")) / "root" / value.lstrip("/")
-            workdir.mkdir(parents=True, exist_ok=True)
+            if not value.startswith("/"):
+                return fail(
+                    f"Error response from daemon: the working directory '{value}' is invalid, "
+                    "it needs to be an absolute path"
+                )
+            try:
+                workdir = inside_root(vm_root(), value)
+                workdir.mkdir(parents=True, exist_ok=True)
+            except (ValueError, OSError) as exc:
+                return fail(f"Error response from daemon: the working directory: {exc}")
             os.chdir(workdir)
     print(f"docker (emulated): {image} runs {command[0]} on the VM's network", flush=True)
     if any(f == "--detach" or (not f.startswith("--") and "d" in f) for f in flags):
@@ -163,7 +241,12 @@ def _signal(pids: list[int], sig: int) -> None:
 
 
 def shutdown(program: str, args: list[str]) -> int:
-    """Power the emulated VM off (see the module); ``-r`` and ``reboot`` are refused."""
+    """``shutdown``/``poweroff``/``halt``: power the emulated VM off, never this machine.
+
+    Every process of the VM is stopped and the VM's power state becomes ``stopped`` (a VM
+    whose boot ends in ``shutdown``, as dask-cloudprovider's do, is stopped, not deleted).
+    ``-r`` and ``reboot`` are refused: rebooting is not emulated.
+    """
     if program == "reboot" or "-r" in args or "--reboot" in args:
         print(f"{program}: rebooting is not emulated", file=sys.stderr)
         return 1
@@ -189,7 +272,14 @@ def shutdown(program: str, args: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
+    """``python -S guest_commands.py IMAGE_DIR COMMAND ARGS...``, as the image's shims run it.
+
+    Only the standard library is used (the image's Python may lack the rest). ``write-files
+    ROOT`` reads its entries as JSON from stdin (the boot script ``cloudinit`` makes).
+    """
     image_dir, program, args = Path(argv[1]), argv[2], argv[3:]
+    if program == "write-files":
+        return write_files(Path(args[0]), json.load(sys.stdin))
     if program == "docker":
         return docker(image_dir, args)
     return shutdown(program, args)

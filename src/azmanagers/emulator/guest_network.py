@@ -1,13 +1,4 @@
-"""An emulated VM's network for Python programs in its containers: the VM's one address.
-
-Copied as ``sitecustomize.py`` onto the ``PYTHONPATH`` of a container the emulated ``docker``
-runs (see ``guest_image``). A VM on Azure has its own network, so a program there that
-listens on every interface (``0.0.0.0``, ``::``) listens on the VM's address; emulated VMs
-share this machine, so here such a listener gets ``AZMANAGERS_VM_ADDRESS`` (a loopback address
-of the VM's own) instead: two VMs' schedulers can both take port 8786, and nothing listens
-beyond loopback. Connections to loopback leave from that address too (the VM's source
-address). Only the standard library is used (the image's Python may lack the rest).
-"""
+"""An emulated VM's network for Python programs in its containers: the VM's one address."""
 
 from __future__ import annotations
 
@@ -20,6 +11,17 @@ _ANY = (None, "", "0.0.0.0", "::")
 
 
 def _install(address: str) -> None:
+    """Make this Python's listeners and connections use the VM's ``address``.
+
+    Copied as ``sitecustomize.py`` onto the ``PYTHONPATH`` of a container the emulated
+    ``docker`` runs (see ``guest_image``), this runs at the container's start. A VM on Azure
+    has its own network, so a program there that listens on every interface (``0.0.0.0``,
+    ``::``) listens on the VM's address; emulated VMs share this machine, so here such a
+    listener gets ``AZMANAGERS_VM_ADDRESS`` (a loopback address of the VM's own) instead:
+    two VMs' schedulers can both take port 8786, and nothing listens beyond loopback.
+    Connections to loopback leave from that address too (the VM's source address). Only
+    the standard library is used (the image's Python may lack the rest).
+    """
     resolve = socket.getaddrinfo
     bind = socket.socket.bind
 

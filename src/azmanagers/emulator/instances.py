@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import secrets
 import threading
 from collections.abc import Callable
@@ -90,6 +91,8 @@ class ImdsServer:
 
 def _imds_handler(server: ImdsServer) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
+        disable_nagle_algorithm = True  # headers and body go out at once
+
         def log_message(self, format: str, *args: Any) -> None:
             """Silence the default log."""
 
@@ -163,7 +166,12 @@ def _own_loopback(address: str) -> str:
 
 
 class ProcessRunner:
-    """Starts an emulated VM's custom data as a process-VM, and stops it when deleted."""
+    """Starts an emulated VM's custom data as a process-VM, and stops it when deleted.
+
+    Each VM is known by its ``vmId`` (its key here), which no other VM shares: VM names are
+    unique per resource group only, and a deleted VM's name may be given to a new VM at
+    once. Each VM boots in a folder of its own, ``<name>-<start of its vmId>``.
+    """
 
     arm_environment: dict[str, str]
     """ARM's endpoint and CA for the VMs (set once ARM listens), as a VM finds Azure's."""
@@ -175,12 +183,37 @@ class ProcessRunner:
         self._runtime = process_vm_runtime()
         self._running: dict[str, tuple[ProcessVM, str]] = {}
         self.identities: dict[str, VMIdentity] = {}
+        """The running VMs' identities, by ``vmId``."""
+        self._folders: dict[str, Path] = {}
+        """Every VM's folder by ``vmId``, also once it is stopped (its boot log stays)."""
         self._lock = threading.Lock()
         self._stoppers: list[threading.Thread] = []
 
+    def folder_of(self, vm_id: str) -> Path | None:
+        """The folder a VM booted in, or None for a VM that never ran here."""
+        with self._lock:
+            return self._folders.get(vm_id)
+
+    def _new_folder(self, identity: VMIdentity) -> Path:
+        """A folder no VM used (lock held), named after the VM and its ``vmId``."""
+        shown = re.sub(r"[^A-Za-z0-9._-]", "_", identity.name)[:64]  # a safe file name
+        base = f"{shown}-{identity.vm_id[:8]}"
+        folder, count = self.folder / base, 1
+        while folder.exists():  # two vmIds that begin alike
+            count += 1
+            folder = self.folder / f"{base}-{count}"
+        folder.mkdir(parents=True, mode=0o700)
+        return folder
+
     def start(self, identity: VMIdentity, custom_data: str) -> None:
         """Boot a VM: run its custom data in its own folder and process group."""
-        instance_dir = self.folder / identity.name
+        if not identity.vm_id:
+            raise ValueError(f"VM {identity.name} has no vmId to run under.")
+        with self._lock:
+            if identity.vm_id in self._running:
+                raise ValueError(f"VM {identity.name} ({identity.vm_id}) already runs.")
+            instance_dir = self._new_folder(identity)
+            self._folders[identity.vm_id] = instance_dir
         endpoint = self.imds.register(identity)
         extra = {
             "AZMANAGERS_IMDS_ENDPOINT": endpoint,
@@ -199,17 +232,20 @@ class ProcessRunner:
         extra["PATH"] = f"{image_bin}:{os.environ.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
         if cloudinit.is_cloud_config(custom_data):
             custom_data = cloudinit.boot_script(custom_data, identity.vm_id)
-        (instance_dir / POWERED_OFF).unlink(missing_ok=True)  # a reused name: a new VM
-        vm = self._runtime.boot(instance_dir, custom_data, extra)
+        try:
+            vm = self._runtime.boot(instance_dir, custom_data, extra)
+        except BaseException:
+            self.imds.forget(endpoint)
+            raise
         with self._lock:
-            self._running[identity.name] = (vm, endpoint)
-            self.identities[identity.name] = identity
+            self._running[identity.vm_id] = (vm, endpoint)
+            self.identities[identity.vm_id] = identity
 
-    def stop(self, name: str, *, wait: bool = False) -> None:
+    def stop(self, vm_id: str, *, wait: bool = False) -> None:
         """Stop a VM's processes (in the background unless ``wait``)."""
         with self._lock:
-            entry = self._running.pop(name, None)
-            self.identities.pop(name, None)
+            entry = self._running.pop(vm_id, None)
+            identity = self.identities.pop(vm_id, None)
         if entry is None:
             return
         vm, endpoint = entry
@@ -217,33 +253,38 @@ class ProcessRunner:
         if wait:
             vm.stop()
             return
+        name = identity.name if identity is not None else vm_id
         thread = threading.Thread(target=vm.stop, name=f"azm-emu-stop-{name}", daemon=True)
         thread.start()
         with self._lock:
             self._stoppers.append(thread)
 
-    def power_state(self, name: str) -> str:
+    def power_state(self, vm_id: str) -> str:
         """Return a VM's power state: "stopped" once its boot script failed or its guest
         powered it off (``shutdown``), else "running".
 
         On a real VM a failed boot script powers the VM off (so the cluster sees it in its
         one list call); here the script's non-zero exit status stands for that.
         """
-        if (self.folder / name / POWERED_OFF).exists():  # its guest ran shutdown
+        folder = self.folder_of(vm_id)
+        if folder is None:  # a VM that runs nothing here (faults.idle_scaleset_instances)
+            return "running"
+        if (folder / POWERED_OFF).exists():  # its guest ran shutdown
             return "stopped"
-        status = self._runtime.exit_status(self.folder / name)
+        status = self._runtime.exit_status(folder)
         return "stopped" if status not in (None, 0) else "running"
 
-    def boot_log(self, name: str, tail_bytes: int) -> str:
+    def boot_log(self, vm_id: str, tail_bytes: int) -> str:
         """Return the end of a VM's boot log (what a serial console would show)."""
-        return self._runtime.boot_log(self.folder / name, tail_bytes)
+        folder = self.folder_of(vm_id)
+        return "" if folder is None else self._runtime.boot_log(folder, tail_bytes)
 
     def stop_all(self) -> None:
         """Stop every VM and wait for the stops to finish."""
         with self._lock:
-            names = list(self._running)
-        for name in names:
-            self.stop(name, wait=True)
+            keys = list(self._running)
+        for vm_id in keys:
+            self.stop(vm_id, wait=True)
         with self._lock:
             stoppers, self._stoppers = self._stoppers, []
         for thread in stoppers:

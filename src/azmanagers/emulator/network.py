@@ -20,6 +20,7 @@ from azmanagers.emulator.network_kinds import (
     subnet_view,
     uses_of,
 )
+from azmanagers.emulator.removal import release_addresses
 from azmanagers.emulator.scalesets import ArmState
 from azmanagers.emulator.server import ArmError, Request, Response, Router
 from azmanagers.emulator.shapes import network_etag
@@ -154,6 +155,7 @@ def _add_kind(router: Router, state: ArmState, kind: Kind) -> None:
                 return Response(204)
             kind.in_use(state, stored)
             del state.others[_key(req, kind)]
+            release_addresses(state, stored)
             headers = state.operation(req, req.match["sub"], stored["location"])
         return Response(202, None, headers)
 

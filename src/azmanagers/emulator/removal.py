@@ -22,6 +22,20 @@ def key_of(resource_id: str) -> tuple[str, str, str]:
     return (sub.lower(), rg.lower(), parts[-1].lower())
 
 
+def release_addresses(state: ArmState, body: dict[str, Any]) -> None:
+    """Give back the loopback addresses a deleted NIC or public IP held (lock held): a public
+    IP's own, a NIC's private ones except those it took from a public IP."""
+    props = body.get("properties") or {}
+    if str(body.get("type", "")).lower() == "microsoft.network/publicipaddresses":
+        if props.get("ipAddress"):
+            state.addresses.give_back(str(props["ipAddress"]))
+        return
+    for config in props.get("ipConfigurations") or []:
+        settings = config.get("properties") or {}
+        if settings.get("privateIPAddress") and not settings.get("publicIPAddress"):
+            state.addresses.give_back(str(settings["privateIPAddress"]))
+
+
 def remove_vm(state: ArmState, key: tuple[str, str, str]) -> dict[str, Any] | None:
     """Delete a stand-alone VM (lock held): stop its process-VM; delete its NICs and OS disk
     when their ``deleteOption`` is Delete, else detach them. Return what was stored, or None."""
@@ -33,7 +47,8 @@ def remove_vm(state: ArmState, key: tuple[str, str, str]) -> dict[str, Any] | No
     for ref in (props.get("networkProfile") or {}).get("networkInterfaces") or []:
         nic_key = key_of(str(ref.get("id", "")))
         if (ref.get("properties") or {}).get("deleteOption") == "Delete":
-            state.nics.pop(nic_key, None)
+            if nic_key in state.nics:
+                release_addresses(state, state.nics.pop(nic_key))
         elif nic_key in state.nics:
             attach_nic(state.nics[nic_key], None)
             state.nics[nic_key]["etag"] = network_etag()
@@ -49,7 +64,7 @@ def remove_vm(state: ArmState, key: tuple[str, str, str]) -> dict[str, Any] | No
             disk["managedBy"] = None
             disk.setdefault("properties", {})["diskState"] = "Unattached"
     if state.runner is not None:
-        state.runner.stop(str(body["name"]))
+        state.runner.stop(str(props.get("vmId", "")))
     return vm
 
 
@@ -66,7 +81,7 @@ def remove_group(state: ArmState, sub: str, rg: str) -> dict[str, Any] | None:
     for key in [k for k in state.vms if k[:2] == (sub, rg)]:
         remove_vm(state, key)
     for key in [k for k in state.nics if k[:2] == (sub, rg)]:
-        state.nics.pop(key)
+        release_addresses(state, state.nics.pop(key))
     for other in [k for k in state.others if k[:2] == (sub, rg)]:
-        state.others.pop(other)
+        release_addresses(state, state.others.pop(other))
     return group

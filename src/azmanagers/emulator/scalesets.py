@@ -106,7 +106,8 @@ class ArmState:
                         f"VM {name} is not a spot VM: only spot VMs are evicted.",
                     )
             for name in names:
-                identity = self.runner.identities.get(name) if self.runner else None
+                vm_id = self._find_vm(name)[1].vm_id
+                identity = self.runner.identities.get(vm_id) if self.runner else None
                 if identity is not None:
                     identity.events.append(
                         {
@@ -159,7 +160,7 @@ class ArmState:
         (subscription, group, type such as ``microsoft.network/publicipaddresses``, name); each
         body has Azure's ``id``, ``name``, ``type``, ``location`` and ``tags``."""
         self.operations: dict[str, Operation] = {}
-        self.call_log: Callable[[], list[Call]] | None = None
+        self.call_log: Callable[[int], tuple[int, list[Call]]] | None = None
         """The server's call log (set by whoever builds the server), served to admins."""
         self.tenant_id: str | None = None
         """The tenant the emulator's identities belong to (set with the server's sign-in)."""
@@ -269,8 +270,9 @@ def scale_to(state: ArmState, scaleset: ScaleSet, capacity: int) -> None:
 
 def remove_instance(state: ArmState, scaleset: ScaleSet, instance_id: str) -> None:
     vm = scaleset.vms.pop(instance_id)
+    state.addresses.give_back(vm.address)
     if state.runner is not None:
-        state.runner.stop(vm.name)
+        state.runner.stop(vm.vm_id)
 
 
 def capacity_of(body: Any) -> int:
@@ -346,7 +348,7 @@ def _member_properties(scaleset: ScaleSet, vm: ScaleSetVM, vm_id: str) -> dict[s
 def vm_view(state: ArmState, scaleset: ScaleSet, vm: ScaleSetVM, expand: bool) -> dict[str, Any]:
     """A scale set's VM as ARM shows it: a scale-set VM (Uniform) or a VM (Flexible)."""
     if expand and state.runner is not None and vm.power_state == "running":
-        vm.power_state = state.runner.power_state(vm.name)
+        vm.power_state = state.runner.power_state(vm.vm_id)
     if scaleset.flexible:
         vm_id = (
             f"/subscriptions/{scaleset.sub}/resourceGroups/{scaleset.rg}/providers/"

@@ -227,12 +227,15 @@ class _TlsServer(ThreadingHTTPServer):
             tls.settimeout(IDLE_TIMEOUT_S)
             self.RequestHandlerClass(tls, client_address, self)  # type: ignore[arg-type]
         finally:
-            tls.close()
+            # the answer first, then the close: a close with an unread body sends a reset
+            # that can overtake the answer (a refused request's body is never read)
+            self.shutdown_request(tls)
 
 
 def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart
 
         def log_message(self, format: str, *args: Any) -> None:
             """Silence the default stderr log (the call log records requests)."""

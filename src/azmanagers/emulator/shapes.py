@@ -27,6 +27,15 @@ def deep_merge(stored: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def merge_put(stored: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A PUT (or PATCH) on an existing scale set: ``update`` laid over ``stored`` by
+    ``deep_merge``, except ``tags``, which, when given, replace the whole tag set (ARM)."""
+    merged = deep_merge(stored, {k: v for k, v in update.items() if k != "tags"})
+    if "tags" in update:
+        merged["tags"] = copy.deepcopy(update["tags"])
+    return merged
+
+
 def new_uuid() -> str:
     """A fresh identifier (vmId, uniqueId, resourceGuid)."""
     return str(uuid.uuid4())

@@ -11,7 +11,7 @@ from azmanagers.emulator import flexible
 from azmanagers.emulator.arm import boot_log_links
 from azmanagers.emulator.instances import VMIdentity, is_market_image
 from azmanagers.emulator.network import link_nic
-from azmanagers.emulator.removal import DISKS, key_of, remove_vm
+from azmanagers.emulator.removal import DISKS, key_of, release_addresses, remove_vm
 from azmanagers.emulator.scalesets import ArmState, ScaleSet, ScaleSetVM, vm_view
 from azmanagers.emulator.server import ArmError, Request, Response, Router
 from azmanagers.emulator.shapes import (
@@ -59,9 +59,10 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
             state.group(req.match["sub"], req.match["rg"])
             old = state.nics.get(_key(req))
             nic = copy.deepcopy(body)
+            # a re-PUT names the NIC in any casing: it keeps the name (and id) it was made with
             nic.update(
-                id=_rid(req, "Microsoft.Network/networkInterfaces"),
-                name=req.match["name"],
+                id=old["id"] if old else _rid(req, "Microsoft.Network/networkInterfaces"),
+                name=old["name"] if old else req.match["name"],
                 type="Microsoft.Network/networkInterfaces",
             )
             kept = (old or {}).get("properties") or {}
@@ -78,6 +79,9 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
             )
             fill_nic(nic, address)
             link_nic(state, nic)  # its subnet, NSG and public IP (network.py)
+            taken = nic["properties"]["ipConfigurations"][0]["properties"]["privateIPAddress"]
+            if old is None and taken != address:  # it listens on its public IP's address
+                state.addresses.give_back(address)
             existed = old is not None
             state.nics[_key(req)] = nic
             headers = state.operation(req, req.match["sub"], body["location"])
@@ -85,18 +89,27 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
 
     def get_nic(req: Request) -> Response:
         with state.lock:
+            state.group(req.match["sub"], req.match["rg"])
             nic = state.nics.get(_key(req))
         if nic is None:
-            raise ArmError(404, "NotFound", f"Network interface {req.match['name']} not found.")
+            raise ArmError(
+                404,
+                "ResourceNotFound",
+                f"The Resource 'Microsoft.Network/networkInterfaces/{req.match['name']}' under "
+                f"resource group '{req.match['rg']}' was not found.",
+            )
         return Response(200, nic)
 
     def delete_nic(req: Request) -> Response:
         with state.lock:
-            if any(_uses_nic(vm["body"], req.match["name"]) for vm in state.vms.values()):
+            state.group(req.match["sub"], req.match["rg"])
+            if any(_uses_nic(vm["body"], _key(req)) for vm in state.vms.values()):
                 raise ArmError(
                     400, "NicInUse", f"Network interface {req.match['name']} is used by a VM."
                 )
             nic = state.nics.pop(_key(req), None)
+            if nic is not None:
+                release_addresses(state, nic)
         if nic is None:
             return Response(204)
         return Response(202, None, state.operation(req, req.match["sub"], nic["location"]))
@@ -134,7 +147,7 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
                 configs = nic["properties"]["ipConfigurations"]
                 state.runner.start(
                     VMIdentity(
-                        name=req.match["name"],
+                        name=str(view["name"]),
                         vm_id=str(view["properties"]["vmId"]),
                         subscription=sub,
                         resource_group=rg,
@@ -148,34 +161,37 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
                     base64.b64decode(encoded).decode() if encoded else "#!/bin/bash\n",
                 )
             headers = state.operation(req, sub, body["location"])
-        return Response(200 if existed else 201, view, headers)
+        return Response(200 if existed else 201, _public_vm(view), headers)
 
     def get_vm(req: Request) -> Response:
-        expand = req.query.get("$expand", "").lower() == "instanceview"
+        expand = req.query.get("$expand", "").lower()
         with state.lock:
+            state.group(req.match["sub"], req.match["rg"])
             vm = state.vms.get(_key(req))
             if vm is None:
                 scaleset, member = _flexible_vm(state, req)
-                return Response(200, vm_view(state, scaleset, member, expand))
-        view = _public_vm(vm["body"])
-        if expand:
-            view["properties"]["instanceView"] = _instance_view(req.match["name"], vm)
+                return Response(200, vm_view(state, scaleset, member, expand == "instanceview"))
+        # user data is given back on asking only ($expand=userData), as Azure does
+        view = _public_vm(vm["body"], with_user_data=expand == "userdata")
+        if expand == "instanceview":
+            view["properties"]["instanceView"] = _instance_view(vm)
         return Response(200, view)
 
     def get_instance_view(req: Request) -> Response:
         with state.lock:
+            state.group(req.match["sub"], req.match["rg"])
             vm = state.vms.get(_key(req))
             if vm is None:
                 scaleset, member = _flexible_vm(state, req)
                 view = vm_view(state, scaleset, member, True)["properties"]["instanceView"]
                 return Response(200, {"computerName": member.name, **view})
-        return Response(
-            200, {"computerName": req.match["name"], **_instance_view(req.match["name"], vm)}
-        )
+        computer = vm["body"]["properties"]["osProfile"]["computerName"]
+        return Response(200, {"computerName": computer, **_instance_view(vm)})
 
-    def _instance_view(name: str, vm: dict[str, Any]) -> dict[str, Any]:
+    def _instance_view(vm: dict[str, Any]) -> dict[str, Any]:
         runner = state.runner
-        power = "running" if runner is None else runner.power_state(name)
+        vm_id = str(vm["body"]["properties"]["vmId"])
+        power = "running" if runner is None else runner.power_state(vm_id)
         return {"statuses": statuses("succeeded", power, float(vm.get("created_at", time.time())))}
 
     def list_vms(req: Request) -> Response:
@@ -211,13 +227,19 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
         return Response(200, {"value": value})
 
     def boot_diagnostics(req: Request) -> Response:
+        # the serial log's address names the VM by its vmId (the runner's key for it)
         with state.lock:
-            if _key(req) not in state.vms:
-                _flexible_vm(state, req)  # raises 404 for a VM that is neither
-        return boot_log_links(state, req, req.match["name"])
+            state.group(req.match["sub"], req.match["rg"])
+            vm = state.vms.get(_key(req))
+            if vm is not None:
+                vm_id = str(vm["body"]["properties"]["vmId"])
+            else:
+                vm_id = _flexible_vm(state, req)[1].vm_id  # raises 404 for a VM that is neither
+        return boot_log_links(state, req, vm_id)
 
     def delete_vm(req: Request) -> Response:
         with state.lock:
+            state.group(req.match["sub"], req.match["rg"])
             vm = remove_vm(state, _key(req))
             if vm is None:
                 try:
@@ -228,7 +250,7 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
                 scaleset.vms.pop(member.instance_id)
                 scaleset.body["sku"]["capacity"] = len(scaleset.vms)
                 if state.runner is not None:
-                    state.runner.stop(member.name)
+                    state.runner.stop(member.vm_id)
                 location = scaleset.body["location"]
                 return Response(202, None, state.operation(req, req.match["sub"], location))
         return Response(202, None, state.operation(req, req.match["sub"], vm["body"]["location"]))
@@ -259,15 +281,18 @@ def _stored_vm(
     req: Request, body: dict[str, Any], old: dict[str, Any] | None, tenant_id: str | None
 ) -> dict[str, Any]:
     """A VM as stored: the request's body with what Azure adds (ids, vmId, OS disk's name,
-    type and managed-disk id, empty lists); what Azure made at creation stays."""
+    type and managed-disk id, empty lists); what Azure made at creation stays, its name (in
+    the casing it was made with) too."""
+    stored = (old or {}).get("body") or {}
     view = copy.deepcopy(body)
     view.update(
-        id=_rid(req, "Microsoft.Compute/virtualMachines"),
-        name=req.match["name"],
+        id=stored.get("id") or _rid(req, "Microsoft.Compute/virtualMachines"),
+        name=stored.get("name") or req.match["name"],
         type="Microsoft.Compute/virtualMachines",
     )
+    name = str(view["name"])
     props = view.setdefault("properties", {})
-    before = ((old or {}).get("body") or {}).get("properties") or {}
+    before = stored.get("properties") or {}
     props["provisioningState"] = "Succeeded"
     props["vmId"] = before.get("vmId") or new_uuid()
     props["timeCreated"] = before.get("timeCreated") or iso(time.time())
@@ -275,12 +300,12 @@ def _stored_vm(
     disk_name = (
         (storage.get("osDisk") or {}).get("name")
         or ((before.get("storageProfile") or {}).get("osDisk") or {}).get("name")
-        or os_disk_name(req.match["name"])
+        or os_disk_name(name)
     )
     disk_id = _rid(req, "Microsoft.Compute/disks").rsplit("/", 1)[0] + f"/{disk_name}"
     fill_storage_profile(storage, disk_name, disk_id)
     os_profile = props.setdefault("osProfile", {})
-    os_profile.setdefault("computerName", req.match["name"])
+    os_profile.setdefault("computerName", name)
     os_profile.setdefault("secrets", [])
     identity = view.get("identity")
     if isinstance(identity, dict) and "systemassigned" in str(identity.get("type", "")).lower():
@@ -303,12 +328,15 @@ def _add_os_disk(state: ArmState, vm: dict[str, Any], created_at: float) -> None
         )
 
 
-def _public_vm(body: dict[str, Any]) -> dict[str, Any]:
-    """A stored VM as ARM returns it: without its password."""
+def _public_vm(body: dict[str, Any], *, with_user_data: bool = False) -> dict[str, Any]:
+    """A stored VM as ARM returns it: without its password and custom data, and with its user
+    data only when asked for (``$expand=userData``)."""
     view = copy.deepcopy(body)
     props = view.get("properties") or {}
     if isinstance(props.get("osProfile"), dict):
         props["osProfile"] = public_os_profile(props["osProfile"])
+    if not with_user_data:
+        props.pop("userData", None)
     return view
 
 
@@ -322,6 +350,7 @@ def _flexible_vm(state: ArmState, req: Request) -> tuple[ScaleSet, ScaleSetVM]:
     raise ArmError(404, "ResourceNotFound", f"VM {req.match['name']} was not found.")
 
 
-def _uses_nic(vm_body: dict[str, Any], nic: str) -> bool:
+def _uses_nic(vm_body: dict[str, Any], nic: tuple[str, str, str]) -> bool:
+    """Tell whether a VM uses the NIC of lower-case key ``nic`` (subscription, group, name)."""
     nics = (vm_body.get("properties", {}).get("networkProfile") or {}).get("networkInterfaces", [])
-    return any(str(n.get("id", "")).rsplit("/", 1)[-1].lower() == nic.lower() for n in nics)
+    return any(key_of(str(n.get("id", ""))) == nic for n in nics)
