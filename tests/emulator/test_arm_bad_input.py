@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import gzip
 import http.client
 import json
 import ssl
@@ -365,3 +366,41 @@ def test_a_scaled_down_instance_gives_its_address_back(emulator: Emulator) -> No
     newest = scaleset.vms["1"].address
     assert raw(emulator, "PATCH", VMSS, {"sku": {"capacity": 1}})[0] == 200
     assert newest in emulator.state.addresses._returned
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        (f"/subscriptions/{SUB}/resourcegroups/{{}}", "g" * 91),
+        (f"/subscriptions/{SUB}/resourcegroups/{{}}", "ends-with."),
+        (f"{GROUP}/providers/Microsoft.Compute/virtualMachineScaleSets/{{}}", "x" * 65),
+        (f"{GROUP}/providers/Microsoft.Compute/virtualMachineScaleSets/{{}}", "bad|name"),
+        (f"{GROUP}/providers/Microsoft.Network/publicIPAddresses/{{}}", "p" * 81),
+        (f"{GROUP}/providers/Microsoft.Network/publicIPAddresses/{{}}", "-lead"),
+        (f"{GROUP}/providers/Microsoft.Compute/virtualMachines/{{}}", "v.."),
+    ],
+)
+def test_names_azure_refuses_are_refused(emulator: Emulator, path: str, name: str) -> None:
+    status, answer = raw(emulator, "PUT", path.format(name), {"location": LOCATION})
+    assert (status, answer["error"]["code"]) == (400, "InvalidResourceName")
+    assert name[:20] in answer["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("custom_data", "says"),
+    [
+        ("not base64!", "Base64"),
+        (base64.b64encode(gzip.compress(b"#!/bin/bash\necho hi\n")).decode(), "uncompressed"),
+        ("A" * 87_384, "maximum length"),
+    ],
+)
+def test_custom_data_azure_or_the_emulator_cannot_take_is_refused(
+    emulator: Emulator, custom_data: str, says: str
+) -> None:
+    model = body(1)
+    model["properties"]["virtualMachineProfile"]["osProfile"]["customData"] = custom_data
+    raw(emulator, "DELETE", VMSS)
+    status, answer = raw(emulator, "PUT", VMSS, model)
+    assert (status, answer["error"]["code"]) == (400, "InvalidParameter")
+    assert says in answer["error"]["message"]
+    assert raw(emulator, "GET", VMSS)[0] == 404  # nothing was made

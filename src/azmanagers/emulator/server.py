@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from azmanagers.emulator.names import name_problem
 from azmanagers.tls import make_cluster_credentials
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -337,6 +338,9 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
             if found is None:
                 raise ArmError(404, "InvalidResourceType", f"No route for {path}.", extra)
             handler, match = found
+            problem = name_problem(path) if method == "PUT" else None
+            if problem is not None:
+                raise ArmError(400, "InvalidResourceName", problem, extra)
             try:
                 response = handler(Request(method, path, query, body, match, server.base_url))
             except ArmError as err:

@@ -10,6 +10,8 @@ from typing import Any
 from azmanagers.emulator.server import ArmError
 
 MAX_TAGS = 50
+MAX_CUSTOM_DATA_CHARS = 87_380
+"""Azure's limit: 65,535 bytes, base64-encoded."""
 MAX_TAG_NAME = 512
 MAX_TAG_VALUE = 256
 """Azure's tag limits on a resource or resource group."""
@@ -135,14 +137,38 @@ def _check_os_profile(os_profile: dict[str, Any], path: str) -> None:
     for key in ("linuxConfiguration", "windowsConfiguration"):
         _member(os_profile, key, dict, path)
     _member(os_profile, "secrets", list, path)
-    encoded = os_profile.get("customData")
-    if encoded:
-        try:
-            base64.b64decode(encoded).decode()
-        except (binascii.Error, ValueError):
-            raise ArmError(
-                400, "InvalidParameter", "osProfile.customData is not base64 (of UTF-8 text)."
-            ) from None
+    check_custom_data(os_profile.get("customData"))
+
+
+def check_custom_data(encoded: Any) -> str:
+    """Return custom data as the text a VM runs; refuse what Azure refuses (not base64, over
+    65,535 bytes) and what the emulator cannot run (not UTF-8: gzip'd custom data)."""
+    if not encoded:
+        return ""
+    if not isinstance(encoded, str):
+        raise unreadable("osProfile.customData", "a string", encoded)
+    if len(encoded) > MAX_CUSTOM_DATA_CHARS:
+        raise ArmError(
+            400,
+            "InvalidParameter",
+            f"Custom data in OSProfile must be in Base64 encoding and with a maximum length of "
+            f"{MAX_CUSTOM_DATA_CHARS} characters.",
+        )
+    try:
+        raw = base64.b64decode(encoded.replace("\n", "").replace("\r", ""), validate=True)
+    except (binascii.Error, ValueError):
+        raise ArmError(
+            400, "InvalidParameter", "Custom data in OSProfile must be in Base64 encoding."
+        ) from None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise ArmError(
+            400,
+            "InvalidParameter",
+            "The emulator runs custom data that is text (a script or #cloud-config); this is "
+            "binary (gzip'd?): send it uncompressed.",
+        ) from None
 
 
 def _check_storage_profile(storage: dict[str, Any], path: str) -> None:

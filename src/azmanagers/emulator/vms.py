@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import copy
 import time
 from typing import Any
@@ -24,6 +23,7 @@ from azmanagers.emulator.shapes import (
     public_os_profile,
 )
 from azmanagers.emulator.tokens import managed_identity_ids
+from azmanagers.emulator.validation import check_custom_data
 from azmanagers.emulator.views import iso, statuses
 
 _SUB = r"/subscriptions/(?P<sub>[^/]+)"
@@ -123,6 +123,7 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
         if not nics:
             raise ArmError(400, "InvalidParameter", "networkProfile.networkInterfaces is required.")
         sub, rg = req.match["sub"], req.match["rg"]
+        script = check_custom_data((props.get("osProfile") or {}).get("customData"))
         with state.lock:
             state.group(sub, rg)
             for ref in nics:
@@ -142,7 +143,6 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
             if not existed:
                 _add_os_disk(state, view, created_at)
             if not existed and state.runner is not None:
-                encoded = (props.get("osProfile") or {}).get("customData") or ""
                 nic = state.nics[key_of(str(nics[0]["id"]))]
                 configs = nic["properties"]["ipConfigurations"]
                 state.runner.start(
@@ -158,7 +158,7 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
                         managed_identity="systemassigned"
                         in str((body.get("identity") or {}).get("type", "")).lower(),
                     ),
-                    base64.b64decode(encoded).decode() if encoded else "#!/bin/bash\n",
+                    script or "#!/bin/bash\n",
                 )
             headers = state.operation(req, sub, body["location"])
         return Response(200 if existed else 201, _public_vm(view), headers)
