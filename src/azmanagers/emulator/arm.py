@@ -24,12 +24,19 @@ from azmanagers.emulator.scalesets import (
     vm_view,
     vmss_view,
 )
-from azmanagers.emulator.server import ArmError, Request, Response, Router
+from azmanagers.emulator.server import (
+    GROUP_PATH,
+    SUBSCRIPTION_PATH,
+    ArmError,
+    Request,
+    Response,
+    Router,
+)
 from azmanagers.emulator.validation import check_instance_ids, count_parameter
 from azmanagers.emulator.views import iso, provisioning_status, summary
 
-_SUB = r"/subscriptions/(?P<sub>[^/]+)"
-_RG = _SUB + r"/resourceGroups/(?P<rg>[^/]+)"
+_SUB = SUBSCRIPTION_PATH
+_RG = GROUP_PATH
 _VMSS = _RG + r"/providers/Microsoft\.Compute/virtualMachineScaleSets"
 _ANY_VMSS = _SUB + r"(?:/resourceGroups/(?P<rg>[^/]+))?/providers/Microsoft\.Compute"
 _ANY_VMSS += r"/virtualMachineScaleSets"

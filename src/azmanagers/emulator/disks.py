@@ -1,9 +1,4 @@
-"""Managed disks (``Microsoft.Compute/disks``): a VM's OS disk, and empty disks made by PUT.
-
-A VM made by ``PUT virtualMachines`` gets its OS disk here (see ``vms``); the disk stays
-after the VM unless its ``osDisk.deleteOption`` is ``Delete``, as on Azure, so a client
-deletes it. A disk attached to a VM (``managedBy``) cannot be deleted.
-"""
+"""Managed disks (``Microsoft.Compute/disks``): a VM's OS disk, and empty disks made by PUT."""
 
 from __future__ import annotations
 
@@ -14,12 +9,19 @@ from typing import Any
 from azmanagers.emulator.network_kinds import check_members
 from azmanagers.emulator.removal import DISKS
 from azmanagers.emulator.scalesets import ArmState
-from azmanagers.emulator.server import ArmError, Request, Response, Router
+from azmanagers.emulator.server import (
+    GROUP_PATH,
+    SUBSCRIPTION_PATH,
+    ArmError,
+    Request,
+    Response,
+    Router,
+)
 from azmanagers.emulator.shapes import new_uuid
 from azmanagers.emulator.views import iso
 
-_SUB = r"/subscriptions/(?P<sub>[^/]+)"
-_RG = _SUB + r"/resourceGroups/(?P<rg>[^/]+)"
+_SUB = SUBSCRIPTION_PATH
+_RG = GROUP_PATH
 _DISKS = r"/providers/Microsoft\.Compute/disks"
 MAX_DISK_GB = 32767
 
@@ -77,7 +79,12 @@ def _empty_disk(req: Request, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def add_disk_routes(router: Router, state: ArmState) -> None:
-    """Add the managed-disk routes: list (group and subscription), get, put (empty), delete."""
+    """Add the managed-disk routes: list (group and subscription), get, put (empty), delete.
+
+    A VM made by ``PUT virtualMachines`` gets its OS disk here (see ``vms``); the disk stays
+    after the VM unless its ``osDisk.deleteOption`` is ``Delete``, as on Azure, so a client
+    deletes it. A disk attached to a VM (``managedBy``) cannot be deleted.
+    """
 
     def listing(req: Request) -> Response:
         sub, rg = req.match["sub"].lower(), (req.match.groupdict().get("rg") or "").lower()

@@ -9,7 +9,14 @@ from typing import Any
 
 from azmanagers.emulator.removal import remove_group
 from azmanagers.emulator.scalesets import ArmState, Operation, vm_view, vmss_view
-from azmanagers.emulator.server import ArmError, Request, Response, Router
+from azmanagers.emulator.server import (
+    GROUP_PATH,
+    SUBSCRIPTION_PATH,
+    ArmError,
+    Request,
+    Response,
+    Router,
+)
 from azmanagers.emulator.validation import (
     check_location,
     check_tags,
@@ -20,8 +27,8 @@ from azmanagers.emulator.validation import (
     without_nulls,
 )
 
-_SUB = r"/subscriptions/(?P<sub>[^/]+)"
-_RG = _SUB + r"/resourceGroups/(?P<rg>[^/]+)"
+_SUB = SUBSCRIPTION_PATH
+_RG = GROUP_PATH
 _TERM = re.compile(
     r"\s*(?:(?P<field>\w+)\s+eq\s+'(?P<value>[^']*)'"
     r"|startswith\(\s*(?P<sfield>\w+)\s*,\s*'(?P<prefix>[^']*)'\s*\))\s*(?:and\s+|$)",

@@ -22,11 +22,18 @@ from azmanagers.emulator.network_kinds import (
 )
 from azmanagers.emulator.removal import release_addresses
 from azmanagers.emulator.scalesets import ArmState
-from azmanagers.emulator.server import ArmError, Request, Response, Router
+from azmanagers.emulator.server import (
+    GROUP_PATH,
+    SUBSCRIPTION_PATH,
+    ArmError,
+    Request,
+    Response,
+    Router,
+)
 from azmanagers.emulator.shapes import network_etag
 
-_SUB = r"/subscriptions/(?P<sub>[^/]+)"
-_RG = _SUB + r"/resourceGroups/(?P<rg>[^/]+)"
+_SUB = SUBSCRIPTION_PATH
+_RG = GROUP_PATH
 
 
 def link_nic(state: ArmState, nic: dict[str, Any]) -> None:

@@ -20,15 +20,19 @@ from azmanagers.tls import make_cluster_credentials
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_FORM_BYTES = 64 * 1024
+"""Bodies of the routes served without a token (the token endpoint's form)."""
 HANDSHAKE_TIMEOUT_S = 10.0
-MAX_CALLS = 100_000
 IDLE_TIMEOUT_S = 60.0
 """A connection that sends nothing for this long is closed (clients reconnect)."""
-"""Bodies of the routes served without a token (the token endpoint's form)."""
+MAX_CALLS = 100_000
+"""The call log keeps the newest this many calls."""
 ADMIN_PREFIX = "/azmanagers-admin/"
+"""Routes of the emulator itself (faults, state), outside ARM's namespace; token required."""
 BLOB_PREFIX = "/azmanagers-blob/"
 """Blob downloads (boot logs): authorised by the URL's signature, like a SAS, not a token."""
-"""Routes of the emulator itself (faults, state), outside ARM's namespace; token required."""
+SUBSCRIPTION_PATH = r"/subscriptions/(?P<sub>[^/]+)"
+GROUP_PATH = SUBSCRIPTION_PATH + r"/resourceGroups/(?P<rg>[^/]+)"
+"""Route patterns every resource path begins with."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,14 @@ from azmanagers.emulator.instances import VMIdentity, is_market_image
 from azmanagers.emulator.network import link_nic
 from azmanagers.emulator.removal import DISKS, key_of, release_addresses, remove_vm
 from azmanagers.emulator.scalesets import ArmState, ScaleSet, ScaleSetVM, vm_view
-from azmanagers.emulator.server import ArmError, Request, Response, Router
+from azmanagers.emulator.server import (
+    GROUP_PATH,
+    SUBSCRIPTION_PATH,
+    ArmError,
+    Request,
+    Response,
+    Router,
+)
 from azmanagers.emulator.shapes import (
     attach_nic,
     fill_nic,
@@ -26,8 +33,8 @@ from azmanagers.emulator.tokens import managed_identity_ids
 from azmanagers.emulator.validation import check_custom_data
 from azmanagers.emulator.views import iso, statuses
 
-_SUB = r"/subscriptions/(?P<sub>[^/]+)"
-_RG = _SUB + r"/resourceGroups/(?P<rg>[^/]+)"
+_SUB = SUBSCRIPTION_PATH
+_RG = GROUP_PATH
 _NIC = _RG + r"/providers/Microsoft\.Network/networkInterfaces/(?P<name>[^/]+)"
 _VMS = _RG + r"/providers/Microsoft\.Compute/virtualMachines"
 _ALL_VMS = _SUB + r"/providers/Microsoft\.Compute/virtualMachines"
