@@ -30,6 +30,10 @@ COMPUTE = "Microsoft.Compute"
 NETWORK = "Microsoft.Network"
 
 
+MAX_OPERATIONS = 20_000
+"""Operations a long-lived emulator remembers (each answers its poll until forgotten)."""
+
+
 @dataclass
 class ScaleSetVM:
     """One instance of a scale set."""
@@ -195,6 +199,9 @@ class ArmState:
         request's own resource provider (Microsoft.Network for a NIC)."""
         op = Operation(id=str(uuid.uuid4()))
         self.operations[op.id] = op
+        if len(self.operations) > MAX_OPERATIONS:  # the oldest are long polled: forget them
+            for old in list(self.operations)[: MAX_OPERATIONS // 4]:
+                del self.operations[old]
         api = req.query["api-version"]
         provider = NETWORK if f"/providers/{NETWORK}/".lower() in req.path.lower() else COMPUTE
         base = f"{req.base_url}/subscriptions/{sub}/providers/{provider}/locations/{location}"
