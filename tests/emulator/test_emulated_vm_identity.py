@@ -15,7 +15,7 @@ import pytest
 
 from azmanagers.emulator import Emulator, start_emulator
 from azmanagers.emulator.instances import ProcessRunner
-from azmanagers.providers.azure._clients import ArmSettings, compute_client
+from azmanagers.providers.azure._clients import ArmSettings, compute_client, resource_client
 from tests.conftest import eventually, processes_under
 
 SUB = "00000000-0000-0000-0000-0000000000ee"
@@ -292,3 +292,41 @@ def test_a_nic_in_use_is_the_one_of_its_group(records: Emulator) -> None:
     status, body = _raw(records, "DELETE", _nic_path("ga", "vm1-nic"))
     assert (status, body["error"]["code"]) == (400, "NicInUse")
     assert _raw(records, "DELETE", _nic_path("gb", "vm1-nic"))[0] == 202  # same name, unused
+
+
+STUBBORN = "#!/bin/bash\ntrap '' TERM\nexec sleep 600\n"
+
+
+def test_a_vm_delete_succeeds_only_once_its_processes_are_gone(running: Emulator) -> None:
+    _make_vm(running, "gd", "slow", STUBBORN)  # it ignores SIGTERM: stopping takes a while
+    [folder] = _folders(running, "gd")
+    eventually(lambda: bool(processes_under(folder)), "the VM to run")
+    _compute(running).virtual_machines.begin_delete("gd", "slow").result()
+    assert processes_under(folder) == []  # a deleted VM no longer answers, as on Azure
+
+
+def test_names_the_sdk_quotes_are_taken_as_azure_takes_them(records: Emulator) -> None:
+    env = records.environment()
+    settings = ArmSettings(
+        env["AZMANAGERS_ARM_ENDPOINT"], env["AZMANAGERS_ARM_CA"], env["AZMANAGERS_ARM_TOKEN"], 0
+    )
+    groups = resource_client(settings, SUB).resource_groups
+    made = groups.create_or_update("my(rg)", {"location": LOCATION})  # sent as my%28rg%29
+    assert made.name == "my(rg)" and made.id.endswith("/resourceGroups/my(rg)")
+    assert groups.get("my(rg)").name == "my(rg)"
+
+
+def test_bodies_whose_envelope_is_not_azures_are_a_400(records: Emulator) -> None:
+    assert _raw(records, "PUT", _group("ge"), {"location": LOCATION})[0] in (200, 201)
+    for path, body in (
+        (_nic_path("ge", "n1"), {**_nic_body(), "tags": ["a"]}),
+        (_nic_path("ge", "n2"), {**_nic_body(), "location": 5}),
+        (_vm_path("ge", "v1"), {"location": LOCATION, "properties": "x"}),
+        (
+            _group("ge") + "/providers/Microsoft.Network/publicIPAddresses/p1",
+            {"location": LOCATION, "sku": "x"},
+        ),
+    ):
+        status, answer = _raw(records, "PUT", path, body)
+        assert status == 400, (path, answer)
+        assert _raw(records, "GET", path)[0] == 404  # nothing was made

@@ -87,8 +87,11 @@ def az_login_script(emu: Emulator, config_dir: Path) -> str:
         "# az login takes the emulator's client secret on its command line, so other local\n"
         "# users can see it in the process list while it runs: it opens only this emulator.\n"
         f'az() {{ {settings} command "${{AZ:-az}}" "$@"; }}\n'
+        "# a folder served before holds the cloud at the port of that time: registered anew\n"
+        "az cloud set -n AzureCloud >/dev/null 2>&1 || true\n"
+        "az cloud unregister -n AzmEmulator >/dev/null 2>&1 || true  # not there the first time\n"
         f"az cloud register -n AzmEmulator --endpoint-resource-manager "
-        f"{q(emu.server.base_url)} >/dev/null 2>&1 || true\n"
+        f"{q(emu.server.base_url)} --output none\n"
         "az cloud set -n AzmEmulator\n"
         f"az login --service-principal -u {q(sp.client_id)} "
         f"-p {q(sp.client_secret)} -t {q(sp.tenant_id)} --output none\n"

@@ -25,6 +25,7 @@ from azmanagers.emulator.network import add_network_routes
 from azmanagers.emulator.scalesets import ArmState
 from azmanagers.emulator.server import EmulatorServer
 from azmanagers.emulator.subscriptions import add_subscription_routes
+from azmanagers.emulator.validation import check_envelope
 from azmanagers.emulator.vms import add_vm_routes
 
 
@@ -129,6 +130,7 @@ def start_emulator(
     ).start()
     add_subscription_routes(router, server.sign_in, state)  # before anyone knows the port
     state.call_log = server.calls_since  # the admin route /azmanagers-admin/calls
+    server.check_body = check_envelope  # ARM's envelope of every PUT and PATCH
     state.tenant_id = server.sign_in.tenant_id  # shown on managed identities
     if imds is not None and runner is not None:
         imds.issue_token = server.sign_in.managed_identity_token

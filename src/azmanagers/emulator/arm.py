@@ -229,12 +229,16 @@ def build_router(state: ArmState) -> Router:
             op = state.operations.get(req.match["op"])
         if op is None:
             raise ArmError(404, "NotFound", f"Operation {req.match['op']} not found.")
+        status = op.current_status()
+        again = {"retry-after-ms": "200"} if status == "InProgress" else {}
         if req.match["kind"].lower() == "operationresults" or req.query.get("monitor") == "true":
             # a Location to poll: its GET is the operation's result (none here) once done
-            return Response(200 if op.status == "Succeeded" else 202)
+            return Response(200 if status == "Succeeded" else 202, None, again)
         moment = iso(op.started)
+        if status == "InProgress":
+            return Response(200, {"name": op.id, "status": status, "startTime": moment}, again)
         return Response(
-            200, {"name": op.id, "status": op.status, "startTime": moment, "endTime": moment}
+            200, {"name": op.id, "status": status, "startTime": moment, "endTime": moment}
         )
 
     def list_skus(req: Request) -> Response:

@@ -188,6 +188,7 @@ class ProcessRunner:
         """Every VM's folder by ``vmId``, also once it is stopped (its boot log stays)."""
         self._lock = threading.Lock()
         self._stoppers: list[threading.Thread] = []
+        self._stopping: dict[str, threading.Thread] = {}
 
     def folder_of(self, vm_id: str) -> Path | None:
         """The folder a VM booted in, or None for a VM that never ran here."""
@@ -258,6 +259,16 @@ class ProcessRunner:
         thread.start()
         with self._lock:
             self._stoppers.append(thread)
+            self._stopping[vm_id] = thread
+
+    def stopping(self, vm_id: str) -> bool:
+        """Whether a deleted VM's processes are still being stopped."""
+        with self._lock:
+            thread = self._stopping.get(vm_id)
+            if thread is not None and not thread.is_alive():
+                del self._stopping[vm_id]
+                thread = None
+        return thread is not None
 
     def power_state(self, vm_id: str) -> str:
         """Return a VM's power state: "stopped" once its boot script failed or its guest

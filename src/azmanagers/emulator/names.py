@@ -21,9 +21,9 @@ def _compute_problem(name: str, limit: int) -> str | None:
     return None
 
 
-def _network_problem(name: str, limit: int) -> str | None:
-    if not 1 <= len(name) <= limit:
-        return f"it must be 1 to {limit} characters long"
+def _network_problem(name: str, limit: int, least: int = 1) -> str | None:
+    if not least <= len(name) <= limit:
+        return f"it must be {least} to {limit} characters long"
     if not _NETWORK.fullmatch(name):
         return (
             "it may hold letters, digits, '_', '.' and '-', begin with a letter or digit and end "
@@ -48,7 +48,7 @@ _RULES: dict[str, Callable[[str], str | None]] = {
     "networkinterfaces": lambda name: _network_problem(name, 80),
     "publicipaddresses": lambda name: _network_problem(name, 80),
     "networksecuritygroups": lambda name: _network_problem(name, 80),
-    "virtualnetworks": lambda name: _network_problem(name, 64),
+    "virtualnetworks": lambda name: _network_problem(name, 64, least=2),
     "subnets": lambda name: _network_problem(name, 80),
 }
 

@@ -89,6 +89,12 @@ class Operation:
     id: str
     status: str = "Succeeded"
     started: float = field(default_factory=time.time)
+    busy: Callable[[], bool] | None = None
+    """While this says True the operation is InProgress (a deleted VM still stopping)."""
+
+    def current_status(self) -> str:
+        """InProgress while ``busy``, then ``status``."""
+        return "InProgress" if self.busy is not None and self.busy() else self.status
 
 
 class ArmState:
@@ -194,10 +200,13 @@ class ArmState:
             )
         return found
 
-    def operation(self, req: Request, sub: str, location: str) -> dict[str, str]:
+    def operation(
+        self, req: Request, sub: str, location: str, busy: Callable[[], bool] | None = None
+    ) -> dict[str, str]:
         """Start an operation; return the headers that point a poller at it, under the
-        request's own resource provider (Microsoft.Network for a NIC)."""
-        op = Operation(id=str(uuid.uuid4()))
+        request's own resource provider (Microsoft.Network for a NIC). It is InProgress while
+        ``busy`` says so."""
+        op = Operation(id=str(uuid.uuid4()), busy=busy)
         self.operations[op.id] = op
         if len(self.operations) > MAX_OPERATIONS:  # the oldest are long polled: forget them
             for old in list(self.operations)[: MAX_OPERATIONS // 4]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from azmanagers.emulator.names import name_problem
 from azmanagers.tls import make_cluster_credentials
@@ -134,6 +134,8 @@ class EmulatorServer:
         self.router = router
         self.admin = admin
         self.before_route = before_route
+        self.check_body: Callable[[Any], None] | None = None
+        """Checks every PUT and PATCH body before its route (set by whoever builds the server)."""
         self.calls: list[Call] = []
         self.calls_dropped = 0
         """How many of the oldest calls were dropped from ``calls`` (it holds at most
@@ -247,10 +249,13 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
 
         def _serve(self) -> None:
             parts = urlsplit(self.path)
+            # the SDKs quote names (``my(rg)`` comes as ``my%28rg%29``); a quoted "/" becomes a
+            # separator, so no route matches it (no Azure name holds one)
+            path = "/".join(unquote(segment) for segment in parts.path.split("/"))
             # HEAD (``az group exists``) is GET without the body: 204 when the resource exists
             method = "GET" if self.command == "HEAD" else self.command
             try:
-                response = self._dispatch(method, parts.path, parts.query)
+                response = self._dispatch(method, path, parts.query)
             except ArmError as err:
                 response = Response(
                     err.status, {"error": {"code": err.code, "message": str(err)}}, err.headers
@@ -312,7 +317,9 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
             try:
                 server.sign_in.authenticate(self.headers.get("Authorization", ""), server.token)
             except ArmError:
-                if self.headers.get("Content-Length", "0") != "0":
+                if self.headers.get("Content-Length", "0") != "0" or self.headers.get(
+                    "Transfer-Encoding"
+                ):
                     self.close_connection = True  # refused before its body is read
                 raise
             raw = self._read_body(MAX_BODY_BYTES)
@@ -345,6 +352,12 @@ def _make_handler(server: EmulatorServer) -> type[BaseHTTPRequestHandler]:
             problem = name_problem(path) if method == "PUT" else None
             if problem is not None:
                 raise ArmError(400, "InvalidResourceName", problem, extra)
+            if method in ("PUT", "PATCH") and server.check_body is not None:
+                try:
+                    server.check_body(body)
+                except ArmError as err:
+                    err.headers = {**extra, **err.headers}
+                    raise
             try:
                 response = handler(Request(method, path, query, body, match, server.base_url))
             except ArmError as err:

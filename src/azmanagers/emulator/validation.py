@@ -274,3 +274,19 @@ def check_instance_ids(body: Any) -> list[str]:
     if len(set(ids)) != len(ids):
         raise ArmError(400, "InvalidParameter", "InstanceIds may not be repeated.")
     return ids
+
+
+def check_envelope(body: Any) -> None:
+    """Refuse a PUT or PATCH body whose ARM envelope is not Azure's shape: an object, with a
+    string location, an object of properties and of sku, and tags as Azure takes them."""
+    if body is None:
+        return
+    if not isinstance(body, dict):
+        raise unreadable("the body", "an object", body)
+    if body.get("location") is not None and not isinstance(body["location"], str):
+        raise unreadable("location", "a string", body["location"])
+    for key in ("properties", "sku"):
+        if body.get(key) is not None and not isinstance(body[key], dict):
+            raise unreadable(key, "an object", body[key])
+    if body.get("tags") is not None:
+        check_tags(body["tags"])

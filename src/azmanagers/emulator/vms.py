@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import Any
 
 from azmanagers.emulator import flexible
@@ -11,7 +12,13 @@ from azmanagers.emulator.arm import boot_log_links
 from azmanagers.emulator.instances import VMIdentity, is_market_image
 from azmanagers.emulator.network import link_nic
 from azmanagers.emulator.removal import DISKS, key_of, release_addresses, remove_vm
-from azmanagers.emulator.scalesets import ArmState, ScaleSet, ScaleSetVM, vm_view
+from azmanagers.emulator.scalesets import (
+    ArmState,
+    ScaleSet,
+    ScaleSetVM,
+    remove_instance,
+    vm_view,
+)
 from azmanagers.emulator.server import (
     GROUP_PATH,
     SUBSCRIPTION_PATH,
@@ -50,6 +57,15 @@ def _rid(req: Request, kind: str) -> str:
         f"/subscriptions/{req.match['sub']}/resourceGroups/{req.match['rg']}/providers/{kind}/"
         f"{req.match['name']}"
     )
+
+
+def _stopping(state: ArmState, vm_id: str) -> Callable[[], bool] | None:
+    """What keeps a VM's delete InProgress: its processes still stopping (as on Azure, a VM
+    whose delete has succeeded no longer answers)."""
+    runner = state.runner
+    if runner is None or not vm_id:
+        return None
+    return lambda: runner.stopping(vm_id)
 
 
 def add_vm_routes(router: Router, state: ArmState) -> None:
@@ -254,13 +270,15 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
                 except ArmError:
                     return Response(204)
                 # deleting a Flexible scale set's VM lowers its capacity by one
-                scaleset.vms.pop(member.instance_id)
+                remove_instance(state, scaleset, member.instance_id)
                 scaleset.body["sku"]["capacity"] = len(scaleset.vms)
-                if state.runner is not None:
-                    state.runner.stop(member.vm_id)
+                scaleset.generation += 1
                 location = scaleset.body["location"]
-                return Response(202, None, state.operation(req, req.match["sub"], location))
-        return Response(202, None, state.operation(req, req.match["sub"], vm["body"]["location"]))
+                busy = _stopping(state, member.vm_id)
+                return Response(202, None, state.operation(req, req.match["sub"], location, busy))
+            busy = _stopping(state, str(vm["body"]["properties"].get("vmId", "")))
+            headers = state.operation(req, req.match["sub"], vm["body"]["location"], busy)
+        return Response(202, None, headers)
 
     router.add("PUT", _NIC, put_nic)
     router.add("GET", _NIC, get_nic)

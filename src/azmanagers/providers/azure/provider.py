@@ -340,7 +340,7 @@ class AzureProvider:
             if kind is None or TAG_CLUSTER not in tags or TAG_OWNER not in tags:
                 continue
             if cluster is not None and tags[TAG_CLUSTER] != cluster:
-                continue  # exact match, whatever the server's filter did
+                continue  # exact match
             out.append(
                 OwnedResource(
                     kind=kind,
