@@ -3,11 +3,12 @@
 What lives here: the HTTPS server (``server``, ``names``), sign-in (``identity``, ``tokens``,
 ``subscriptions``), ARM routes (``arm``, ``groups``, ``vms``, ``flexible``, ``network``,
 ``network_kinds``, ``disks``) with their checks and shapes (``validation``, ``shapes``,
-``scaleset_updates``, ``removal``, ``views``, ``catalog``), ARM's state (``scalesets``,
-``addresses``), rate limits and faults, IMDS and the emulated VMs (``instances``, booted as
-process-VMs; ``cloudinit`` and the ``guest_*`` image). What it may import: ``errors``,
-``tls``, ``config`` (template builders for samples) and, from ``providers``, only the
-registry (``process_vm_runtime``); never ``cluster``, ``detached`` or ``cli``.
+``scaleset_updates``, ``scaleset_views``, ``removal``, ``views``, ``catalog``), ARM's state
+(``scalesets``, ``addresses``), rate limits and faults, IMDS and the emulated VMs
+(``instances``, booted as process-VMs; ``cloudinit`` and the ``guest_*`` image). What it may
+import: ``errors``, ``tls``, ``config`` (template builders for samples) and, from
+``providers``, only the registry (``process_vm_runtime``); never ``cluster``, ``detached`` or
+``cli``.
 """
 
 from __future__ import annotations

@@ -16,14 +16,8 @@ from azmanagers.emulator.catalog import (
 )
 from azmanagers.emulator.groups import add_group_routes
 from azmanagers.emulator.scaleset_updates import patch_scaleset, put_scaleset
-from azmanagers.emulator.scalesets import (
-    ArmState,
-    ScaleSet,
-    host_name,
-    remove_instance,
-    vm_view,
-    vmss_view,
-)
+from azmanagers.emulator.scaleset_views import host_name, vm_view, vmss_view
+from azmanagers.emulator.scalesets import ArmState, ScaleSet, remove_instance
 from azmanagers.emulator.server import (
     GROUP_PATH,
     SUBSCRIPTION_PATH,

@@ -8,7 +8,8 @@ import uuid
 from typing import Any
 
 from azmanagers.emulator.removal import remove_group
-from azmanagers.emulator.scalesets import ArmState, Operation, vm_view, vmss_view
+from azmanagers.emulator.scaleset_views import vm_view, vmss_view
+from azmanagers.emulator.scalesets import ArmState, Operation
 from azmanagers.emulator.server import (
     GROUP_PATH,
     SUBSCRIPTION_PATH,

@@ -12,13 +12,8 @@ from azmanagers.emulator.arm import boot_log_links
 from azmanagers.emulator.instances import VMIdentity, is_market_image
 from azmanagers.emulator.network import link_nic
 from azmanagers.emulator.removal import DISKS, key_of, release_addresses, remove_vm
-from azmanagers.emulator.scalesets import (
-    ArmState,
-    ScaleSet,
-    ScaleSetVM,
-    remove_instance,
-    vm_view,
-)
+from azmanagers.emulator.scaleset_views import vm_view
+from azmanagers.emulator.scalesets import ArmState, ScaleSet, ScaleSetVM, remove_instance
 from azmanagers.emulator.server import (
     GROUP_PATH,
     SUBSCRIPTION_PATH,
