@@ -294,3 +294,27 @@ def test_a_body_with_the_sdks_snake_case_names_is_refused_as_by_arm(network: Any
     assert (err.value.status_code, error_code(err.value)) == (400, "InvalidRequestContent")
     assert "Could not find member 'public_ip_allocation_method'" in str(err.value)
     assert list(network.public_ip_addresses.list(RG)) == []
+
+
+def test_a_nic_that_drops_its_public_ip_takes_an_address_of_its_own(
+    network: Any, emulator: Emulator
+) -> None:
+    subnet_id = make_vnet(network).subnets[0].id
+    public_ip = network.public_ip_addresses.begin_create_or_update(
+        RG,
+        "pip2",
+        {
+            "location": LOCATION,
+            "sku": {"name": "Standard"},
+            "properties": {"publicIPAllocationMethod": "Static"},
+        },
+    ).result()
+    with_ip = make_nic(network, "nic2", subnet_id, public_ip=public_ip.id)
+    assert with_ip.ip_configurations[0].private_ip_address == public_ip.ip_address
+    without = make_nic(network, "nic2", subnet_id)  # the same NIC, its public IP dropped
+    own = without.ip_configurations[0].private_ip_address
+    assert own != public_ip.ip_address
+    network.network_interfaces.begin_delete(RG, "nic2").result()
+    network.public_ip_addresses.begin_delete(RG, "pip2").result()
+    returned = list(emulator.state.addresses._returned)
+    assert own in returned and public_ip.ip_address in returned

@@ -90,15 +90,19 @@ def add_vm_routes(router: Router, state: ArmState) -> None:
             # VMs that run as processes here get loopback addresses of their own, so that
             # their services (the detached one on its fixed port) are reachable and apart;
             # a dynamic address stays the NIC's while it exists
-            address = (
-                str(kept["ipConfigurations"][0]["properties"]["privateIPAddress"])
-                if old is not None
-                else state.addresses.next()
-            )
+            # (one it took from a public IP is the public IP's, not the NIC's, to keep)
+            was = (kept.get("ipConfigurations") or [{}])[0].get("properties") or {}
+            own = old is not None and not was.get("publicIPAddress")
+            address = str(was["privateIPAddress"]) if own else state.addresses.next()
             fill_nic(nic, address)
-            link_nic(state, nic)  # its subnet, NSG and public IP (network.py)
+            try:
+                link_nic(state, nic)  # its subnet, NSG and public IP (network.py)
+            except ArmError:
+                if not own:
+                    state.addresses.give_back(address)
+                raise
             taken = nic["properties"]["ipConfigurations"][0]["properties"]["privateIPAddress"]
-            if old is None and taken != address:  # it listens on its public IP's address
+            if taken != address:  # it listens on its public IP's address instead
                 state.addresses.give_back(address)
             existed = old is not None
             state.nics[_key(req)] = nic
