@@ -10,7 +10,7 @@ from typing import Any
 
 from azmanagers.emulator.scalesets import ArmState
 from azmanagers.emulator.server import ArmError
-from azmanagers.emulator.shapes import new_uuid
+from azmanagers.emulator.shapes import id_parts, new_uuid
 
 NETWORK = "Microsoft.Network"
 VNETS = "microsoft.network/virtualnetworks"
@@ -67,14 +67,8 @@ def same_id(left: Any, right: Any) -> bool:
     return str(left or "").strip("/").lower() == str(right or "").strip("/").lower()
 
 
-def _parts(resource_id: str) -> dict[str, str]:
-    """An ARM id's segments as a lower-case-keyed map (``subscriptions`` -> sub, ...)."""
-    segments = resource_id.strip("/").split("/")
-    return {segments[i].lower(): segments[i + 1] for i in range(0, len(segments) - 1, 2)}
-
-
 def key_of(resource_id: str, kind: str) -> tuple[str, str, str, str]:
-    parts = _parts(resource_id)
+    parts = id_parts(resource_id)
     name = parts.get(kind.rsplit("/", 1)[-1], "")
     sub, rg = parts.get("subscriptions", ""), parts.get("resourcegroups", "")
     return (sub.lower(), rg.lower(), kind, name.lower())

@@ -5,21 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from azmanagers.emulator.scalesets import ArmState, remove_instance
-from azmanagers.emulator.shapes import attach_nic, network_etag
+from azmanagers.emulator.shapes import attach_nic, id_parts, network_etag
 
 DISKS = "microsoft.compute/disks"
 
 
 def key_of(resource_id: str) -> tuple[str, str, str]:
     """The lower-case (subscription, group, name) of an ARM resource id."""
-    parts = resource_id.strip("/").split("/")
-    lowered = [p.lower() for p in parts]
-    try:
-        sub = parts[lowered.index("subscriptions") + 1]
-        rg = parts[lowered.index("resourcegroups") + 1]
-    except (ValueError, IndexError):
-        return ("", "", parts[-1].lower() if parts else "")
-    return (sub.lower(), rg.lower(), parts[-1].lower())
+    parts = id_parts(resource_id)
+    name = resource_id.strip("/").rsplit("/", 1)[-1]
+    sub, rg = parts.get("subscriptions", ""), parts.get("resourcegroups", "")
+    return (sub.lower(), rg.lower(), name.lower())
 
 
 def release_addresses(state: ArmState, body: dict[str, Any]) -> None:

@@ -15,6 +15,12 @@ SECRET_OS_FIELDS = ("adminPassword", "customData")
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
+def id_parts(resource_id: str) -> dict[str, str]:
+    """An ARM id's segments as a lower-case-keyed map (``subscriptions`` -> sub, ...)."""
+    segments = resource_id.strip("/").split("/")
+    return {segments[i].lower(): segments[i + 1] for i in range(0, len(segments) - 1, 2)}
+
+
 def deep_merge(stored: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """``update`` laid over ``stored`` as ARM does for a PUT on an existing scale set: objects
     merge key by key, anything else (lists included) replaces."""
